@@ -1,0 +1,34 @@
+# ltad: one venv, real local services, the same code as on a cluster.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ltad-installed
+
+.PHONY: setup test lint format demo sweep-demo bench clean
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; a second `make setup` is a no-op.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	scripts/demo
+
+clean:
+	rm -rf runs .local .pytest_cache .ruff_cache

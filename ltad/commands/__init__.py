@@ -1,0 +1,1 @@
+"""Subcommands of the `ltad` CLI: each module has `register(subparsers)` and `run(args) -> int`."""

