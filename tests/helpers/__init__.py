@@ -1,0 +1,1 @@
+"""Helpers shared by tests: tiny generated dataset trees (`trees`)."""
