@@ -1,0 +1,1 @@
+"""Datasets, long-tailed splits, the synthetic generator, shards, storage and streams."""
