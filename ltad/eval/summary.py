@@ -1,0 +1,409 @@
+"""Summary of a sweep and single runs: `results.csv`, `report.md` and PNG plots.
+
+Reads each run's `metrics.json` (local folder or `s3://` prefix) and the sweep's `sweep.json` (format
+in docs/ARCHITECTURE.md), validates everything before writing anything, builds one row per run and
+writes all outputs into a temporary folder first, so a failure never leaves a half report behind.
+An imbalance *level* is (dataset, profile, ratio); a *setting* is (prompt length, synthesis ratio)
+within a level, its figures the mean over the runs (seeds) that share it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ltad.data import storage
+from ltad.errors import DataError, UserError
+from ltad.eval.aggregate import GROUPS, METRICS
+from ltad.eval.summary_plots import plot_heatmap, plot_per_class, plot_ratio
+
+SWEEP_FORMAT = "ltad-sweep/1"
+TRIAL_STATUSES = ("finished", "stopped", "error", "running", "pending")
+PARAM_KEYS = {"prompt_length": "model.prompts.length", "synthesis_ratio": "phase2.synthesis_ratio"}
+GROUP_METRICS = ("image_AUROC", "pixel_AUROC")
+COLUMNS = (
+    "source", "trial", "dataset", "profile", "ratio", "level", "prompt_length", "synthesis_ratio", "seed",
+    *METRICS,
+    *(f"{g}_{m}" for g in GROUPS for m in GROUP_METRICS),
+    *(f"gap_{m}" for m in GROUP_METRICS),
+    "real_clip", "weights", "path",
+)  # fmt: skip
+
+
+def level_label(profile: str, ratio: float) -> str:
+    """'exp100', 'step50', 'full': the level name used in tables and file names."""
+    return "full" if profile == "full" else f"{profile}{ratio:g}"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run (or sweep trial) as read from its metrics.json."""
+
+    source: str  # the sweep root, or "run" for a single run folder
+    trial: str  # the trial name ("" for a single run)
+    uri: str  # the run folder
+    dataset: str
+    profile: str
+    ratio: float
+    prompt_length: int
+    synthesis_ratio: float
+    seed: int | None
+    values: dict[str, float]  # METRICS, {group}_{metric}, gap_{metric}; NaN = undefined
+    per_class: dict[str, dict[str, Any]]
+    real_clip: bool
+    weights: str
+
+    @property
+    def level(self) -> str:
+        return level_label(self.profile, self.ratio)
+
+    @property
+    def level_key(self) -> tuple[str, str, float]:
+        return (self.dataset, self.profile, self.ratio)
+
+    def row(self) -> dict[str, Any]:
+        fixed = {c: getattr(self, c) for c in COLUMNS if c not in self.values and c != "path"}
+        return {**fixed, **self.values, "path": self.uri}
+
+
+def _get(data: Any, dotted: str, where: str) -> Any:
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise DataError(
+                f"{where} lacks key '{dotted}': expected the layout documented in docs/ARCHITECTURE.md"
+            )
+        node = node[part]
+    return node
+
+
+def _number(data: Any, dotted: str, where: str) -> float:
+    """A metric value; null (NaN written by the evaluation) is NaN."""
+    v = _get(data, dotted, where)
+    if v is None:
+        return float("nan")
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise DataError(f"{where} key '{dotted}' must be a number or null, got {v!r}")
+    return float(v)
+
+
+def _int(data: Any, dotted: str, where: str) -> int:
+    v = _get(data, dotted, where)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise DataError(f"{where} key '{dotted}' must be an int, got {v!r}")
+    return v
+
+
+def _mapping(data: Any, dotted: str, where: str) -> dict[str, Any]:
+    v = _get(data, dotted, where)
+    if not isinstance(v, dict):
+        raise DataError(f"{where} key '{dotted}' must be a mapping, got {type(v).__name__}")
+    return v
+
+
+def _metrics_uri(uri: str) -> str:
+    return uri if uri.endswith(".json") else storage.join(uri, "metrics.json")
+
+
+def load_run(uri: str, source: str = "run", trial: str = "") -> RunResult:
+    """Read and validate the metrics.json of the run folder `uri` (or the file itself)."""
+    where = _metrics_uri(uri)
+    if not storage.exists(where):
+        raise UserError(
+            f"run folder {uri} has no metrics.json: expected a finished ltad run (jobs/train.py output)"
+        )
+    m = storage.read_json(where)
+    values = {k: _number(m, k, where) for k in METRICS}
+    for g in GROUPS:
+        values.update({f"{g}_{k}": _number(m, f"groups.{g}.{k}", where) for k in GROUP_METRICS})
+    values.update({f"gap_{k}": _number(m, f"gap.{k}", where) for k in GROUP_METRICS})
+    per_class = _mapping(m, "per_class", where)
+    for name, pc in per_class.items():
+        for key in ("image_AUROC", "pixel_AUROC", "train_count", "group"):
+            _get(pc, key, f"{where} per_class.{name}")
+    prov = _mapping(m, "provenance", where)
+    weights = _mapping(prov, "weights", f"{where} provenance")
+    seed = prov["seed"] if "seed" in prov else _get(prov, "config.run.seed", f"{where} provenance")
+    return RunResult(
+        source=source,
+        trial=trial,
+        uri=uri.removesuffix("/metrics.json") if uri.endswith(".json") else uri,
+        dataset=str(prov.get("dataset", "")),
+        profile=str(_get(prov, "split.profile", f"{where} provenance")),
+        ratio=_number(prov, "split.ratio", f"{where} provenance"),
+        prompt_length=_int(prov, "config." + PARAM_KEYS["prompt_length"], f"{where} provenance"),
+        synthesis_ratio=_number(prov, "config." + PARAM_KEYS["synthesis_ratio"], f"{where} provenance"),
+        seed=None if seed is None else int(seed),
+        values=values,
+        per_class=per_class,
+        real_clip=bool(weights.get("real_clip", False)),
+        weights=f"image: {weights.get('image', '?')}; text: {weights.get('text', '?')}",
+    )
+
+
+def read_sweep(root: str) -> dict[str, Any]:
+    """The validated sweep.json of the sweep root `root`."""
+    where = storage.join(root, "sweep.json")
+    if not storage.exists(where):
+        raise UserError(f"sweep root {root} has no sweep.json: expected the output folder of tune/sweep.py")
+    return validate_sweep(storage.read_json(where), where)
+
+
+def write_sweep(
+    root: str, name: str, levels: list[dict], trials: list[dict], metric: str = "image_AUROC"
+) -> str:
+    """Validate and write `<root>/sweep.json` (for tune/sweep.py: call it again whenever a trial ends)."""
+    where = storage.join(root, "sweep.json")
+    sweep = {"format": SWEEP_FORMAT, "name": name, "metric": metric, "levels": levels, "trials": trials}
+    storage.write_json(where, validate_sweep(sweep, where))
+    return where
+
+
+def validate_sweep(sweep: Any, where: str) -> dict[str, Any]:
+    """`sweep` if it follows the sweep.json format (docs/ARCHITECTURE.md), else a DataError naming `where`."""
+    if not isinstance(sweep, dict) or sweep.get("format") != SWEEP_FORMAT:
+        got = sweep.get("format") if isinstance(sweep, dict) else sweep
+        raise DataError(f"{where} must have format '{SWEEP_FORMAT}', got {got!r}")
+    levels = {
+        _get(lv, "name", f"{where} levels[{i}]"): lv for i, lv in enumerate(_get(sweep, "levels", where))
+    }
+    for name, lv in levels.items():
+        _get(lv, "profile", f"{where} level {name}")
+        _number(lv, "ratio", f"{where} level {name}")
+    for i, t in enumerate(_get(sweep, "trials", where)):
+        at = f"{where} trials[{i}]"
+        if _get(t, "level", at) not in levels:
+            raise DataError(f"{at} names level {t['level']!r}, which is not in levels {sorted(levels)}")
+        if _get(t, "status", at) not in TRIAL_STATUSES:
+            raise DataError(f"{at} has status {t['status']!r}; expected one of {', '.join(TRIAL_STATUSES)}")
+        _get(t, "name", at)
+    return sweep
+
+
+def _check_trial(run: RunResult, trial: dict, level: dict, params: dict, where: str) -> None:
+    """The trial's metrics must match what sweep.json says it ran."""
+    if run.profile != level["profile"] or not math.isclose(run.ratio, float(level["ratio"])):
+        raise DataError(
+            f"{where} was evaluated on split {run.profile} ratio {run.ratio:g}, but sweep.json puts trial "
+            f"{trial['name']!r} in level {level['name']!r} ({level['profile']} ratio {float(level['ratio']):g})"
+        )
+    ran = {PARAM_KEYS["prompt_length"]: run.prompt_length, PARAM_KEYS["synthesis_ratio"]: run.synthesis_ratio}
+    for key, value in params.items():
+        if key in ran and not math.isclose(float(ran[key]), float(value)):
+            raise DataError(
+                f"{where} ran with {key}={ran[key]}, but sweep.json gives trial {trial['name']!r} {value}"
+            )
+
+
+def collect(sweeps: Sequence[str], runs: Sequence[str]) -> tuple[list[RunResult], list[str]]:
+    """Every readable result, and one line per sweep trial without results (failed, stopped, running)."""
+    results, missing = [], []
+    for root in sweeps:
+        sweep = read_sweep(root)
+        levels = {lv["name"]: lv for lv in sweep["levels"]}
+        for t in sweep["trials"]:
+            uri = storage.join(root, t.get("path") or f"trials/{t['name']}")
+            if t["status"] != "finished" and not storage.exists(_metrics_uri(uri)):
+                missing.append(f"{root}: trial {t['name']} ({t['status']})")
+                continue
+            run = load_run(uri, source=root, trial=t["name"])
+            _check_trial(run, t, levels[t["level"]], t.get("params", {}), _metrics_uri(uri))
+            results.append(run)
+    results += [load_run(uri) for uri in runs]
+    if not results:
+        raise UserError(
+            f"no results to summarize in sweeps {list(sweeps)} and runs {list(runs)}: every trial lacks metrics.json"
+        )
+    return results, missing
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def _rank(v: float) -> float:
+    return -math.inf if math.isnan(v) else v
+
+
+def _mean(values: Iterable[float]) -> float:
+    defined = [v for v in values if not math.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """(prompt length, synthesis ratio) within one level, figures averaged over its runs."""
+
+    prompt_length: int
+    synthesis_ratio: float
+    runs: tuple[RunResult, ...]
+
+    def value(self, key: str) -> float:
+        return _mean(r.values[key] for r in self.runs)
+
+    @property
+    def score(self) -> tuple[float, float]:
+        """Ranking: image AUROC, ties broken by pixel AUROC."""
+        return (_rank(self.value("image_AUROC")), _rank(self.value("pixel_AUROC")))
+
+    @property
+    def best_run(self) -> RunResult:
+        return max(self.runs, key=lambda r: (_rank(r.values["image_AUROC"]), _rank(r.values["pixel_AUROC"])))
+
+
+def settings_by_level(results: Sequence[RunResult]) -> dict[tuple, list[Setting]]:
+    """Level key -> its settings; levels sorted by (dataset, profile, ratio)."""
+    grouped: dict[tuple, dict[tuple, list[RunResult]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        grouped[r.level_key][(r.prompt_length, r.synthesis_ratio)].append(r)
+    return {
+        key: [Setting(p, s, tuple(runs)) for (p, s), runs in sorted(grouped[key].items())]
+        for key in sorted(grouped)
+    }
+
+
+def best_settings(results: Sequence[RunResult]) -> dict[tuple, Setting]:
+    return {key: max(ss, key=lambda s: s.score) for key, ss in settings_by_level(results).items()}
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _pct(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{100 * v:.1f}"
+
+
+def _level_name(key: tuple) -> str:
+    dataset, profile, ratio = key
+    return f"{dataset} {level_label(profile, ratio)}".strip()
+
+
+def _slug(key: tuple) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in _level_name(key).replace(" ", "-"))
+
+
+def write_csv(path: Path, results: Sequence[RunResult]) -> None:
+    with path.open("w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=COLUMNS)
+        out.writeheader()
+        for r in results:
+            out.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.row().items()})
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def write_report(
+    path: Path, results: Sequence[RunResult], missing: Sequence[str], plots: dict[str, str]
+) -> None:
+    """report.md: weights first (said plainly), best setting per level, levels side by side, plots."""
+    best = best_settings(results)
+    lines = [
+        "# LTAD sweep summary",
+        "",
+        f"{len(results)} runs over {len(best)} imbalance levels; values in %.",
+        "",
+    ]
+    notes = sorted({(r.real_clip, r.weights) for r in results})
+    lines += ["## Weights", ""]
+    for real, text in notes:
+        n = sum((r.real_clip, r.weights) == (real, text) for r in results)
+        lines.append(f"- {text} ({n} runs){'' if real else ': not CLIP, so not comparable with the paper'}")
+    lines += [
+        "",
+        "## Best setting per level",
+        "",
+        "Ranked by mean image AUROC over seeds, ties by pixel AUROC.",
+        "",
+    ]
+    rows = []
+    for key, s in best.items():
+        rows.append([_level_name(key), s.prompt_length, f"{s.synthesis_ratio:g}", len(s.runs),
+                     _pct(s.value("image_AUROC")), _pct(s.value("pixel_AUROC")), f"`{s.best_run.uri}`"])  # fmt: skip
+    lines += _table(
+        ["level", "prompt length", "synthesis ratio", "runs", "image AUROC", "pixel AUROC", "best run"], rows
+    )
+    lines += ["", "## Across levels (best setting of each)", ""]
+    metrics = [*METRICS, *(f"{g}_image_AUROC" for g in GROUPS), *(f"{g}_pixel_AUROC" for g in GROUPS)]
+    metrics += ["gap_image_AUROC", "gap_pixel_AUROC"]
+    header = ["level", "img AUROC", "px AUROC", "AUPRO", "img F1max", "head img", "medium img", "tail img"]
+    header += ["head px", "medium px", "tail px", "gap img", "gap px"]
+    lines += _table(header, ([_level_name(k), *(_pct(s.value(m)) for m in metrics)] for k, s in best.items()))
+    lines += [
+        "",
+        "Groups: head / medium / tail thirds of the classes by training count; gap = head - tail.",
+        "",
+    ]
+    if missing:
+        lines += ["## Trials without results", "", *(f"- {m}" for m in missing), ""]
+    lines += ["## Plots", "", *(f"![{title}]({rel})" for title, rel in plots.items()), ""]
+    path.write_text("\n".join(lines))
+
+
+def _render(tmp: Path, results: Sequence[RunResult], missing: Sequence[str]) -> None:
+    """Every output file into the staging folder `tmp`."""
+    (tmp / "plots").mkdir()
+    best = best_settings(results)
+    plots = {"Image AUROC vs imbalance ratio": "plots/auroc_vs_ratio.png"}
+    lines: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for (dataset, profile, ratio), s in best.items():
+        point = (ratio, s.value("image_AUROC"), s.value("tail_image_AUROC"))
+        lines[f"{dataset} {profile}".strip()].append(point)
+    plot_ratio(tmp / plots["Image AUROC vs imbalance ratio"], lines)
+    for key, settings in settings_by_level(results).items():
+        lengths = sorted({s.prompt_length for s in settings})
+        ratios = sorted({s.synthesis_ratio for s in settings})
+        grid = np.full((len(lengths), len(ratios)), np.nan)
+        for s in settings:
+            grid[lengths.index(s.prompt_length), ratios.index(s.synthesis_ratio)] = s.value("image_AUROC")
+        rel = plots[f"{_level_name(key)}: prompt length x synthesis ratio"] = (
+            f"plots/heatmap_{_slug(key)}.png"
+        )
+        plot_heatmap(tmp / rel, _level_name(key), lengths, ratios, grid)
+    for key, s in best.items():
+        rel = plots[f"{_level_name(key)}: per class (best run)"] = f"plots/per_class_{_slug(key)}.png"
+        plot_per_class(tmp / rel, f"{_level_name(key)}, best run", s.best_run.per_class)
+    write_csv(tmp / "results.csv", results)
+    write_report(tmp / "report.md", results, missing, plots)
+
+
+def _publish(tmp: Path, out: str) -> None:
+    """Move the finished files into `out`; report.md goes last, so its presence means complete."""
+    files = [*sorted((tmp / "plots").iterdir()), tmp / "results.csv", tmp / "report.md"]
+    if storage.is_s3(out):
+        for f in files:
+            storage.upload_file(f, storage.join(out, str(f.relative_to(tmp))))
+        return
+    dest = Path(out)
+    old = dest / "plots"
+    if old.exists():  # plots/ is ours as a whole: swap it, so no stale plot of an earlier summary stays
+        os.replace(old, tmp / "plots.old")
+    os.replace(tmp / "plots", old)
+    os.replace(tmp / "results.csv", dest / "results.csv")
+    os.replace(tmp / "report.md", dest / "report.md")
+
+
+def summarize(sweeps: Sequence[str], runs: Sequence[str], out: str) -> list[RunResult]:
+    """Read every sweep and run, then write results.csv, report.md and plots/ under `out`."""
+    results, missing = collect(sweeps, runs)
+    if not storage.is_s3(out):
+        Path(out).mkdir(parents=True, exist_ok=True)
+    staging = Path(out) if not storage.is_s3(out) else None
+    tmp = Path(tempfile.mkdtemp(prefix=".summary-", dir=staging))
+    try:
+        _render(tmp, results, missing)
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results

