@@ -1,0 +1,192 @@
+"""A local Ray head for `ray job submit`: loopback dashboard, non-default ports, capped object store.
+
+State (temp/session dir, ports file) lives in RAY_DIR (default .local/ray). The head inherits the
+environment it is started from, so the AWS_* variables of `scripts/s3 env` reach every job. Auth is
+set explicitly (RAY_AUTH_MODE=disabled on loopback) because a token file left by an earlier
+`ray.init` otherwise breaks clients that disagree on the mode. Stopping terminates only the processes
+of this instance (found by its temp dir), never every Ray process on the machine like `ray stop`.
+
+CLI: `python -m ltad.services.ray_local start|stop|status|env` (wrapped by `scripts/ray-local`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ltad.errors import UserError
+from ltad.services.ports import free_base
+
+AUTH_MODE = "disabled"
+OBJECT_STORE_BYTES = 1_000_000_000
+# Offsets from the base port; worker ports take WORKER_PORTS ports after them.
+NAMED = (
+    "gcs",
+    "dashboard",
+    "node_manager",
+    "object_manager",
+    "client",
+    "agent_listen",
+    "agent_grpc",
+    "runtime_env_agent",
+    "metrics",
+)
+WORKER_PORTS = 100
+MAX_SOCKET_DIR = 40  # Ray's unix socket paths under the temp dir must stay below ~107 characters
+
+
+@dataclass
+class RayHead:
+    state_dir: Path
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir).resolve()
+
+    @property
+    def _ports_file(self) -> Path:
+        return self.state_dir / "ports.json"
+
+    @property
+    def temp_dir(self) -> Path:
+        """Ray's temp/session dir: inside the state dir unless that path is too long for unix sockets."""
+        inside = self.state_dir / "tmp"
+        if len(str(inside)) <= MAX_SOCKET_DIR:
+            return inside
+        return Path("/tmp") / f"ltad-ray-{hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:10]}"
+
+    def ports(self) -> dict[str, int] | None:
+        return json.loads(self._ports_file.read_text()) if self._ports_file.exists() else None
+
+    def env(self) -> dict[str, str]:
+        ports = self.ports()
+        if ports is None:
+            raise UserError(f"no Ray head state in {self.state_dir}: run `scripts/ray-local start` first")
+        return {"RAY_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}", "RAY_AUTH_MODE": AUTH_MODE}
+
+    def _pids(self) -> list[int]:
+        """Processes of this instance: those whose command line names its temp dir, and their
+        descendants (agents and workers rename themselves to `ray::...`)."""
+        import psutil
+
+        needle = str(self.temp_dir)
+        pids: set[int] = set()
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if any(needle in arg for arg in proc.info["cmdline"] or []):
+                    pids.add(proc.pid)
+                    pids.update(child.pid for child in proc.children(recursive=True))
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return sorted(pids)
+
+    def dashboard_ok(self) -> bool:
+        ports = self.ports()
+        if ports is None:
+            return False
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports['dashboard']}/api/version", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 90.0) -> None:
+        if self.dashboard_ok():
+            return
+        self.stop()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        offsets = tuple(range(len(NAMED) + WORKER_PORTS))
+        base = free_base(offsets, start=26400, step=200)
+        ports = {name: base + i for i, name in enumerate(NAMED)}
+        cmd = [
+            str(Path(sys.executable).parent / "ray"), "start", "--head",
+            f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
+            "--include-dashboard=true", f"--node-manager-port={ports['node_manager']}",
+            f"--object-manager-port={ports['object_manager']}", f"--ray-client-server-port={ports['client']}",
+            f"--dashboard-agent-listen-port={ports['agent_listen']}",
+            f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
+            f"--runtime-env-agent-port={ports['runtime_env_agent']}", f"--metrics-export-port={ports['metrics']}",
+            f"--min-worker-port={base + len(NAMED)}", f"--max-worker-port={base + len(NAMED) + WORKER_PORTS - 1}",
+            f"--num-cpus={os.cpu_count() or 1}", f"--object-store-memory={OBJECT_STORE_BYTES}",
+            f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
+        ]  # fmt: skip
+        # Jobs run `python` from PATH: make it this venv's, whatever shell started the head.
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        env = {**os.environ, "PATH": path, "RAY_AUTH_MODE": AUTH_MODE, "RAY_USAGE_STATS_ENABLED": "0"}
+        env.pop("RAY_ADDRESS", None)
+        self._ports_file.write_text(json.dumps(ports))
+        with open(self.state_dir / "ray-start.log", "ab") as log:
+            rc = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if rc != 0:
+            raise UserError(f"`ray start` failed (exit {rc}): see {self.state_dir / 'ray-start.log'}")
+        deadline = time.monotonic() + timeout
+        while not self.dashboard_ok():
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"Ray dashboard not up after {timeout:.0f} s: see {self.state_dir / 'ray-start.log'}"
+                )
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """SIGTERM this instance's processes by PID, SIGKILL what is left after `timeout` (gcs_server
+        and raylet often linger on SIGTERM; `ray stop --force` also ends in SIGKILL)."""
+        import psutil
+
+        procs = []
+        for pid in self._pids():
+            try:
+                proc = psutil.Process(pid)
+                proc.terminate()
+                procs.append(proc)
+            except psutil.NoSuchProcess:
+                continue
+        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        for proc in alive:
+            proc.kill()
+        psutil.wait_procs(alive, timeout=5)
+        return bool(procs)
+
+    def status(self) -> dict:
+        return {
+            "running": self.dashboard_ok(),
+            "processes": len(self._pids()),
+            "state_dir": str(self.state_dir),
+            "ports": self.ports(),
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/ray-local", description="Local Ray head for `ray job submit`."
+    )
+    parser.add_argument("action", choices=("start", "stop", "status", "env"))
+    args = parser.parse_args(argv)
+    head = RayHead(Path(os.environ.get("RAY_DIR", ".local/ray")))
+    try:
+        if args.action == "start":
+            head.start()
+            print(f"Ray head ready, dashboard {head.env()['RAY_ADDRESS']} (state {head.state_dir})")
+            print('Run: eval "$(scripts/ray-local env)"')
+        elif args.action == "stop":
+            print("stopped" if head.stop() else "not running")
+        elif args.action == "status":
+            info = head.status()
+            print(json.dumps(info))
+            return 0 if info["running"] else 1
+        else:
+            print("export " + " ".join(f"{k}={v}" for k, v in head.env().items()))
+    except UserError as exc:
+        print(f"scripts/ray-local: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Shared fixtures: a real SeaweedFS server for the test session, on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+BUCKET = "ltad-test"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """SeaweedFS in a tmp dir with AWS_* set for the session and the bucket `ltad-test` created.
+
+    The server object has `.stop()` / `.start()` (fault tests) and `.bucket`; the environment is
+    restored and the server stopped at the end of the session.
+    """
+    from ltad.data import storage
+    from ltad.services.ports import free_base
+    from ltad.services.seaweed import GRPC, OFFSETS, SeaweedServer
+
+    # A random start keeps parallel test sessions on this machine from racing for the same block.
+    base = free_base(OFFSETS + tuple(o + GRPC for o in OFFSETS), start=random.randrange(21000, 50000, 10))
+    server = SeaweedServer(tmp_path_factory.mktemp("s3"), port=base)
+    server.start()
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    storage.reset_client()
+    server.create_bucket(BUCKET)
+    server.bucket = BUCKET
+    try:
+        yield server
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        storage.reset_client()
