@@ -1,0 +1,30 @@
+"""`ltad evaluate`: evaluate a finished phase-2 checkpoint on the test shards (Ray Train workers)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ltad.training.pipeline import add_run_arguments, load_config, run_pipeline, stage_checkpoint
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("evaluate", help="metrics, overlays, report and export of a trained run")
+    add_run_arguments(p)
+    p.add_argument("--checkpoint", help="phase-2 checkpoint dir (default: the run's latest final one)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+
+    from ltad.eval.report import text_table
+
+    cfg = load_config(args.config, data=args.data, output=args.output, overrides=args.set)
+    ray.init()
+    try:
+        ckpt = stage_checkpoint(cfg, "phase2", args.checkpoint)
+        metrics = run_pipeline(cfg, stages=("evaluate",), checkpoints={"phase2": ckpt})
+    finally:
+        ray.shutdown()
+    print(text_table(metrics))
+    return 0

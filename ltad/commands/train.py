@@ -1,0 +1,30 @@
+"""`ltad train`: phase 1, phase 2 and evaluation as Ray Train runs (local Ray, or RAY_ADDRESS)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ltad.training.pipeline import add_run_arguments, load_config, run_pipeline
+
+STAGES = ("phase1", "phase2", "evaluate")
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="train both phases and evaluate on Ray Train + DeepSpeed")
+    add_run_arguments(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+
+    from ltad.eval.report import text_table
+
+    cfg = load_config(args.config, data=args.data, output=args.output, overrides=args.set)
+    ray.init()
+    try:
+        metrics = run_pipeline(cfg)
+    finally:
+        ray.shutdown()
+    print(text_table(metrics))
+    return 0

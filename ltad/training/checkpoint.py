@@ -1,0 +1,72 @@
+"""Checkpoints of a phase through `ray.train.Checkpoint` and DeepSpeed's own format.
+
+Every worker writes its DeepSpeed files (ZeRO shards are per rank) into a local directory and reports
+it; Ray merges the workers' files into one checkpoint under `RunConfig.storage_path`. The final
+checkpoint of a phase also holds `model.pt`: the consolidated fp32 state dict of the trainable
+modules, which the next phase and the export read with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ltad.errors import DataError
+from ltad.training.engine import consolidated_state_dict
+
+TAG = "ds"
+MODEL_FILE = "model.pt"
+
+
+Finalize = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+def save_and_report(
+    engine, step: int, metrics: dict[str, Any], *, final: bool = False, finalize: Finalize | None = None
+) -> None:
+    """Save the engine state (all ranks) and report it to Ray with `metrics` (a barrier).
+
+    On the final save, rank 0 writes `model.pt`: the consolidated state, mapped by `finalize` (e.g. into
+    the whole model's keys, with statistics fitted after training) when given.
+    """
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    with tempfile.TemporaryDirectory(prefix="ltad-ckpt-") as tmp:
+        engine.save_checkpoint(tmp, tag=TAG, client_state={"step": step})
+        if final:
+            state = consolidated_state_dict(engine)
+            if rank == 0:
+                torch.save(finalize(state) if finalize else state, Path(tmp) / MODEL_FILE)
+        ray.train.report(
+            dict(metrics, step=step, final=final),
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=f"step-{step:07d}{'-final' if final else ''}",
+        )
+
+
+def restore(engine) -> int:
+    """Load the latest reported checkpoint of this run into `engine`; the step to resume from (0)."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return 0
+    with ckpt.as_directory() as directory:
+        _, client_state = engine.load_checkpoint(directory, tag=TAG)
+    if client_state is None:
+        raise DataError(f"checkpoint '{ckpt.path}' holds no DeepSpeed state under tag '{TAG}'")
+    return int(client_state["step"])
+
+
+def load_model_state(checkpoint) -> dict[str, torch.Tensor]:
+    """The consolidated fp32 state dict saved with a phase's final checkpoint."""
+    with checkpoint.as_directory() as directory:
+        path = Path(directory) / MODEL_FILE
+        if not path.is_file():
+            raise DataError(f"checkpoint '{checkpoint.path}' has no {MODEL_FILE}: the phase did not finish")
+        return torch.load(path, map_location="cpu", weights_only=True)

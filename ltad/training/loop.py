@@ -1,0 +1,113 @@
+"""The step loop shared by both phases: fixed step count, metrics every N steps, checkpoints, a bar.
+
+Training runs for a number of steps, not epochs (epochs shrink with the long tail). Logged values are
+averaged over the interval and over ranks, so the reported loss does not depend on which rank is 0.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ltad.training.checkpoint import Finalize, restore, save_and_report
+from ltad.training.engine import move_batch
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    phase: str
+    steps: int
+    log_every: int
+    checkpoint_every: int
+    seed: int = 0
+
+
+def run_steps(
+    engine,
+    batches: Callable[[int], Iterator[dict[str, Any]]],
+    spec: LoopSpec,
+    *,
+    rank: int,
+    finalize: Finalize | None = None,
+) -> dict[str, float]:
+    """Train `engine` from the latest checkpoint to `spec.steps`; `batches(start_step)` yields batches.
+
+    Returns the last reported metrics. Every rank must call this (reports are barriers). `finalize`
+    maps the consolidated state saved with the final checkpoint (see checkpoint.save_and_report).
+    """
+    start = restore(engine)
+    stream = batches(start)
+    device = engine.device
+    bar = _progress(spec, start) if rank == 0 else None
+    sums: dict[str, float] = {}
+    count = 0
+    metrics: dict[str, float] = {}
+    tic = time.perf_counter()
+    for step in range(start + 1, spec.steps + 1):
+        batch = move_batch(next(stream), device)
+        torch.manual_seed(spec.seed * 1_000_003 + rank * 100_003 + step)
+        loss, logs = engine(batch)
+        engine.backward(loss)
+        engine.step()
+        for k, v in {"loss": loss, **logs}.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v)
+        count += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
+        if step % spec.log_every == 0 or step == spec.steps:
+            metrics = _mean_over_ranks(sums, count)
+            metrics["steps_per_s"] = count / max(time.perf_counter() - tic, 1e-9)
+            metrics = {f"{spec.phase}/{k}": v for k, v in metrics.items()}
+            sums, count, tic = {}, 0, time.perf_counter()
+            if step == spec.steps:
+                break
+            if step % spec.checkpoint_every == 0:
+                save_and_report(engine, step, metrics)
+            else:
+                _report(metrics, step)
+    if bar is not None:
+        bar.close()
+    save_and_report(engine, spec.steps, metrics, final=True, finalize=finalize)
+    return metrics
+
+
+def _report(metrics: dict[str, float], step: int) -> None:
+    import ray.train
+
+    ray.train.report(dict(metrics, step=step, final=False))
+
+
+def _mean_over_ranks(sums: dict[str, float], count: int) -> dict[str, float]:
+    keys = sorted(sums)
+    values = torch.tensor([sums[k] / max(count, 1) for k in keys], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        values = all_reduce(values) / dist.get_world_size()
+    return dict(zip(keys, values.tolist()))
+
+
+def all_reduce(values: torch.Tensor, op=None) -> torch.Tensor:
+    """All-reduce a small CPU tensor on any backend (NCCL needs it on the GPU); returns a CPU tensor."""
+    on = values.cuda() if dist.get_backend() == "nccl" else values.clone()
+    dist.all_reduce(on, op=op or dist.ReduceOp.SUM)
+    return on.cpu()
+
+
+def _progress(spec: LoopSpec, start: int):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=spec.steps,
+        initial=start,
+        desc=spec.phase,
+        file=sys.stderr,
+        mininterval=2.0,
+        ascii=True,
+        dynamic_ncols=False,
+    )

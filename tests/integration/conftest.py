@@ -1,0 +1,113 @@
+"""Integration fixtures for training: a tiny prepared dataset on the test S3 server, and Ray.
+
+`ray_local` is an in-process local Ray (2 CPUs, dashboard on loopback so finished placement groups
+are freed) that inherits the S3 environment; `ray_head` is a separate head from `scripts/ray-local`
+for `ray job submit`. They are module-scoped and never run at the same time on this 2-core machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[2]
+
+TINY_MODEL = {
+    "encoder": {"image_size": 64, "grid": 8},
+    "prompts": {"length": 2},
+    "reconstruction": {
+        "hidden": 32,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "heads": 4,
+        "ffn": 64,
+        "neighbor_mask": 3,
+    },
+    "semantic": {"projection_hidden": 32},
+    "vae": {"latent": 8, "hidden": 32, "beta_warmup_steps": 2},
+}
+
+
+def tiny_config(tmp: Path, data_uri: str, **sections):
+    """A run config small enough for 2 CPU workers in seconds; `sections` override whole sections."""
+    from ltad.config import LTADConfig
+
+    base = {
+        "model": TINY_MODEL,
+        "data": {"uri": data_uri, "batch_size": 4, "use_feature_cache": False},
+        "phase1": {"steps": 4},
+        "phase2": {"steps": 4, "stats_samples": 16},
+        "scaling": {"num_workers": 2, "zero_stage": 2},
+        "run": {
+            "name": "tiny",
+            "output": str(tmp / "out"),
+            "storage_path": "",
+            "log_every": 2,
+            "checkpoint_every": 2,
+        },
+        "eval": {"batch_size": 8, "overlays_per_class": 2, "pixel_bins": 200},
+    }
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value}
+    return LTADConfig.from_dict(base)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(s3_server, tmp_path_factory) -> str:
+    """3 synthetic classes at 64 px, an exp split, shards on S3 (several test shards for 2 readers)."""
+    from ltad.data.datasets import read_dataset
+    from ltad.data.prepare import prepare
+    from ltad.data.splits import make_split
+    from ltad.data.synth import synthesize
+
+    tmp = tmp_path_factory.mktemp("tiny-data")
+    root = synthesize(tmp / "synth", classes=3, image_size=64, train_per_class=8, test_per_class=6, seed=0)
+    split = make_split(read_dataset("synth", root), "exp", ratio=4, seed=0)
+    split_path = split.save(tmp / "split.json")
+    uri = f"s3://{s3_server.bucket}/tiny"
+    prepare("synth", root, split_path, uri, test_shard_samples=5, log=lambda _msg: None)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_server):
+    """In-process Ray with 2 CPUs; started after the S3 variables are set so workers inherit them."""
+    import ray
+
+    from ltad.services.ports import free_port
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=free_port(),
+        object_store_memory=200 << 20,
+        log_to_driver=False,
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_head(s3_server, tmp_path_factory):
+    """A local Ray head from `scripts/ray-local` (state in a tmp dir); yields its environment."""
+    state = tmp_path_factory.mktemp("ray-head")
+    env = {**os.environ, "RAY_DIR": str(state)}
+    script = str(REPO / "scripts" / "ray-local")
+    subprocess.run([script, "start"], env=env, check=True, cwd=REPO, timeout=120)
+    try:
+        out = subprocess.run([script, "env"], env=env, check=True, cwd=REPO, capture_output=True, text=True)
+        for line in out.stdout.splitlines():
+            for part in line.removeprefix("export ").split():
+                key, _, value = part.partition("=")
+                env[key] = value.strip("'\"")
+        yield env
+    finally:
+        subprocess.run([script, "stop"], env=env, cwd=REPO, timeout=120)
