@@ -371,7 +371,10 @@ def load_yaml(cls: type, path: str | Path) -> Any:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
     return from_dict(cls, data or {})
 
 

@@ -21,6 +21,8 @@ def _check_sample(sample: dict[str, Any]) -> tuple[str, str]:
         if ext in sample:
             with Image.open(io.BytesIO(sample[ext])) as im:
                 im.load()
+    if meta.get("mask") and "mask.png" not in sample:
+        raise ValueError("key.json says it has a mask but there is no key.mask.png member")
     if int(sample["cls"]) != meta["class_id"]:
         raise ValueError(f"class id {sample['cls']!r} disagrees with its JSON ({meta['class_id']})")
     return meta["class_name"], meta["split"]

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from PIL import Image
+
 from ltad.data import storage
 from ltad.data.datasets import read_dataset
 from ltad.data.manifest import (
@@ -56,6 +58,7 @@ def prepare(
     if not test:
         raise DataError(f"dataset '{dataset_name}' at '{root}' has no test images")
     _check_unique_keys(train + test)
+    _check_images(train + test, root)
 
     previous = try_read_manifest(out_uri)  # also fails early on a bad bucket or credentials
     known = {} if previous is None else {e.name: e.sha256 for s in previous.shards.values() for e in s}
@@ -120,6 +123,31 @@ def _write(writer: ShardWriter, records: list[Record], root: str | Path, sizes: 
         sizes[record.class_name].add(size)
         writer.write(key, files, record.class_name)
     writer.close()
+
+
+def _check_images(records: list[Record], root: str | Path) -> None:
+    """Every image and mask opens as an image and masks match their image's size: read from the
+    headers only (~0.1 ms a file), so bad input fails before the first shard is uploaded."""
+    for record in records:
+        size = _image_size(root, record.path)
+        if record.mask_path is not None:
+            mask = _image_size(root, record.mask_path)
+            if mask != size:
+                raise DataError(
+                    f"mask '{record.mask_path}' is {mask[0]}x{mask[1]} but image '{record.path}' is "
+                    f"{size[0]}x{size[1]}: expected the same size"
+                )
+
+
+def _image_size(root: str | Path, rel: str) -> tuple[int, int]:
+    try:
+        with Image.open(Path(root, rel)) as im:
+            return im.size
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"cannot read image '{rel}' under '{root}': {exc or type(exc).__name__} (expected a PNG, JPEG, "
+            "BMP or TIFF image)"
+        ) from None
 
 
 def _check_unique_keys(records: list[Record]) -> None:

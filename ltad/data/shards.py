@@ -68,6 +68,7 @@ def encode_record(record: Record, root: str | Path) -> tuple[str, dict[str, byte
         "split": record.split,
         "width": image.width,
         "height": image.height,
+        "mask": mask is not None,  # lets readers tell a lost mask member from a defect without one
     }
     files = {"png": _png(image), "cls": str(record.class_id).encode(), "json": json.dumps(meta).encode()}
     if mask is not None:

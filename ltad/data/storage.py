@@ -23,7 +23,9 @@ from ltad.errors import StorageError
 
 BUFFER = 1 << 20
 RETRIES = 5
-"""Resume attempts per stream after transient read errors (backoff 0.25 s doubling, capped at 4 s)."""
+"""Default retry budget per stream: attempts after transient errors while opening or reading it
+(backoff 0.5 s doubling, capped at 8 s: 15.5 s of waiting in all, enough for a server restart).
+Override with the environment variable LTAD_S3_RETRIES."""
 MULTIPART_THRESHOLD = 64 << 20
 
 _client: Any = None
@@ -150,16 +152,34 @@ def _call(uri: str, fn, **kwargs) -> Any:
     except StorageError:
         raise
     except Exception as exc:
-        if _code(exc) in ("404", "NotFound"):  # a bare 404 (HEAD has no body): bucket or key?
-            bucket, _ = split_s3(uri)
-            try:
-                client().head_bucket(Bucket=bucket)
-            except Exception as inner:
-                if _code(inner) in ("404", "NoSuchBucket", "NotFound"):
-                    raise StorageError(
-                        f"bucket '{split_s3(uri)[0]}' of {uri} does not exist at S3 endpoint {endpoint()}"
-                    ) from None
-        raise _error(uri, exc) from None
+        raise _translate(uri, exc) from None
+
+
+def _translate(uri: str, exc: Exception) -> StorageError:
+    if _code(exc) in ("404", "NotFound"):  # a bare 404 (HEAD has no body): bucket or key?
+        bucket, _ = split_s3(uri)
+        try:
+            client().head_bucket(Bucket=bucket)
+        except Exception as inner:
+            if _code(inner) in ("404", "NoSuchBucket", "NotFound"):
+                return StorageError(
+                    f"bucket '{split_s3(uri)[0]}' of {uri} does not exist at S3 endpoint {endpoint()}"
+                )
+    return _error(uri, exc)
+
+
+def retry_budget() -> int:
+    """Retries per stream: LTAD_S3_RETRIES, else RETRIES."""
+    raw = os.environ.get("LTAD_S3_RETRIES", "")
+    if not raw:
+        return RETRIES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise StorageError(f"LTAD_S3_RETRIES must be an int >= 0, got {raw!r}")
+    return value
 
 
 def _code(exc: BaseException) -> str:
@@ -168,18 +188,30 @@ def _code(exc: BaseException) -> str:
 
 
 class _S3RawReader(io.RawIOBase):
-    """A streaming GET that resumes with a ranged GET from the current offset on transient errors."""
+    """A streaming GET that resumes with a ranged GET from the current offset on transient errors.
 
-    def __init__(self, uri: str, retries: int = RETRIES) -> None:
+    Opening retries too, so an outage between two shards is survived like one in the middle of a
+    shard; one budget of `retries` covers the whole stream.
+    """
+
+    def __init__(self, uri: str, retries: int) -> None:
         self.uri = uri
         self.bucket, self.key = split_s3(uri)
         self.offset = 0
-        self.retries_left = retries
+        self.size: int | None = None
+        self.retries = self.retries_left = retries
         self._body = None
         self._open()
 
     def _open(self) -> None:
-        response = _call(self.uri, client().get_object, Bucket=self.bucket, Key=self.key)
+        while True:
+            try:
+                response = client().get_object(Bucket=self.bucket, Key=self.key)
+                break
+            except Exception as exc:
+                if not _is_transient(exc):
+                    raise _translate(self.uri, exc) from None
+                self._retry(exc)
         self.size = int(response["ContentLength"])
         self.etag = response["ETag"]
         self._body = response["Body"]
@@ -196,7 +228,7 @@ class _S3RawReader(io.RawIOBase):
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
         while True:
-            if self.offset >= self.size:
+            if self.size is not None and self.offset >= self.size:
                 return 0
             try:
                 if self._body is None:
@@ -217,13 +249,16 @@ class _S3RawReader(io.RawIOBase):
     def _retry(self, exc: BaseException) -> None:
         self._close_body()
         if self.retries_left <= 0:
+            budget = f"after {self.retries} retries (budget: LTAD_S3_RETRIES)"
+            if self.size is None:  # never opened
+                raise StorageError(f"{_error(self.uri, exc)} {budget}") from None
             raise StorageError(
                 f"reading {self.uri} from S3 endpoint {endpoint()} failed at byte {self.offset} of "
-                f"{self.size} after {RETRIES} retries ({type(exc).__name__}): is the server still running?"
+                f"{self.size} {budget} ({type(exc).__name__}): is the server still running?"
             ) from None
-        attempt = RETRIES - self.retries_left
+        attempt = self.retries - self.retries_left
         self.retries_left -= 1
-        time.sleep(min(4.0, 0.25 * 2**attempt))
+        time.sleep(min(8.0, 0.5 * 2**attempt))
 
     def _close_body(self) -> None:
         if self._body is not None:
@@ -236,11 +271,12 @@ class _S3RawReader(io.RawIOBase):
         super().close()
 
 
-def open_read(uri: str, retries: int = RETRIES) -> BinaryIO:
+def open_read(uri: str, retries: int | None = None) -> BinaryIO:
     """A buffered binary stream of `uri` (local file or resumable S3 GET; the kernel's socket buffer
     already reads a streaming GET ahead, a read-ahead thread measured no gain here)."""
     if is_s3(uri):
-        return io.BufferedReader(_S3RawReader(uri, retries), buffer_size=BUFFER)  # type: ignore[return-value]
+        budget = retry_budget() if retries is None else retries
+        return io.BufferedReader(_S3RawReader(uri, budget), buffer_size=BUFFER)  # type: ignore[return-value]
     try:
         return open(uri, "rb", buffering=BUFFER)  # noqa: SIM115 - the caller closes it
     except FileNotFoundError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
@@ -46,6 +47,11 @@ def decode_image_sample(sample: dict[str, Any], image_size: int, with_mask: bool
     if with_mask:
         meta = json.loads(sample["json"])
         mask = np.zeros((image_size, image_size), dtype=np.float32)
+        if meta.get("mask") and "mask.png" not in sample:
+            raise DataError(
+                f"sample '{sample['__key__']}' of shard {sample['__url__']} has lost its mask "
+                "(key.json says it has one, no key.mask.png member): re-run ltad prepare"
+            )
         if "mask.png" in sample:
             with Image.open(io.BytesIO(sample["mask.png"])) as m:
                 resized = m.convert("L").resize((image_size, image_size), Image.NEAREST)
@@ -97,6 +103,12 @@ class ResampledStream(IterableDataset):
     Each reader (rank x worker) draws its share of `epoch_samples // world_size` samples: a class by
     weight, then the next sample of that class's endless source (its shards in a seeded random order,
     samples shuffled in a small buffer). Deterministic given (seed, epoch, rank, worker).
+
+    Corrupt data is skipped up to `max_bad_samples` per reader (`data.max_bad_samples`): each
+    distinct undecodable sample, and every sample a truncated or corrupt shard failed to deliver,
+    counts once; each skip is reported on stderr with the running count (`bad_samples`), and the
+    first one beyond the budget raises a DataError naming the shard. An unreachable server
+    (StorageError) is never skipped.
     """
 
     def __init__(
@@ -112,6 +124,7 @@ class ResampledStream(IterableDataset):
         decode: Decode,
         epoch: int = 0,
         buffer: int = 16,
+        max_bad_samples: int = 0,
     ) -> None:
         if epoch_samples < world_size:
             raise ConfigError(f"epoch_samples ({epoch_samples}) must be at least world_size ({world_size})")
@@ -121,6 +134,11 @@ class ResampledStream(IterableDataset):
         self.uri, self.shards_by_class, self.weights = uri, shards_by_class, weights
         self.epoch_samples, self.seed, self.rank, self.world_size = epoch_samples, seed, rank, world_size
         self.decode, self.epoch, self.buffer = decode, epoch, buffer
+        self.max_bad_samples = max_bad_samples
+        self.bad_samples = 0
+        """Corrupt samples skipped by this reader so far (samples lost with a corrupt shard included)."""
+        self._bad_shards: set[str] = set()
+        self._bad_keys: set[tuple[str, str]] = set()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -142,19 +160,66 @@ class ResampledStream(IterableDataset):
             cls = classes[c]
             if cls not in sources:
                 sources[cls] = self._source(cls, np.random.default_rng(rng.integers(2**63)))
-            yield decode_sample(next(sources[cls]), self.decode)
+            known_bad = 0
+            while True:  # a corrupt sample is replaced by the next one of the same class
+                raw = next(sources[cls])
+                where = (raw["__url__"], raw["__key__"])
+                if where in self._bad_keys:  # counted when first met
+                    known_bad += 1
+                    if known_bad > sum(e.samples for e in self.shards_by_class[cls]):
+                        raise DataError(f"every training sample of class '{cls}' at {self.uri} is corrupt")
+                    continue
+                try:
+                    decoded = decode_sample(raw, self.decode)
+                except DataError as exc:
+                    self._bad_keys.add(where)
+                    self._skip(1, exc, worker)
+                    continue
+                yield decoded
+                break
+
+    def _skip(self, lost: int, exc: DataError, worker: int) -> None:
+        """Count `lost` bad samples against `max_bad_samples`; fail once the budget is spent."""
+        self.bad_samples += lost
+        where = f"training stream (rank {self.rank}, loader worker {worker})"
+        if self.bad_samples > self.max_bad_samples:
+            raise DataError(
+                f"{where} met {self.bad_samples} bad samples, more than data.max_bad_samples="
+                f"{self.max_bad_samples}; the last: {exc}"
+            ) from None
+        sys.stderr.write(
+            f"{where}: skipped {lost} bad sample(s), {self.bad_samples} of data.max_bad_samples="
+            f"{self.max_bad_samples} used: {exc}\n"
+        )
 
     def _source(self, cls: str, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
-        """Raw samples of one class forever: shards in random order, samples through a shuffle buffer."""
+        """Raw samples of one class forever: shards in random order, samples through a shuffle buffer.
+
+        A truncated or corrupt shard still gives the samples before the damage; the ones it failed to
+        deliver count as bad once (the first time this reader meets it). A class whose shards give
+        no sample at all is an error.
+        """
         shards = self.shards_by_class[cls]
         held: list[dict[str, Any]] = []
         while True:
+            delivered = 0
             for i in rng.permutation(len(shards)):
                 entry = shards[i]
-                for sample in iterate_shard(storage.join(self.uri, entry.name), entry.samples):
-                    held.append(sample)
-                    if len(held) >= self.buffer:
-                        yield held.pop(int(rng.integers(len(held))))
+                read = 0
+                try:
+                    for sample in iterate_shard(storage.join(self.uri, entry.name), entry.samples):
+                        read += 1
+                        held.append(sample)
+                        if len(held) >= self.buffer:
+                            yield held.pop(int(rng.integers(len(held))))
+                except DataError as exc:  # a StorageError (server unreachable) is not corruption
+                    if entry.name not in self._bad_shards:
+                        self._bad_shards.add(entry.name)
+                        info = get_worker_info()
+                        self._skip(max(1, entry.samples - read), exc, info.id if info is not None else 0)
+                delivered += read
+            if not delivered:
+                raise DataError(f"no training shard of class '{cls}' at {self.uri} holds a readable sample")
             while len(held) > self.buffer // 2 or (held and len(shards) == 1):
                 yield held.pop(int(rng.integers(len(held))))
 
@@ -170,6 +235,7 @@ def train_stream(
     world_size: int,
     class_balance: float = 0.5,
     epoch: int = 0,
+    max_bad_samples: int = 0,
 ) -> ResampledStream:
     """Training images: `image`, `class_id`, `key`; class-weighted, resampled, fixed epoch length."""
     by_class: dict[str, list[ShardEntry]] = {c: [] for c in manifest.classes}
@@ -186,6 +252,7 @@ def train_stream(
         world_size=world_size,
         decode=partial(decode_image_sample, image_size=image_size, with_mask=False),
         epoch=epoch,
+        max_bad_samples=max_bad_samples,
     )
 
 

@@ -1,0 +1,222 @@
+"""Security: no secret in any log, config, result, checkpoint or Ray job metadata; safe loading only;
+local services on loopback; SeaweedFS enforces credentials; no public port in cluster.yaml or k8s.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+
+from tests.reliability.conftest import REPO
+
+pytestmark = pytest.mark.integration
+RAY = str(Path(sys.executable).parent / "ray")
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+SOURCES = [p for d in ("ltad", "jobs", "tune") for p in sorted((REPO / d).rglob("*.py"))]
+
+
+# ------------------------------------------------------------------------------- safe loading
+
+
+def _calls(name: str):
+    """(file, ast.Call) of every call whose function is `name` (e.g. 'torch.load') in the sources."""
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == name:
+                yield path.relative_to(REPO), node
+
+
+def test_every_torch_load_uses_weights_only():
+    calls = list(_calls("torch.load"))
+    assert calls, "expected checkpoint and export loaders"
+    for path, call in calls:
+        kw = {k.arg: ast.unparse(k.value) for k in call.keywords}
+        assert kw.get("weights_only") == "True", f"{path}:{call.lineno} torch.load without weights_only=True"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["pickle.load", "pickle.loads", "cloudpickle.loads", "eval", "exec", "yaml.load", "yaml.unsafe_load"],
+)
+def test_no_pickle_or_eval_of_stored_data(name):
+    assert [f"{p}:{c.lineno}" for p, c in _calls(name)] == []
+
+
+def test_numpy_never_loads_pickles():
+    for path, call in _calls("np.load"):
+        kw = {k.arg: ast.unparse(k.value) for k in call.keywords}
+        assert kw.get("allow_pickle") == "False", f"{path}:{call.lineno}"
+
+
+class _Boom:
+    """Unpickling this runs code: it creates the marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_checkpoint_and_export_with_a_pickled_object_are_refused(tmp_path):
+    import ray.train
+
+    from ltad.export import load_export
+    from ltad.training.checkpoint import MODEL_FILE, load_model_state
+
+    marker = tmp_path / "code-ran"
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    torch.save({"names.tokens": _Boom(str(marker))}, ckpt / MODEL_FILE)
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        load_model_state(ray.train.Checkpoint.from_directory(str(ckpt)))
+    model = tmp_path / "model"
+    model.mkdir()
+    torch.save({"x": _Boom(str(marker))}, model / "weights.pt")
+    (model / "config.yaml").write_text("{}\n")
+    (model / "export.json").write_text(json.dumps({"format": "ltad-model/1", "classes": ["a"]}))
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        load_export(model)
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------- deployment files
+
+
+def test_cluster_yaml_and_rayjob_expose_no_public_port():
+    cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    rules = cluster["provider"]["security_group"]["IpPermissions"]
+    assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]
+    assert all(ip["CidrIp"] != "0.0.0.0/0" for r in rules for ip in r.get("IpRanges", []))
+    starts = " ".join(cluster["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in starts and "0.0.0.0" not in starts
+    text = (REPO / "k8s" / "rayjob.yaml").read_text()
+    assert "hostPort" not in text and "NodePort" not in text and "LoadBalancer" not in text
+    jobs = [d for d in yaml.safe_load_all(text) if d.get("kind") == "RayJob"]
+    assert jobs
+    for doc in jobs:
+        head = doc["spec"]["rayClusterSpec"]["headGroupSpec"]
+        assert head.get("serviceType", "ClusterIP") == "ClusterIP"
+    assert not [d for d in yaml.safe_load_all(text) if d.get("kind") in ("Service", "Ingress")]
+
+
+# ------------------------------------------------------------------------------- live services
+
+
+def _listening(pid: int) -> list[tuple[str, int]]:
+    out = []
+    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        for conn in proc.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN:
+                out.append((conn.laddr.ip, conn.laddr.port))
+    return out
+
+
+def test_seaweedfs_listens_on_loopback_only(s3_server):
+    listening = _listening(s3_server.pid())
+    assert len(listening) >= 5  # S3, master, volume, filer and their gRPC ports
+    assert {ip for ip, _ in listening} <= LOOPBACK, listening
+
+
+def test_seaweedfs_rejects_wrong_credentials(s3_server):
+    import boto3
+    from botocore.exceptions import ClientError
+
+    good = s3_server.env()
+    for key, secret in ((good["AWS_ACCESS_KEY_ID"], "wrong"), ("nobody", good["AWS_SECRET_ACCESS_KEY"])):
+        client = boto3.client(
+            "s3",
+            endpoint_url=good["AWS_ENDPOINT_URL"],
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            region_name=good["AWS_DEFAULT_REGION"],
+        )
+        for call in (client.list_buckets, lambda c=client: c.list_objects_v2(Bucket=s3_server.bucket)):
+            with pytest.raises(ClientError) as err:
+                call()
+            assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def _files_holding(secret: bytes, roots: list[Path]) -> list[str]:
+    hits = []
+    for root in roots:
+        for path in (p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+            try:
+                if secret in path.read_bytes():
+                    hits.append(str(path))
+            except OSError:
+                continue
+    return hits
+
+
+@pytest.mark.slow
+def test_job_with_a_unique_secret_leaks_it_nowhere(synth_root, split_file, tmp_path, monkeypatch):
+    """A fresh SeaweedFS identity (random secret), a Ray head started with it, `ray job submit` of the
+    whole pipeline (checkpoints on S3 through pyarrow, results local), then grep for the secret."""
+    from ray.job_submission import JobSubmissionClient
+
+    from ltad.data import storage
+    from ltad.data.prepare import prepare
+    from ltad.services.ray_local import RayHead
+    from ltad.services.seaweed import SeaweedServer
+    from tests.integration.conftest import TINY_MODEL
+
+    server = SeaweedServer(tmp_path / "s3")
+    server.start()
+    head = RayHead(tmp_path / "ray")
+    try:
+        env = server.env()
+        secret = env["AWS_SECRET_ACCESS_KEY"]
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        storage.reset_client()
+        server.create_bucket("sec")
+        prepare("synth", synth_root, split_file, "s3://sec/data", test_shard_samples=4, log=lambda _m: None)
+        out = tmp_path / "out"
+        cfg = {
+            "model": TINY_MODEL,
+            "data": {"uri": "s3://sec/data", "batch_size": 4, "use_feature_cache": False},
+            "phase1": {"steps": 2},
+            "phase2": {"steps": 2, "stats_samples": 8},
+            "run": {"name": "sec", "output": str(out), "storage_path": "s3://sec/ray", "checkpoint_every": 1},
+            "eval": {"overlays_per_class": 1, "pixel_bins": 50},
+        }
+        config = tmp_path / "sec.yaml"
+        config.write_text(yaml.safe_dump(cfg))
+        head.start()
+        address = head.env()["RAY_ADDRESS"]
+        cmd = [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--", "python"]
+        cmd += ["jobs/train.py", "--config", str(config)]
+        job_env = {**os.environ, **head.env()}
+        proc = subprocess.run(cmd, env=job_env, cwd=REPO, capture_output=True, text=True, timeout=900)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-3000:]
+        assert (out / "metrics.json").is_file()
+        client = JobSubmissionClient(address)
+        jobs = client.list_jobs()
+        assert jobs
+        metadata = json.dumps([j.dict() if hasattr(j, "dict") else vars(j) for j in jobs], default=str)
+        job_logs = "".join(client.get_job_logs(j.submission_id) for j in jobs if j.submission_id)
+        assert secret not in log and secret not in job_logs and secret not in metadata
+        # Ray's session dir (all logs, the uploaded working dir), outputs, and every stored object
+        assert _files_holding(secret.encode(), [head.temp_dir, head.state_dir, out]) == []
+        objects = storage.list("s3://sec/ray") + storage.list("s3://sec/data")
+        assert any(u.endswith("model.pt") for u in objects)
+        assert [u for u in objects if secret.encode() in storage.read_bytes(u)] == []
+        # the dashboard of this head listens on loopback only
+        dash = int(address.rsplit(":", 1)[1])
+        conns = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        assert {c.laddr.ip for c in conns if c.laddr.port == dash} <= LOOPBACK
+    finally:
+        head.stop()
+        server.stop()
+        storage.reset_client()
