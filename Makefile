@@ -30,5 +30,9 @@ test: lint
 demo: setup
 	scripts/demo
 
+# Two imbalance levels x 2 prompt lengths x 2 synthesis ratios on the local services -> runs/sweep-demo/.
+sweep-demo: setup
+	scripts/sweep-demo
+
 clean:
 	rm -rf runs .local .pytest_cache .ruff_cache

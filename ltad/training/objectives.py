@@ -130,7 +130,12 @@ class Phase2Objective(nn.Module):
         alloc = allocate_synthetic(self.seen.cpu() + real, n, self.class_counts.cpu())
         ids = torch.repeat_interleave(torch.arange(model.num_classes), alloc).to(y.device)
         if self.training:
-            self.seen += (real + alloc).to(self.seen.device)
+            # Keep `seen` identical on every rank (ZeRO checkpoints save rank 0's buffers only), so a
+            # resumed run allocates exactly as the uninterrupted one would.
+            step = (real + alloc).to(self.seen.device)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(step)
+            self.seen += step
         if n == 0:
             return torch.zeros(0, model.feature_dim, model.grid, model.grid, device=y.device), ids
         cond = model.text_class[ids].to(_dtype(model.vae))

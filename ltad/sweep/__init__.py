@@ -1,0 +1,1 @@
+"""Ray Tune sweeps across imbalance levels (tune/sweep.py)."""

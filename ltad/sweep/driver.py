@@ -1,0 +1,281 @@
+"""The sweep on Ray Tune: function trainables (0.01 CPU drivers) that each fit `TorchTrainer` runs.
+
+Order of work, each step skipped when its result is already in storage (so a restarted sweep resumes):
+1. the feature cache of every level (one `encode` run per level, from the job driver);
+2. Tune experiment `phase1`: one trial per (level, prompt length) training phase 1 under the
+   deterministic run name `{level}-L{length}-phase1`; a finished checkpoint there is reused;
+3. Tune experiment `trials`: one trial per (level, length, synthesis ratio) that loads that phase-1
+   checkpoint, runs phase 2 (its per-interval metrics go to Tune for ASHA) and evaluation, and
+   publishes the evaluation to `<root>/trials/<trial>/`; `sweep.json` is rewritten as trials end.
+Both experiments live under `<root>/tune/` and are restored with `Tuner.restore` when present, so
+finished trials are never re-run. Every stage a trial launches leaves `<root>/launches/<stage>/...`.
+With `reuse: false` (the naive baseline of benchmarks/sweep_reuse.py) steps 1-2 are skipped and every
+trial encodes images online and trains its own phase 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from ltad.data import storage
+from ltad.data.manifest import read_manifest
+from ltad.errors import ConfigError
+from ltad.eval.summary import write_sweep
+from ltad.sweep.space import Space, Trial
+from ltad.training.engine import load_zero_config
+from ltad.training.feature_cache import find_cache
+from ltad.training.pipeline import encode_stage, git_commit, publish, stage_checkpoint
+from ltad.training.ray_run import fit, resolve_storage
+
+DRIVER_CPU = 0.01
+"""CPU of a trial's driver function; its TorchTrainer workers hold the real resources."""
+TUNE_STATUS = {"PENDING": "pending", "PAUSED": "pending", "RUNNING": "running", "ERROR": "error"}
+
+
+def log(msg: str) -> None:
+    print(f"[sweep {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def record_launch(space: Space, stage: str, run: str) -> None:
+    """One object per TorchTrainer stage a sweep starts: the audit trail of what ran (and how often)."""
+    uri = storage.join(space.root, "launches", stage, f"{run}-{time.time_ns()}.json")
+    storage.write_json(uri, {"stage": stage, "run": run, "time": time.time(), "pid": os.getpid()})
+
+
+def launches(space: Space, stage: str) -> list[str]:
+    """Run names of the `stage` launches recorded so far (one entry per launch)."""
+    prefix = storage.join(space.root, "launches", stage)
+    return sorted(u.rsplit("/", 1)[1].rsplit("-", 1)[0] for u in storage.list(prefix))
+
+
+def _loop(cfg, commit: str, **checkpoints: Any) -> dict[str, Any]:
+    return {
+        "config": cfg.to_dict(),
+        "data_uri": cfg.data.uri,
+        "deepspeed": load_zero_config(cfg.scaling.zero_stage),
+        "git_commit": commit,
+        **checkpoints,
+    }
+
+
+def _finished(cfg, stage: str):
+    """The stage's finished checkpoint in storage, or None."""
+    try:
+        return stage_checkpoint(cfg, stage)
+    except ConfigError:
+        return None
+
+
+def _trial(space: Space, config: dict[str, Any]) -> Trial:
+    """The trial (or, by its phase-1 run name, the first trial of a phase-1 run) a Tune config names."""
+    named = {t.phase1_name: t for t in space.phase1_runs()} | {t.name: t for t in space.trials()}
+    return named[config["trial"]]
+
+
+def _launch(space: Space, stage: str, run: str, fn, loop: dict[str, Any], cfg, **kwargs):
+    """Record, then fit, the TorchTrainer run `{run}-{stage}`; its `ray.train.Result`."""
+    record_launch(space, stage, run)
+    return fit(fn, loop, cfg, name=f"{run}-{stage}", **kwargs)
+
+
+def phase1_trial(config: dict[str, Any], space: Space, commit: str) -> None:
+    """Tune trial: phase 1 of one (level, prompt length), unless its final checkpoint already exists."""
+    from ray import tune
+
+    from ltad.training.phases import phase1
+
+    cfg = space.run_config(_trial(space, config), phase1=True)
+    reused = _finished(cfg, "phase1") is not None
+    if not reused:
+        _launch(space, "phase1", cfg.run.name, phase1, _loop(cfg, commit), cfg)
+    tune.report({"phase1_reused": reused})
+
+
+def _evaluation(cfg):
+    """The finished evaluation of a run (its checkpoint holds metrics.json), or None."""
+    import ray.train
+
+    uri = storage.join(cfg.run.storage_path, f"{cfg.run.name}-evaluate", "evaluation")
+    if not storage.exists(storage.join(uri, "metrics.json")):
+        return None
+    path, fs = resolve_storage(uri, cfg.run.output)
+    return ray.train.Checkpoint(path, filesystem=fs) if fs is not None else ray.train.Checkpoint(path)
+
+
+def _phase2(space: Space, trial: Trial, cfg, commit: str):
+    """(phase-2 checkpoint, its last phase-2 metrics) of a trial: found in storage, else trained."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ltad.training.phases import phase1, phase2
+
+    done = _finished(cfg, "phase2")
+    if done is not None:
+        return done, {}
+    if space.reuse:
+        ckpt1 = stage_checkpoint(space.run_config(trial, phase1=True), "phase1")
+    else:
+        ckpt1 = _finished(cfg, "phase1")
+        if ckpt1 is None:
+            ckpt1 = _launch(space, "phase1", cfg.run.name, phase1, _loop(cfg, commit), cfg).checkpoint
+    loop = _loop(cfg, commit, phase1_checkpoint=ckpt1)
+    # every phase-2 report (each run.log_every steps) reaches Tune as one result: ASHA's time axis
+    result = _launch(space, "phase2", cfg.run.name, phase2, loop, cfg, callbacks=[TuneReportCallback()])
+    return result.checkpoint, {k: v for k, v in (result.metrics or {}).items() if k.startswith("phase2/")}
+
+
+def sweep_trial(config: dict[str, Any], space: Space, commit: str) -> None:
+    """Tune trial: (phase 1 when not shared,) phase 2 and evaluation of one setting; publishes the results.
+
+    Every stage whose result is already in storage is skipped, so a trial that finished after Tune's
+    last experiment snapshot (then restored as unfinished) only republishes its evaluation.
+    """
+    from ray import tune
+
+    from ltad.eval.evaluate import evaluate
+
+    trial = _trial(space, config)
+    cfg = space.run_config(trial)
+    last: dict[str, Any] = {}
+    evaluation = _evaluation(cfg)
+    if evaluation is None:
+        ckpt2, last = _phase2(space, trial, cfg, commit)
+        loop = _loop(cfg, commit, phase2_checkpoint=ckpt2)
+        evaluation = _launch(space, "evaluate", cfg.run.name, evaluate, loop, cfg).checkpoint
+    else:
+        log(f"{trial.name}: evaluated before, republishing its results")
+    publish(evaluation, space.trial_dir(trial))
+    metrics = storage.read_json(storage.join(space.trial_dir(trial), "metrics.json"))
+    summary = {k: metrics[k] for k in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1max")}
+    tune.report({**last, **summary, "published": space.trial_dir(trial)})
+
+
+def write_status(space: Space, statuses: dict[str, str]) -> str:
+    """sweep.json with every planned trial; Tune's TERMINATED is finished with results, stopped without."""
+    trials = []
+    for t in space.trials():
+        status = statuses.get(t.name, "PENDING")
+        if status == "TERMINATED":
+            has = storage.exists(storage.join(space.trial_dir(t), "metrics.json"))
+            status = "finished" if has else "stopped"
+        else:
+            status = TUNE_STATUS.get(status, status)
+        trials.append(
+            {
+                "name": t.name,
+                "level": t.level.name,
+                "status": status,
+                "params": t.params,
+                "path": f"trials/{t.name}",
+            }
+        )
+    levels = [lv.to_dict() for lv in space.levels]
+    return write_sweep(space.root, space.name, levels, trials, metric="image_AUROC")
+
+
+def _recorder(space: Space):
+    from ray import tune
+
+    class SweepRecorder(tune.Callback):
+        """Rewrites sweep.json (in the sweep driver: one writer) whenever a trial starts or ends."""
+
+        def _write(self, trials) -> None:
+            write_status(space, {t.config["trial"]: t.status for t in trials})
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._write(trials)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._write(trials)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._write(trials)
+
+    return SweepRecorder()
+
+
+def concurrency(space: Space) -> int:
+    """Trials that fit the cluster at once: its CPUs (and GPUs) over one trial's workers + driver."""
+    import ray
+
+    sc = space.base.scaling
+    have = ray.cluster_resources()
+    per_trial = sc.num_workers * sc.cpus_per_worker + DRIVER_CPU
+    n = int(have.get("CPU", 0) / per_trial + 1e-9)
+    if sc.use_gpu:
+        n = min(n, int(have.get("GPU", 0) // sc.num_workers))
+    if n < 1:
+        log(f"the cluster has {have.get('CPU', 0):g} CPUs / {have.get('GPU', 0):g} GPUs now, less than one trial "
+            f"({per_trial:g} CPUs, {sc.num_workers if sc.use_gpu else 0} GPUs): 1 at a time (an autoscaler adds nodes)")  # fmt: skip
+    return max(n, 1)
+
+
+def _tuner(space: Space, name: str, fn, trials: list[str], commit: str, *, callbacks=(), scheduler=None):
+    from ray import tune
+
+    path, fs = resolve_storage(storage.join(space.root, "tune"), "")
+    trainable = tune.with_resources(tune.with_parameters(fn, space=space, commit=commit), {"CPU": DRIVER_CPU})
+    experiment = f"{path.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(experiment, storage_filesystem=fs):
+        log(f"{name}: restoring the experiment in {space.root}/tune/{name} (finished trials are kept)")
+        return tune.Tuner.restore(
+            experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        )
+    return tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(trials)},
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=concurrency(space)),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=path,
+            storage_filesystem=fs,
+            callbacks=list(callbacks),
+            verbose=1,
+            # experiment snapshots reach storage within ~15 s (Tune's default is 5 min)
+            sync_config=tune.SyncConfig(sync_period=15),
+        ),
+    )
+
+
+def _asha(space: Space):
+    if not space.asha:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="training_iteration", **{"mode": "min", **space.asha})
+
+
+def encode_levels(space: Space, commit: str) -> None:
+    """The feature cache of each level, built once and shared by every trial of the level."""
+    for trial in space.phase1_runs():
+        cfg = space.run_config(trial, phase1=True)
+        if find_cache(cfg.data.uri, cfg.model.encoder, read_manifest(cfg.data.uri)) is None:
+            log(f"{trial.level.name}: building the feature cache")
+            _launch(space, "encode", trial.level.name, encode_stage, _loop(cfg, commit), cfg)
+
+
+def run_sweep(space: Space) -> dict[str, Any]:
+    """Run (or resume) the whole sweep on the connected Ray cluster; returns the final sweep.json."""
+    # A restored trial whose phase 2 had finished reports evaluation metrics without the ASHA metric.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    commit = git_commit()
+    for level in space.levels:
+        read_manifest(level.data)  # fail here, in one sentence, on a level that was never prepared
+    names = [t.name for t in space.trials()]
+    log(f"{space.name}: {len(names)} trials over {len(space.levels)} levels -> {space.root}")
+    if space.reuse:
+        encode_levels(space, commit)
+        runs = [t.phase1_name for t in space.phase1_runs()]
+        results = _tuner(space, "phase1", phase1_trial, runs, commit).fit()
+        failed = [r.config["trial"] for r in results if r.error]
+        if failed:
+            raise RuntimeError(f"phase 1 failed for {failed}: see the trial errors above")
+    write_status(space, {})
+    results = _tuner(
+        space, "trials", sweep_trial, names, commit, callbacks=[_recorder(space)], scheduler=_asha(space)
+    ).fit()
+    statuses = {r.config["trial"]: "ERROR" if r.error else "TERMINATED" for r in results}
+    write_status(space, statuses)
+    return storage.read_json(storage.join(space.root, "sweep.json"))

@@ -1,0 +1,122 @@
+"""tune/sweep.py as a Ray job on a local head: a four-trial sweep that is killed and restored.
+
+One sweep (1 level x 2 prompt lengths x 2 synthesis ratios, tiny model, 1 worker per trial so two
+trials run at once on 2 CPUs) is submitted, stopped as soon as its first trial has published its
+metrics, and submitted again. The tests check the finished sweep (sweep.json, 4 metrics.json, phase 1
+exactly once per prompt length, the cache built once) and that the restore kept the finished trials.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from tests.integration.conftest import REPO, tiny_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _space(tmp, data_uri: str, root: str) -> str:
+    cfg = tiny_config(
+        tmp,
+        data_uri,
+        data={"use_feature_cache": True},
+        phase2={"steps": 6},
+        scaling={"num_workers": 1, "cpus_per_worker": 0.99},
+        run={"log_every": 2, "checkpoint_every": 2, "max_failures": 0},
+    )
+    (tmp / "base.yaml").write_text(cfg.to_yaml())
+    space = {
+        "name": "test",
+        "config": str(tmp / "base.yaml"),
+        "levels": [{"profile": "exp", "ratio": 4, "data": data_uri}],
+        "prompt_lengths": [1, 2],
+        "synthesis_ratios": [0.0, 0.5],
+        "root": root,
+        # a grace period beyond the run keeps all four trials (ASHA still sees every phase-2 report)
+        "asha": {"metric": "phase2/loss", "mode": "min", "grace_period": 50, "max_t": 50},
+    }
+    (tmp / "space.yaml").write_text(yaml.safe_dump(space))
+    return str(tmp / "space.yaml")
+
+
+def _wait(client, job: str, timeout: float, until=None) -> str:
+    from ray.job_submission import JobStatus
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get_job_status(job)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            return status
+        if until is not None and until():
+            return "condition"
+        time.sleep(1)
+    raise AssertionError(f"job {job} still {status} after {timeout} s:\n{client.get_job_logs(job)[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def killed_and_restored(ray_head, tiny_data, s3_server, tmp_path_factory):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from ltad.data import storage
+    from ltad.sweep.space import load_space
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    root = f"s3://{s3_server.bucket}/sweep-{tmp.name}"
+    space_file = _space(tmp, tiny_data, root)
+    client = JobSubmissionClient(ray_head["RAY_ADDRESS"])
+    # tmp/: scratch space of whoever works in this checkout (not in .rayignore), never needed by a job
+    env = {"working_dir": str(REPO), "excludes": ["/tmp/"], "env_vars": {"LTAD_GIT_COMMIT": "test-commit"}}
+
+    def published() -> list[str]:
+        return [u for u in storage.list(f"{root}/trials") if u.endswith("/metrics.json")]
+
+    first = client.submit_job(entrypoint=f"python tune/sweep.py --space {space_file}", runtime_env=env)
+    state = _wait(client, first, 600, until=lambda: bool(published()))
+    assert state == "condition", client.get_job_logs(first)[-4000:]
+    done_before = {u.split("/")[-2]: storage.read_bytes(u) for u in published()}
+    client.stop_job(first)
+    assert _wait(client, first, 120) == JobStatus.STOPPED
+    second = client.submit_job(
+        entrypoint=f"python tune/sweep.py --space {space_file} --resume", runtime_env=env
+    )
+    assert _wait(client, second, 600) == JobStatus.SUCCEEDED, client.get_job_logs(second)[-6000:]
+    return load_space(space_file), done_before, client.get_job_logs(second)
+
+
+def test_four_trials_finish_with_sweep_json_and_phase1_once_per_length(killed_and_restored):
+    from ltad.data import storage
+    from ltad.eval.summary import collect, read_sweep
+    from ltad.sweep.driver import launches
+
+    space, _, log = killed_and_restored
+    sweep = read_sweep(space.root)
+    names = sorted(t.name for t in space.trials())
+    assert sorted(t["name"] for t in sweep["trials"]) == names and len(names) == 4
+    assert {t["status"] for t in sweep["trials"]} == {"finished"}
+    for name in names:
+        metrics = storage.read_json(f"{space.root}/trials/{name}/metrics.json")
+        assert 0.0 <= metrics["image_AUROC"] <= 1.0
+        assert metrics["provenance"]["feature_cache"]  # every trial read the shared cache
+    results, missing = collect([space.root], [])
+    assert len(results) == 4 and not missing
+    assert {(r.prompt_length, r.synthesis_ratio) for r in results} == {(1, 0.0), (1, 0.5), (2, 0.0), (2, 0.5)}
+    # phase 1 ran exactly once per prompt length, the cache once for the level, across both jobs
+    assert launches(space, "phase1") == ["exp4-L1", "exp4-L2"]
+    assert len(launches(space, "encode")) == 1
+    assert "sweep test: {'finished': 4}" in log
+
+
+def test_restore_keeps_finished_trials_and_completes_the_rest(killed_and_restored):
+    from ltad.data import storage
+    from ltad.sweep.driver import launches
+
+    space, done_before, log = killed_and_restored
+    assert done_before and "restoring the experiment" in log
+    evaluated = launches(space, "evaluate")
+    for name, metrics in done_before.items():
+        assert evaluated.count(name) == 1 and launches(space, "phase2").count(name) == 1
+        assert storage.read_bytes(f"{space.root}/trials/{name}/metrics.json") == metrics
+    assert sorted(set(evaluated)) == sorted(t.name for t in space.trials())

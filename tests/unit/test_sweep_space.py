@@ -1,0 +1,75 @@
+"""Search-space files (ltad/sweep/space.py): trial names, run configs, and one-sentence errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ltad.errors import ConfigError
+from ltad.sweep.space import load_space
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path: Path, **space) -> Path:
+    base = {
+        "levels": [{"profile": "exp", "ratio": 10, "data": "s3://b/exp10"}],
+        "prompt_lengths": [2, 4],
+        "synthesis_ratios": [0.0, 0.25],
+        "root": "s3://b/sweeps/t",
+    }
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({**base, **space}))
+    return path
+
+
+def test_shipped_spaces_load():
+    for name in ("demo", "mvtec"):
+        space = load_space(REPO / "tune" / f"{name}.yaml")
+        assert space.asha and space.asha["metric"] == "phase2/loss" and space.reuse
+    demo = load_space(REPO / "tune/demo.yaml")
+    assert [lv.name for lv in demo.levels] == ["exp10", "exp100"] and len(demo.trials()) == 8
+
+
+def test_trials_share_one_phase1_run_per_level_and_length(tmp_path):
+    space = load_space(_write(tmp_path), overrides=["phase2.steps=7"])
+    assert [t.name for t in space.trials()] == [
+        "exp10-L2-s0",
+        "exp10-L2-s0.25",
+        "exp10-L4-s0",
+        "exp10-L4-s0.25",
+    ]
+    assert [t.phase1_name for t in space.phase1_runs()] == ["exp10-L2", "exp10-L4"]
+    trial = space.trials()[1]
+    cfg = space.run_config(trial)
+    assert (cfg.model.prompts.length, cfg.phase2.synthesis_ratio, cfg.phase2.steps) == (2, 0.25, 7)
+    assert cfg.data.uri == "s3://b/exp10" and cfg.run.output == "s3://b/sweeps/t/trials/exp10-L2-s0.25"
+    assert cfg.run.storage_path == "s3://b/sweeps/t/ray" and cfg.data.use_feature_cache
+    assert space.run_config(trial, phase1=True).run.name == "exp10-L2"
+    assert trial.params == {"model.prompts.length": 2, "phase2.synthesis_ratio": 0.25}
+
+
+def test_naive_space_trains_phase1_per_trial_without_cache(tmp_path):
+    space = load_space(_write(tmp_path, reuse=False))
+    cfg = space.run_config(space.trials()[0], phase1=True)
+    assert cfg.run.name == "exp10-L2-s0" and not cfg.data.use_feature_cache
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"prompt_lengths": [0]}, "config key 'model.prompts.length' must be an int in [1, 32], got 0"),
+        ({"synthesis_ratios": [1.5]}, "config key 'phase2.synthesis_ratio' must be in [0, 1), got 1.5"),
+        ({"levels": [{"profile": "exp", "ratio": 10}]}, "levels[0]: key 'data' must be a shard prefix"),
+        ({"levels": []}, "key 'levels' must be a non-empty list"),
+        ({"grid": 1}, "unknown key 'grid'"),
+        ({"asha": {"mode": "min"}}, "'asha' must be null or a mapping with metric"),
+        ({"set": ["phase2.nope=1"]}, "unknown config key 'phase2.nope'"),
+    ],
+)
+def test_bad_space_is_one_clear_error(tmp_path, space, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_space(_write(tmp_path, **space))
+    assert message in str(err.value)
