@@ -37,6 +37,9 @@ from ltad.errors import DataError
 
 FP16_RTOL = 2.0**-11
 """Relative rounding bound of the fp16 cache (documented tolerance of cached vs online features)."""
+BATCH_ATOL = 1e-5
+"""Plus this share of the largest |feature|: fp32 conv results differ slightly with batch composition
+(the cache encodes in its own batches, on however many workers), which matters for values near 0."""
 
 
 def fingerprint(encoder: EncoderConfig, manifest: Manifest) -> str:

@@ -143,7 +143,8 @@ def test_phase2_zero3_cached_features_fails_once_and_resumes(trained, tiny_data,
 
 
 def test_cached_features_match_online_encoding_within_fp16_rounding(tiny_data, tmp_path):
-    """The feature cache's documented tolerance: |cached - online| <= 2^-11 |online| (fp16 rounding)."""
+    """The cache's documented tolerance: |cached - online| <= 2^-11 |online| (fp16 rounding) plus
+    1e-5 of the largest |feature| (fp32 results depend slightly on how images are batched)."""
     from functools import partial
 
     from ltad.data import storage
@@ -151,7 +152,7 @@ def test_cached_features_match_online_encoding_within_fp16_rounding(tiny_data, t
     from ltad.data.shards import iterate_shard
     from ltad.data.streams import decode_image_sample
     from ltad.models.encoder import Encoder
-    from ltad.training.feature_cache import FP16_RTOL, encode, feature_decoder
+    from ltad.training.feature_cache import BATCH_ATOL, FP16_RTOL, encode, feature_decoder
 
     cfg = tiny_config(tmp_path, tiny_data)
     encoder = Encoder(cfg.model.encoder)
@@ -182,4 +183,5 @@ def test_cached_features_match_online_encoding_within_fp16_rounding(tiny_data, t
     ):
         assert got.dtype == torch.float16, name
         err = (got.float() - ref).abs()
-        assert bool((err <= FP16_RTOL * ref.abs() + 1e-7).all()), f"{name}: max error {float(err.max())}"
+        bound = FP16_RTOL * ref.abs() + BATCH_ATOL * float(ref.abs().max())
+        assert bool((err <= bound).all()), f"{name}: max error {float(err.max())}"
