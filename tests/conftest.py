@@ -42,3 +42,24 @@ def s3_server(tmp_path_factory):
             else:
                 os.environ[k] = v
         storage.reset_client()
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_server):
+    """In-process Ray with 2 CPUs; started after the S3 variables are set so workers inherit them."""
+    import ray
+
+    from ltad.services.ports import free_port
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=free_port(),
+        object_store_memory=200 << 20,
+        log_to_driver=False,
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

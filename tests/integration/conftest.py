@@ -1,6 +1,6 @@
 """Integration fixtures for training: a tiny prepared dataset on the test S3 server, and Ray.
 
-`ray_local` is an in-process local Ray (2 CPUs, dashboard on loopback so finished placement groups
+`ray_local` (in tests/conftest.py, shared with tests/reliability) is an in-process local Ray (2 CPUs, dashboard on loopback so finished placement groups
 are freed) that inherits the S3 environment; `ray_head` is a separate head from `scripts/ray-local`
 for `ray job submit`. They are module-scoped and never run at the same time on this 2-core machine.
 """
@@ -72,27 +72,6 @@ def tiny_data(s3_server, tmp_path_factory) -> str:
     uri = f"s3://{s3_server.bucket}/tiny"
     prepare("synth", root, split_path, uri, test_shard_samples=5, log=lambda _msg: None)
     return uri
-
-
-@pytest.fixture(scope="module")
-def ray_local(s3_server):
-    """In-process Ray with 2 CPUs; started after the S3 variables are set so workers inherit them."""
-    import ray
-
-    from ltad.services.ports import free_port
-
-    ray.init(
-        num_cpus=2,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=free_port(),
-        object_store_memory=200 << 20,
-        log_to_driver=False,
-    )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

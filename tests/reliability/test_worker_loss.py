@@ -21,26 +21,6 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def ray_session(s3_server):
-    import ray
-
-    from ltad.services.ports import free_port
-
-    ray.init(
-        num_cpus=2,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=free_port(),
-        object_store_memory=200 << 20,
-        log_to_driver=False,
-    )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 def _config(tmp, data_uri: str, bucket: str, name: str):
     from ltad.config import LTADConfig
     from tests.integration.conftest import TINY_MODEL
@@ -121,7 +101,7 @@ def _rewritten_after(prefix: str, when: float) -> list[str]:
     "re-run since (see docs/RELIABILITY.md)",
     strict=False,
 )
-def test_worker_killed_mid_phase2_resumes_from_checkpoint(ray_session, s3_server, s3_shards, tmp_path):
+def test_worker_killed_mid_phase2_resumes_from_checkpoint(ray_local, s3_server, s3_shards, tmp_path):
     from ltad.training.checkpoint import load_model_state
     from ltad.training.pipeline import run_pipeline, stage_checkpoint
 
