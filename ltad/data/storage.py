@@ -116,32 +116,23 @@ def _error(uri: str, exc: Exception) -> StorageError:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    from botocore.exceptions import (
-        ConnectionClosedError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
-        IncompleteReadError,
-        ReadTimeoutError,
-        ResponseStreamingError,
-    )
+    from botocore import exceptions as bx
     from urllib3.exceptions import HTTPError as Urllib3Error
 
     transient = (
-        ConnectionClosedError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
-        IncompleteReadError,
-        ReadTimeoutError,
-        ResponseStreamingError,
+        bx.ConnectionClosedError,
+        bx.ConnectTimeoutError,
+        bx.EndpointConnectionError,
+        bx.IncompleteReadError,
+        bx.ReadTimeoutError,
+        bx.ResponseStreamingError,
         Urllib3Error,
         ConnectionError,
         TimeoutError,
     )
     if isinstance(exc, transient):
         return True
-    from botocore.exceptions import ClientError
-
-    if isinstance(exc, ClientError):
+    if isinstance(exc, bx.ClientError):
         return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
     return False
 

@@ -22,26 +22,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _config(tmp, data_uri: str, bucket: str, name: str):
-    from ltad.config import LTADConfig
-    from tests.integration.conftest import TINY_MODEL
+    """The integration tests' tiny config, with 12 phase-2 steps and a checkpoint every 4."""
+    from tests.integration.conftest import tiny_config
 
-    return LTADConfig.from_dict(
-        {
-            "model": TINY_MODEL,
-            "data": {"uri": data_uri, "batch_size": 4, "use_feature_cache": False},
-            "phase1": {"steps": 4},
-            "phase2": {"steps": 12, "stats_samples": 8},
-            "scaling": {"num_workers": 2, "zero_stage": 2},
-            "run": {
-                "name": name,
-                "output": str(tmp / name),
-                "storage_path": f"s3://{bucket}/rel-{tmp.name}",
-                "log_every": 2,
-                "checkpoint_every": 4,
-                "max_failures": 2,
-            },
-            "eval": {"batch_size": 8, "overlays_per_class": 1, "pixel_bins": 200},
-        }
+    return tiny_config(
+        tmp,
+        data_uri,
+        phase2={"steps": 12, "stats_samples": 8},
+        run={
+            "name": name,
+            "output": str(tmp / name),
+            "storage_path": f"s3://{bucket}/rel-{tmp.name}",
+            "checkpoint_every": 4,
+            "max_failures": 2,
+        },
+        eval={"overlays_per_class": 1},
     )
 
 
