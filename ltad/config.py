@@ -149,6 +149,13 @@ class ModelConfig:
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    feature_norm: Literal["channel", "none"] = "channel"
+    """Standardise each feature channel with training statistics before every trainable module."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.feature_norm in ("channel", "none"), "model.feature_norm", "'channel' or 'none'", self.feature_norm
+        )
 
 
 # --------------------------------------------------------------------------- data and training
@@ -188,11 +195,14 @@ class Phase1Config:
     """Learning rate of the pseudo class name tokens."""
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
+    norm_samples: int = 256
+    """Training samples whose patches fit the per-channel feature standardisation before phase 1."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "phase1.steps", "an int >= 1", self.steps)
         _check(self.lr > 0, "phase1.lr", "a positive float", self.lr)
         _check(self.names_lr > 0, "phase1.names_lr", "a positive float", self.names_lr)
+        _check(self.norm_samples >= 1, "phase1.norm_samples", "an int >= 1", self.norm_samples)
 
 
 @dataclass(frozen=True)

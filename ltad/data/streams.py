@@ -106,7 +106,8 @@ class ResampledStream(IterableDataset):
 
     Corrupt data is skipped up to `max_bad_samples` per reader (`data.max_bad_samples`): each
     distinct undecodable sample, and every sample a truncated or corrupt shard failed to deliver,
-    counts once; each skip is reported on stderr with the running count (`bad_samples`), and the
+    counts once; each skip is reported on stderr with the running count (`bad_samples`) and travels
+    with the sample that replaced it (`bad_skipped`, summed into the run's metrics), and the
     first one beyond the budget raises a DataError naming the shard. An unreachable server
     (StorageError) is never skipped.
     """
@@ -160,7 +161,7 @@ class ResampledStream(IterableDataset):
             cls = classes[c]
             if cls not in sources:
                 sources[cls] = self._source(cls, np.random.default_rng(rng.integers(2**63)))
-            known_bad = 0
+            known_bad, bad_before = 0, self.bad_samples
             while True:  # a corrupt sample is replaced by the next one of the same class
                 raw = next(sources[cls])
                 where = (raw["__url__"], raw["__key__"])
@@ -175,7 +176,8 @@ class ResampledStream(IterableDataset):
                     self._bad_keys.add(where)
                     self._skip(1, exc, worker)
                     continue
-                yield decoded
+                # how many bad samples this one replaced: summed by the trainer into the run's metrics
+                yield {**decoded, "bad_skipped": self.bad_samples - bad_before}
                 break
 
     def _skip(self, lost: int, exc: DataError, worker: int) -> None:

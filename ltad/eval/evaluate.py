@@ -127,7 +127,13 @@ def evaluate(config: dict[str, Any]) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="ltad-eval-") as tmp:
         metrics = finish(
-            w, model, gathered, Path(tmp), cache=cache, git_commit=config.get("git_commit", "unknown")
+            w,
+            model,
+            gathered,
+            Path(tmp),
+            cache=cache,
+            git_commit=config.get("git_commit", "unknown"),
+            training=config.get("training", {}),
         )
         w.log(f"evaluate: {metrics['n_evaluated']} test samples, each exactly once; outputs written")
         summary = {k: metrics[k] for k in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1max")}
@@ -138,7 +144,16 @@ def evaluate(config: dict[str, Any]) -> None:
         )
 
 
-def finish(w: Worker, model, gathered: list[dict], out: Path, *, cache: str | None, git_commit: str) -> dict:
+def finish(
+    w: Worker,
+    model,
+    gathered: list[dict],
+    out: Path,
+    *,
+    cache: str | None,
+    git_commit: str,
+    training: dict | None = None,
+) -> dict:
     """Rank 0: exactly-once check, metrics.json, scores.csv, overlays, report and export under `out`."""
     rows = [r for g in gathered for r in g["rows"]]
     check_exactly_once(rows, w.manifest)
@@ -155,6 +170,8 @@ def finish(w: Worker, model, gathered: list[dict], out: Path, *, cache: str | No
     metrics["class_prediction_accuracy"] = float(np.mean([r["pred_class"] == r["class_id"] for r in rows]))
     metrics["pixel_error_bounds"] = {classes[c]: accs[c].error_bounds() for c in range(len(classes))}
     metrics["n_evaluated"] = len(rows)
+    # corrupt training samples skipped per phase (None: that phase was not run by this pipeline call)
+    metrics["training"] = dict(training or {})
     threshold = (
         f1_max_threshold(scores, labels) if labels.any() and not labels.all() else float(np.median(scores))
     )

@@ -17,6 +17,7 @@ from torch import nn
 
 from ltad.config import ModelConfig
 from ltad.models.encoder import Encoder
+from ltad.models.feature_norm import FeatureNorm
 from ltad.models.prompts import (
     ABNORMAL_STATES,
     CLASS_TEMPLATE,
@@ -65,6 +66,7 @@ class LTAD(nn.Module):
         if cfg.prompts.init == "word":
             init = enc.token_embedding(enc.tokenizer([GENERIC_WORD])[:, 1]).squeeze(0)
         self.names = PseudoNames(num_classes, length, enc.token_width, cfg.prompts.init_std, init)
+        self.feature_norm = FeatureNorm(self.feature_dim)
         self.vae = ConditionalVAE(self.feature_dim, self.grid, self.embed_dim, cfg.vae)
         self.reconstruction = ReconstructionModule(self.feature_dim, self.grid, cfg.reconstruction)
         self.semantic = SemanticHead(self.feature_dim, self.embed_dim, cfg.semantic)
@@ -122,8 +124,14 @@ class LTAD(nn.Module):
         self.text_ready.fill_(True)
 
     # ------------------------------------------------------------------ scores
+    def fit_feature_norm(self, batches: Iterable[torch.Tensor]) -> None:
+        """Fit the per-channel feature standardisation on raw training patches (before phase 1)."""
+        if self.cfg.feature_norm == "channel":
+            self.feature_norm.fit(batches)
+
     def raw_scores(self, patches: torch.Tensor, class_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unstandardised S_rec and S_sem, each B x g x g."""
+        """Unstandardised S_rec and S_sem, each B x g x g, of raw encoder patches."""
+        patches = self.feature_norm(patches)
         s_rec = self.reconstruction.score(patches, self.reconstruction(patches))
         s_sem = self.semantic.score(self.semantic(patches, self.text_states[class_ids]))
         return s_rec, s_sem
@@ -156,6 +164,31 @@ class LTAD(nn.Module):
         return (logits / self.cfg.semantic.temperature).softmax(dim=-1)
 
     @torch.no_grad()
+    def standardised_scores(
+        self, patches: torch.Tensor, global_emb: torch.Tensor, class_id: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z(S_rec), z(S_sem), class used, class probabilities): the two terms before fusion."""
+        self._need_text()
+        if not bool(self.stats_ready):
+            raise RuntimeError("call fit_standardisation() on training patches before score()")
+        probs = self.predict_class(global_emb)
+        if class_id is None and self.cfg.score.class_mode == "oracle":
+            raise ValueError("score.class_mode is 'oracle' but no class_id was given")
+        cls = probs.argmax(dim=-1) if class_id is None else class_id.to(probs.device).long()
+        s_rec, s_sem = self.raw_scores(patches.float(), cls)
+        m = self.stats
+        return (s_rec - m[0]) / m[1], (s_sem - m[2]) / m[3], cls, probs
+
+    def to_maps(self, fused: torch.Tensor, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch scores B x g x g -> (anomaly maps at `image_size`, image scores B)."""
+        sc = self.cfg.score
+        maps = F.interpolate(fused.unsqueeze(1), size=tuple(image_size), mode="bilinear", align_corners=False)
+        maps = gaussian_blur(maps.squeeze(1), sc.blur_sigma)
+        pool = min(sc.image_pool, *maps.shape[-2:])
+        pooled = F.avg_pool2d(maps.unsqueeze(1), pool, stride=1)
+        return maps, pooled.flatten(1).amax(dim=1)
+
+    @torch.no_grad()
     def score(
         self,
         patches: torch.Tensor,
@@ -164,22 +197,9 @@ class LTAD(nn.Module):
         class_id: torch.Tensor | None = None,
     ) -> ScoreOutput:
         """Anomaly maps at `image_size`, image scores, and the class used (predicted unless oracle)."""
-        self._need_text()
-        if not bool(self.stats_ready):
-            raise RuntimeError("call fit_standardisation() on training patches before score()")
-        sc = self.cfg.score
-        probs = self.predict_class(global_emb)
-        if class_id is None and sc.class_mode == "oracle":
-            raise ValueError("score.class_mode is 'oracle' but no class_id was given")
-        cls = probs.argmax(dim=-1) if class_id is None else class_id.to(probs.device).long()
-        s_rec, s_sem = self.raw_scores(patches.float(), cls)
-        m = self.stats
-        fused = (s_rec - m[0]) / m[1] + sc.fusion_lambda * (s_sem - m[2]) / m[3]
-        maps = F.interpolate(fused.unsqueeze(1), size=tuple(image_size), mode="bilinear", align_corners=False)
-        maps = gaussian_blur(maps.squeeze(1), sc.blur_sigma)
-        pool = min(sc.image_pool, *maps.shape[-2:])
-        pooled = F.avg_pool2d(maps.unsqueeze(1), pool, stride=1)
-        return ScoreOutput(maps, pooled.flatten(1).amax(dim=1), cls, probs)
+        z_rec, z_sem, cls, probs = self.standardised_scores(patches, global_emb, class_id)
+        maps, scores = self.to_maps(z_rec + self.cfg.score.fusion_lambda * z_sem, image_size)
+        return ScoreOutput(maps, scores, cls, probs)
 
     def _need_text(self) -> None:
         if not bool(self.text_ready):

@@ -1,7 +1,9 @@
 """The step loop shared by both phases: fixed step count, metrics every N steps, checkpoints, a bar.
 
 Training runs for a number of steps, not epochs (epochs shrink with the long tail). Logged values are
-averaged over the interval and over ranks, so the reported loss does not depend on which rank is 0.
+averaged over the interval and over ranks, so the reported loss does not depend on which rank is 0;
+`bad_samples` is the number of corrupt training samples skipped (within `data.max_bad_samples`),
+summed over ranks, since the phase started or last resumed.
 """
 
 from __future__ import annotations
@@ -47,10 +49,14 @@ def run_steps(
     bar = _progress(spec, start) if rank == 0 else None
     sums: dict[str, float] = {}
     count = 0
+    bad = 0  # corrupt training samples skipped by this rank's stream since this (re)start
     metrics: dict[str, float] = {}
     tic = time.perf_counter()
     for step in range(start + 1, spec.steps + 1):
-        batch = move_batch(next(stream), device)
+        batch = next(stream)
+        skipped = batch.pop("bad_skipped", None)
+        bad += int(skipped.sum()) if skipped is not None else 0
+        batch = move_batch(batch, device)
         torch.manual_seed(spec.seed * 1_000_003 + rank * 100_003 + step)
         loss, logs = engine(batch)
         engine.backward(loss)
@@ -63,6 +69,7 @@ def run_steps(
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
         if step % spec.log_every == 0 or step == spec.steps:
             metrics = _mean_over_ranks(sums, count)
+            metrics["bad_samples"] = _sum_over_ranks(bad)
             metrics["steps_per_s"] = count / max(time.perf_counter() - tic, 1e-9)
             metrics = {f"{spec.phase}/{k}": v for k, v in metrics.items()}
             sums, count, tic = {}, 0, time.perf_counter()
@@ -90,6 +97,12 @@ def _mean_over_ranks(sums: dict[str, float], count: int) -> dict[str, float]:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         values = all_reduce(values) / dist.get_world_size()
     return dict(zip(keys, values.tolist()))
+
+
+def _sum_over_ranks(value: int) -> float:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return float(all_reduce(torch.tensor([float(value)], dtype=torch.float64))[0])
+    return float(value)
 
 
 def all_reduce(values: torch.Tensor, op=None) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 DeepSpeed (ZeRO-3 included) partitions every parameter registered under the module it wraps, so each
 objective registers just what its phase trains and keeps the rest of the model in a plain tuple:
-phase 1 trains the pseudo class names and the conditional VAE; phase 2 trains the reconstruction
+phase 1 trains the pseudo class names and the conditional VAE (and carries the feature
+standardisation fitted just before it); phase 2 trains the reconstruction
 module and the semantic projection while the encoder, names and VAE stay frozen.
 `forward(batch) -> (loss, logs)`; a batch holds `class_id` and either `image` (encoded online by the
 frozen encoder) or cached `patches` + `global_emb`.
@@ -74,7 +75,8 @@ class Phase1Objective(nn.Module):
         super().__init__()
         self._model = (model,)
         _counts(class_counts, model)  # validated for symmetry with phase 2; sampling balances classes
-        self.names, self.vae = model.names, model.vae
+        # registered so its fitted statistics travel in phase 1's checkpoint to phase 2
+        self.names, self.vae, self.feature_norm = model.names, model.vae, model.feature_norm
         model.names.requires_grad_(True)
         model.vae.requires_grad_(True)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
@@ -83,6 +85,7 @@ class Phase1Objective(nn.Module):
         model = self._model[0]
         vcfg = model.cfg.vae
         patches, glob, y = features(model, batch)
+        patches = model.feature_norm(patches)
         text = model.class_text()
         logits = F.normalize(glob, dim=-1) @ text.float().T / model.cfg.semantic.temperature
         ce = F.cross_entropy(logits, y)
@@ -144,6 +147,7 @@ class Phase2Objective(nn.Module):
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         model = self._model[0]
         patches, _, y = features(model, batch)
+        patches = model.feature_norm(patches)
         syn, syn_y = self._synthesise(y)
         x, xy = torch.cat([patches, syn.to(patches.device)]), torch.cat([y, syn_y])
         dt = _dtype(self.reconstruction)
@@ -152,7 +156,7 @@ class Phase2Objective(nn.Module):
         image_level = self.cfg.pseudo_anomaly == "image" and "image" in batch
         if image_level:
             images, masks = image_anomalies(batch["image"].float())
-            anom = model.encoder.encode_images(images).patches.to(dt)
+            anom = model.feature_norm(model.encoder.encode_images(images).patches).to(dt)
             anom_y, target = y, mask_to_grid(masks, model.grid)
         else:
             anom, target = feature_anomalies(x, xy)

@@ -27,7 +27,7 @@ from ltad.training.loop import LoopSpec, run_steps
 from ltad.training.objectives import Phase1Objective, Phase2Objective, features
 from ltad.training.weights import build_model, load_trained, trained_state
 
-PHASE1_KEYS = ("names.", "vae.")
+PHASE1_KEYS = ("names.", "vae.", "feature_norm.")
 PHASE2_KEYS = ("reconstruction.", "semantic.")
 
 
@@ -118,10 +118,12 @@ def phase1(config: dict[str, Any]) -> None:
     w = worker(config)
     p = w.cfg.phase1
     model = build_model(w.cfg, len(w.manifest.classes)).to(w.device)
+    cache = feature_source(w.cfg, w.data_uri, w.manifest)
+    # every rank reads the same samples, so the statistics agree without communication
+    model.fit_feature_norm(x for x, _ in _sample_batches(w, model, cache, p.norm_samples, seed=4))
     objective = Phase1Objective(model, w.class_counts)
     groups = param_groups(objective, {"names.": p.names_lr})
     engine = _engine(w, objective, groups, config["deepspeed"], p.lr, p.weight_decay, p.grad_clip)
-    cache = feature_source(w.cfg, w.data_uri, w.manifest)
     w.log(
         f"phase1: model and ZeRO-{engine.zero_optimization_stage()} engine ready; features {cache or 'online'}"
     )
@@ -155,7 +157,7 @@ def phase2(config: dict[str, Any]) -> None:
         load_trained(full, state, PHASE2_KEYS)
         full.to(w.device).eval()
         full.cache_text()
-        full.fit_standardisation(_stats_batches(w, full, cache))
+        full.fit_standardisation(_sample_batches(w, full, cache, w.cfg.phase2.stats_samples, seed=3))
         w.log(f"phase2: standardisation fitted on {w.cfg.phase2.stats_samples} training samples")
         return trained_state(full)
 
@@ -163,16 +165,16 @@ def phase2(config: dict[str, Any]) -> None:
     w.log("phase2: done")
 
 
-def _stats_batches(w: Worker, model: LTAD, cache: str | None):
-    """(patches, class ids) of `phase2.stats_samples` training samples, read on this worker alone."""
+def _sample_batches(w: Worker, model: LTAD, cache: str | None, samples: int, seed: int):
+    """(raw patches, class ids) of `samples` training samples, read on this worker alone."""
     bs = w.cfg.data.batch_size
-    n = math.ceil(w.cfg.phase2.stats_samples / bs)
+    n = math.ceil(samples / bs)
     stream = training_batches(
         w.cfg,
         w.data_uri,
         w.manifest,
         cache,
-        seed=w.cfg.run.seed * 1000 + 3,
+        seed=w.cfg.run.seed * 1000 + seed,
         rank=0,
         world_size=1,
         start_step=0,

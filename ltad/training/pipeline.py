@@ -149,6 +149,7 @@ def run_pipeline(
         log("feature cache: encoding train and test shards once")
         fit(encode_stage, base, cfg, name=f"{cfg.run.name}-encode")
     done: dict[str, Any] = dict(checkpoints or {})
+    training: dict[str, Any] = {}  # what evaluation records about training (skipped corrupt samples)
     for stage, fn, needs in (
         ("phase1", phase1, None),
         ("phase2", phase2, "phase1"),
@@ -159,8 +160,12 @@ def run_pipeline(
         extra = {f"{needs}_checkpoint": done[needs]} if needs else {}
         log(f"{stage}: starting")
         tic = time.monotonic()
+        if stage == "evaluate":
+            extra["training"] = training
         result = fit(fn, {**base, **extra}, cfg, name=f"{cfg.run.name}-{stage}")
         done[stage] = result.checkpoint
+        if stage != "evaluate":
+            training[f"{stage}_bad_samples"] = (result.metrics or {}).get(f"{stage}/bad_samples")
         log(f"{stage}: done in {time.monotonic() - tic:.0f} s; {_brief(result.metrics)}")
     if "evaluate" not in stages:
         return {}

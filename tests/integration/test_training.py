@@ -46,6 +46,7 @@ def test_metrics_json_keys_ranges_and_exactly_once(trained, tiny_data):
     assert set(metrics["per_class"]) == set(manifest.classes)
     # exactly once: every test sample scored once across the 2 workers, per class as in the manifest
     assert metrics["n_evaluated"] == manifest.samples("test")
+    assert metrics["training"] == {"phase1_bad_samples": 0.0, "phase2_bad_samples": 0.0}  # clean shards
     for name, row in metrics["per_class"].items():
         assert set(METRIC_KEYS) <= set(row)
         assert row["n_test"] == manifest.counts["test"][name]

@@ -197,6 +197,8 @@ def test_training_skips_within_budget_and_reports(kind, local_shards, tmp_path, 
     assert len(samples) == 40  # the epoch is full: bad samples were replaced, not dropped
     expected = TRAIN_KINDS[kind]
     assert stream.bad_samples == expected if expected is not None else 1 <= stream.bad_samples <= n
+    # each skip travels with the sample that replaced it, so the trainer can sum them into its metrics
+    assert sum(int(s["bad_skipped"]) for s in samples) == stream.bad_samples
     err = capfd.readouterr().err
     assert f"{stream.bad_samples} of data.max_bad_samples={n} used" in err and shard in err
 
@@ -213,4 +215,6 @@ def test_training_fails_beyond_budget_naming_the_shard(kind, local_shards, tmp_p
 
 def test_clean_training_stream_counts_nothing(local_shards):
     stream = _train_stream(local_shards, budget=0)
-    assert len(list(stream)) == 40 and stream.bad_samples == 0
+    samples = list(stream)
+    assert len(samples) == 40 and stream.bad_samples == 0
+    assert all(s["bad_skipped"] == 0 for s in samples)

@@ -1,0 +1,182 @@
+"""Run a study: every (level, seed) group trains LTAD twice and fits the kNN baseline, then scores.
+
+Per group: phase 1 once; phase 2 with the configured synthesis ratio (-> ltad, sem_only, oracle) and
+with synthesis 0 (-> no_vae, rec_only); the kNN bank on the raw patches of the same split. Rows go to
+`rows.jsonl` one group at a time (written whole, then fsynced), so an interrupted study resumes at the
+first missing group and never holds half a group; `study.json` pins the spec, and a rerun with another
+spec into the same folder is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ltad.baselines import PatchCore
+from ltad.config import LTADConfig
+from ltad.data.datasets import read_dataset
+from ltad.data.splits import make_split
+from ltad.data.synth import synthesize
+from ltad.errors import ConfigError
+from ltad.models.encoder import Encoder
+from ltad.study.features import FeatureSet, cache_key, encode_records, load_features, save_features
+from ltad.study.scoring import ltad_terms, maps_from, metrics, summarise
+from ltad.study.spec import Level, StudySpec
+from ltad.study.trainer import train_phase1, train_phase2
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(f"[study {time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.flush()
+
+
+def model_config(spec: StudySpec, seed: int) -> LTADConfig:
+    path = Path(spec.config)
+    cfg = LTADConfig.from_yaml(path if path.is_absolute() else REPO / path)
+    return cfg.with_overrides([*spec.overrides, f"run.seed={seed}"])
+
+
+def done_groups(rows_path: Path) -> set[tuple[str, int]]:
+    if not rows_path.is_file():
+        return set()
+    return {(r["level"], r["seed"]) for r in map(json.loads, rows_path.read_text().splitlines()) if r}
+
+
+def pin_spec(out: Path, spec: StudySpec) -> None:
+    """Write study.json, or check that the folder's study is this one."""
+    out.mkdir(parents=True, exist_ok=True)
+    pinned = out / "study.json"
+    if pinned.is_file():
+        if json.loads(pinned.read_text()) != json.loads(spec.to_json()):
+            raise ConfigError(
+                f"'{out}' holds a study with another config ({pinned}); use a new --out or delete it"
+            )
+        return
+    pinned.write_text(spec.to_json() + "\n")
+
+
+def study_features(spec: StudySpec, work: Path, cfg: LTADConfig):
+    """(dataset, train features, test features): synthesised and encoded once, then read back."""
+    d = spec.dataset
+    root = synthesize(
+        work / f"synth-{d.classes}c-{d.image_size}px-s{d.seed}",
+        classes=d.classes,
+        image_size=d.image_size,
+        train_per_class=d.train_per_class,
+        test_per_class=d.test_per_class,
+        seed=d.seed,
+    )
+    ds = read_dataset("synth", root)
+    key = cache_key((root / "synth.json").read_text(), cfg.model.encoder)
+    path = work / f"features-{key}.pt"
+    got = load_features(path, key)
+    enc = Encoder(cfg.model.encoder)
+    if got is None:
+        _log(f"encoding {len(ds.records)} images with {cfg.model.encoder.name}")
+        got = (
+            encode_records(enc, root, ds.select("train"), with_masks=False),
+            encode_records(enc, root, ds.select("test"), with_masks=True),
+        )
+        save_features(path, key, *got)
+    return ds, got[0], got[1], enc.weights_provenance()
+
+
+def _row(level: Level, seed: int, method: str, report: dict, extra: dict) -> dict:
+    return {"level": level.name, "profile": level.profile, "ratio": level.ratio, "seed": seed, "method": method, **summarise(report), **extra}
+
+
+def run_group(spec: StudySpec, ds, train_all: FeatureSet, test: FeatureSet, level: Level, seed: int) -> list[dict]:
+    """All methods of one (level, seed): a list of rows."""
+    cfg = model_config(spec, seed)
+    split = make_split(ds, level.profile, None if level.profile == "full" else level.ratio, seed=seed)
+    wanted = {r.path for r in split.train_records(ds)}
+    train = train_all.subset(torch.tensor([i for i, p in enumerate(train_all.paths) if p in wanted]))
+    counts, order, size = split.counts, split.class_order, cfg.model.encoder.image_size
+    n_cls = len(ds.classes)
+    rows: list[dict] = []
+
+    def report(maps, scores):
+        return metrics(maps, scores, test, ds.classes, counts, order)
+
+    ltad_methods = {"ltad", "sem_only", "oracle", "no_vae", "rec_only"} & set(spec.methods)
+    if ltad_methods:
+        t0 = time.perf_counter()
+        base, logs1 = train_phase1(cfg, train, n_cls)
+        t_p1 = time.perf_counter() - t0
+        variants = []
+        if {"ltad", "sem_only", "oracle"} & set(spec.methods):
+            variants.append(("synth", cfg))
+        if {"no_vae", "rec_only"} & set(spec.methods):
+            variants.append(("real", cfg.with_overrides(["phase2.synthesis_ratio=0"])))
+        for kind, vcfg in variants:
+            model = copy.deepcopy(base)
+            t0 = time.perf_counter()
+            logs2 = train_phase2(vcfg, model, train)
+            extra = {"phase1_s": round(t_p1, 1), "phase2_s": round(time.perf_counter() - t0, 1),
+                     "rec_mse": logs2.get("rec_mse"), "sem_ce": logs2.get("sem_ce"), "names_acc": logs1.get("names_acc")}
+            lam = vcfg.model.score.fusion_lambda
+            z_rec, z_sem, acc = ltad_terms(model, test, oracle=False)
+            extra["class_accuracy"] = acc
+            scorings = {}
+            if kind == "synth":
+                scorings = {"ltad": z_rec + lam * z_sem, "sem_only": z_sem}
+                if "oracle" in spec.methods:
+                    o_rec, o_sem, _ = ltad_terms(model, test, oracle=True)
+                    scorings["oracle"] = o_rec + lam * o_sem
+            else:
+                scorings = {"no_vae": z_rec + lam * z_sem, "rec_only": z_rec}
+            for method, fused in scorings.items():
+                if method in spec.methods:
+                    rows.append(_row(level, seed, method, report(*maps_from(model, fused, size)), extra))
+    if "knn" in spec.methods:
+        t0 = time.perf_counter()
+        bank = PatchCore(coreset_ratio=spec.knn_coreset, seed=seed).fit(
+            [train.patches[i : i + 64].float() for i in range(0, len(train), 64)]
+        )
+        maps, scores = [], []
+        for i in range(0, len(test), 64):
+            m, s = bank.score(test.patches[i : i + 64].float(), size)
+            maps.append(m), scores.append(s)
+        rows.append(_row(level, seed, "knn", report(torch.cat(maps), torch.cat(scores)), {"fit_s": round(time.perf_counter() - t0, 1)}))
+    order_idx = {m: i for i, m in enumerate(spec.methods)}
+    return sorted(rows, key=lambda r: order_idx[r["method"]])
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    from ltad.eval.aggregate import json_safe
+
+    text = "".join(json.dumps(json_safe(r), sort_keys=True) + "\n" for r in rows)
+    with open(path, "a") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_study(spec: StudySpec, out: Path, work: Path | None = None) -> Path:
+    """Run every missing group of `spec` into `out`; returns the rows file."""
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    pin_spec(out, spec)
+    work = work or out / "work"
+    cfg0 = model_config(spec, spec.seeds[0])
+    ds, train_all, test, weights = study_features(spec, work, cfg0)
+    (out / "weights.json").write_text(json.dumps(weights, indent=1) + "\n")
+    rows_path = out / "rows.jsonl"
+    done = done_groups(rows_path)
+    groups = [(lv, s) for lv in spec.levels for s in spec.seeds]
+    for i, (level, seed) in enumerate(groups, 1):
+        if (level.name, seed) in done:
+            continue
+        t0 = time.perf_counter()
+        rows = run_group(spec, ds, train_all, test, level, seed)
+        append_rows(rows_path, rows)
+        best = {r["method"]: round(r["image_AUROC"], 3) for r in rows}
+        _log(f"group {i}/{len(groups)} {level.name} seed {seed} in {time.perf_counter() - t0:.0f}s: {best}")
+    return rows_path

@@ -1,0 +1,37 @@
+"""The quality study job end to end on a tiny dataset (the CI smoke of the study)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from PIL import Image
+
+from jobs import study
+
+
+def test_study_smoke_writes_rows_report_and_plots_and_resumes(tmp_path):
+    out = tmp_path / "smoke"
+    assert study.main(["--spec", "configs/study-smoke.yaml", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["ltad", "rec_only", "sem_only", "no_vae", "oracle", "knn"]
+    for r in rows:
+        assert r["level"] == "exp10" and r["seed"] == 0
+        assert 0.0 <= r["image_AUROC"] <= 1.0 and 0.0 <= r["pixel_AUROC"] <= 1.0
+        assert set(r["per_class_image_AUROC"]) == {"astronaut", "brick", "camera", "coffee"}
+    ltad = next(r for r in rows if r["method"] == "ltad")
+    assert ltad["phase2_s"] > 0 and 0.0 <= ltad["class_accuracy"] <= 1.0
+    report = (out / "report.md").read_text()
+    assert "INCOMPLETE" not in report and "| knn |" in report and "### Targets" not in report.split("exp10")[0]
+    assert "random" in report  # the weights are named: no CLIP weights behind these figures
+    for name in ("auroc_vs_ratio.png", "tail_auroc.png"):
+        with Image.open(out / "plots" / name) as im:
+            assert im.size[0] > 200 and im.size[1] > 200
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"] == 6 and not math.isnan(summary["stats"]["exp10/ltad"]["image_AUROC"][0])
+    before = (out / "rows.jsonl").read_text()
+    assert study.main(["--spec", "configs/study-smoke.yaml", "--out", str(out)]) == 0  # resume: all done
+    assert (out / "rows.jsonl").read_text() == before
+    other = tmp_path / "other.yaml"
+    other.write_text("levels: ['exp:100']\nseeds: [0]\n")
+    assert study.main(["--spec", str(other), "--out", str(out)]) == 2  # another spec into the same folder
