@@ -154,7 +154,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(
-            self.feature_norm in ("channel", "none"), "model.feature_norm", "'channel' or 'none'", self.feature_norm
+            self.feature_norm in ("channel", "none"),
+            "model.feature_norm",
+            "'channel' or 'none'",
+            self.feature_norm,
         )
 
 

@@ -11,8 +11,15 @@ import numpy as np
 
 from ltad.study.spec import StudySpec
 
-FIGURES = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "head_image_AUROC", "medium_image_AUROC",
-           "tail_image_AUROC", "gap_image_AUROC")
+FIGURES = (
+    "image_AUROC",
+    "pixel_AUROC",
+    "pixel_AUPRO",
+    "head_image_AUROC",
+    "medium_image_AUROC",
+    "tail_image_AUROC",
+    "gap_image_AUROC",
+)
 TAIL_MARGIN = 0.03
 
 
@@ -30,8 +37,11 @@ def stats(rows: list[dict]) -> dict[tuple[str, str], dict[str, tuple[float, floa
         out[key] = {}
         for f in FIGURES:
             vals = np.array([r[f] for r in rs if r.get(f) is not None and not math.isnan(r[f])], dtype=float)
-            out[key][f] = (float(vals.mean()) if vals.size else math.nan,
-                           float(vals.std(ddof=1)) if vals.size > 1 else 0.0, int(vals.size))
+            out[key][f] = (
+                float(vals.mean()) if vals.size else math.nan,
+                float(vals.std(ddof=1)) if vals.size > 1 else 0.0,
+                int(vals.size),
+            )
     return out
 
 
@@ -48,11 +58,21 @@ def targets(st: dict, levels: list[str]) -> list[dict]:
     for lv in levels:
         if not lv.endswith("100"):
             continue
-        get = lambda m, f: st.get((lv, m), {}).get(f, (math.nan, 0, 0))[0]  # noqa: E731
+
+        def get(m: str, f: str, lv: str = lv) -> float:
+            return st.get((lv, m), {}).get(f, (math.nan, 0, 0))[0]
+
         tail_gain = get("ltad", "tail_image_AUROC") - get("rec_only", "tail_image_AUROC")
         knn_gain = get("ltad", "image_AUROC") - get("knn", "image_AUROC")
-        out.append({"level": lv, "tail_gain_vs_rec_only": tail_gain, "tail_target_met": tail_gain >= TAIL_MARGIN,
-                    "mean_gain_vs_knn": knn_gain, "knn_target_met": knn_gain > 0})
+        out.append(
+            {
+                "level": lv,
+                "tail_gain_vs_rec_only": tail_gain,
+                "tail_target_met": tail_gain >= TAIL_MARGIN,
+                "mean_gain_vs_knn": knn_gain,
+                "knn_target_met": knn_gain > 0,
+            }
+        )
     return out
 
 
@@ -73,19 +93,45 @@ def markdown(spec: StudySpec, rows: list[dict], weights: dict) -> str:
         "",
     ]
     if missing:
-        lines += [f"**INCOMPLETE: {len(missing)} of {len(expected)} (level, seed) groups missing: "
-                  + ", ".join(f"{lv}/s{s}" for lv, s in missing) + ".**", ""]
-    lines += ["### Mean image AUROC across levels", "", "| method | " + " | ".join(levels) + " |",
-              "|---|" + "---|" * len(levels)]
+        lines += [
+            f"**INCOMPLETE: {len(missing)} of {len(expected)} (level, seed) groups missing: "
+            + ", ".join(f"{lv}/s{s}" for lv, s in missing)
+            + ".**",
+            "",
+        ]
+    lines += [
+        "### Mean image AUROC across levels",
+        "",
+        "| method | " + " | ".join(levels) + " |",
+        "|---|" + "---|" * len(levels),
+    ]
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(_pct(st.get((lv, m), {}).get("image_AUROC", (math.nan, 0, 0))) for lv in levels) + " |")
-    lines += ["", "### Tail-class image AUROC across levels", "", "| method | " + " | ".join(levels) + " |",
-              "|---|" + "---|" * len(levels)]
+        lines.append(
+            f"| {m} | "
+            + " | ".join(_pct(st.get((lv, m), {}).get("image_AUROC", (math.nan, 0, 0))) for lv in levels)
+            + " |"
+        )
+    lines += [
+        "",
+        "### Tail-class image AUROC across levels",
+        "",
+        "| method | " + " | ".join(levels) + " |",
+        "|---|" + "---|" * len(levels),
+    ]
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(_pct(st.get((lv, m), {}).get("tail_image_AUROC", (math.nan, 0, 0))) for lv in levels) + " |")
+        lines.append(
+            f"| {m} | "
+            + " | ".join(_pct(st.get((lv, m), {}).get("tail_image_AUROC", (math.nan, 0, 0))) for lv in levels)
+            + " |"
+        )
     for lv in levels:
-        lines += ["", f"### {lv}", "", "| method | image AUROC | pixel AUROC | AUPRO | head | medium | tail | head − tail |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"### {lv}",
+            "",
+            "| method | image AUROC | pixel AUROC | AUPRO | head | medium | tail | head − tail |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for m in methods:
             s = st.get((lv, m))
             if s:
@@ -140,8 +186,14 @@ def plots(spec: StudySpec, rows: list[dict], out: Path) -> list[Path]:
     width = 0.8 / max(1, len(methods))
     for i, m in enumerate(methods):
         vals = [st.get((lv, m), {}).get("tail_image_AUROC", (math.nan, 0, 0)) for lv in levels]
-        ax.bar(np.arange(len(levels)) + i * width, [100 * v[0] for v in vals], width,
-               yerr=[100 * v[1] for v in vals], capsize=2, label=m)
+        ax.bar(
+            np.arange(len(levels)) + i * width,
+            [100 * v[0] for v in vals],
+            width,
+            yerr=[100 * v[1] for v in vals],
+            capsize=2,
+            label=m,
+        )
     ax.set_xticks(np.arange(len(levels)) + 0.4 - width / 2, levels)
     ax.set_ylabel("tail-class image AUROC (%)")
     ax.set_ylim(40, 100)

@@ -90,10 +90,20 @@ def study_features(spec: StudySpec, work: Path, cfg: LTADConfig):
 
 
 def _row(level: Level, seed: int, method: str, report: dict, extra: dict) -> dict:
-    return {"level": level.name, "profile": level.profile, "ratio": level.ratio, "seed": seed, "method": method, **summarise(report), **extra}
+    return {
+        "level": level.name,
+        "profile": level.profile,
+        "ratio": level.ratio,
+        "seed": seed,
+        "method": method,
+        **summarise(report),
+        **extra,
+    }
 
 
-def run_group(spec: StudySpec, ds, train_all: FeatureSet, test: FeatureSet, level: Level, seed: int) -> list[dict]:
+def run_group(
+    spec: StudySpec, ds, train_all: FeatureSet, test: FeatureSet, level: Level, seed: int
+) -> list[dict]:
     """All methods of one (level, seed): a list of rows."""
     cfg = model_config(spec, seed)
     split = make_split(ds, level.profile, None if level.profile == "full" else level.ratio, seed=seed)
@@ -120,8 +130,13 @@ def run_group(spec: StudySpec, ds, train_all: FeatureSet, test: FeatureSet, leve
             model = copy.deepcopy(base)
             t0 = time.perf_counter()
             logs2 = train_phase2(vcfg, model, train)
-            extra = {"phase1_s": round(t_p1, 1), "phase2_s": round(time.perf_counter() - t0, 1),
-                     "rec_mse": logs2.get("rec_mse"), "sem_ce": logs2.get("sem_ce"), "names_acc": logs1.get("names_acc")}
+            extra = {
+                "phase1_s": round(t_p1, 1),
+                "phase2_s": round(time.perf_counter() - t0, 1),
+                "rec_mse": logs2.get("rec_mse"),
+                "sem_ce": logs2.get("sem_ce"),
+                "names_acc": logs1.get("names_acc"),
+            }
             lam = vcfg.model.score.fusion_lambda
             z_rec, z_sem, acc = ltad_terms(model, test, oracle=False)
             extra["class_accuracy"] = acc
@@ -145,7 +160,15 @@ def run_group(spec: StudySpec, ds, train_all: FeatureSet, test: FeatureSet, leve
         for i in range(0, len(test), 64):
             m, s = bank.score(test.patches[i : i + 64].float(), size)
             maps.append(m), scores.append(s)
-        rows.append(_row(level, seed, "knn", report(torch.cat(maps), torch.cat(scores)), {"fit_s": round(time.perf_counter() - t0, 1)}))
+        rows.append(
+            _row(
+                level,
+                seed,
+                "knn",
+                report(torch.cat(maps), torch.cat(scores)),
+                {"fit_s": round(time.perf_counter() - t0, 1)},
+            )
+        )
     order_idx = {m: i for i, m in enumerate(spec.methods)}
     return sorted(rows, key=lambda r: order_idx[r["method"]])
 

@@ -25,7 +25,9 @@ def ltad_terms(model: LTAD, test: FeatureSet, oracle: bool, batch: int = 64):
     return torch.cat(rec), torch.cat(sem), correct / max(len(test), 1)
 
 
-def maps_from(model: LTAD, fused: torch.Tensor, size: int, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def maps_from(
+    model: LTAD, fused: torch.Tensor, size: int, batch: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused patch scores -> anomaly maps and image scores exactly as LTAD.score makes them."""
     maps, scores = [], []
     for i in range(0, fused.shape[0], batch):

@@ -78,7 +78,9 @@ def _fields(cls) -> set[str]:
 def _known(d: dict, cls, where: str) -> None:
     unknown = sorted(set(d) - _fields(cls))
     if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (expected one of {', '.join(sorted(_fields(cls)))})")
+        raise ConfigError(
+            f"{where}: unknown key '{unknown[0]}' (expected one of {', '.join(sorted(_fields(cls)))})"
+        )
 
 
 def from_dict(d: dict[str, Any], where: str = "study config") -> StudySpec:

@@ -27,7 +27,9 @@ def class_counts(train: FeatureSet, num_classes: int) -> list[int]:
     return torch.bincount(train.class_id, minlength=num_classes).tolist()
 
 
-def sampler(train: FeatureSet, num_classes: int, class_balance: float, batch: int, seed: int) -> Iterator[torch.Tensor]:
+def sampler(
+    train: FeatureSet, num_classes: int, class_balance: float, batch: int, seed: int
+) -> Iterator[torch.Tensor]:
     """Endless index batches: a class by weight ~ count^(1 - class_balance), then a sample of it."""
     gen = torch.Generator().manual_seed(seed)
     counts = torch.tensor(class_counts(train, num_classes), dtype=torch.float64)
@@ -40,10 +42,16 @@ def sampler(train: FeatureSet, num_classes: int, class_balance: float, batch: in
 
 
 def _batch(train: FeatureSet, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"patches": train.patches[idx].float(), "global_emb": train.global_emb[idx], "class_id": train.class_id[idx]}
+    return {
+        "patches": train.patches[idx].float(),
+        "global_emb": train.global_emb[idx],
+        "class_id": train.class_id[idx],
+    }
 
 
-def _optimise(objective, groups, lr: float, weight_decay: float, grad_clip: float, batches, steps: int, seed: int):
+def _optimise(
+    objective, groups, lr: float, weight_decay: float, grad_clip: float, batches, steps: int, seed: int
+):
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     params = [p for g in groups for p in g["params"]]
     logs: dict[str, float] = {}

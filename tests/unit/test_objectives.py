@@ -67,7 +67,11 @@ def test_phase1_trains_exactly_names_and_vae(batches, source):
     model = tiny_model()
     objective = Phase1Objective(model, COUNTS).train()
     assert ids(objective.parameters()) == ids(model.names.parameters()) | ids(model.vae.parameters())
-    assert {n for n, _ in objective.named_children()} == {"names", "vae", "feature_norm"}  # norm: buffers only
+    assert {n for n, _ in objective.named_children()} == {
+        "names",
+        "vae",
+        "feature_norm",
+    }  # norm: buffers only
     batch = batches[0] if source == "image" else batches[1]
     loss, logs = objective(batch)
     assert loss.dim() == 0 and torch.isfinite(loss)

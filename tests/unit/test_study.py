@@ -11,13 +11,15 @@ import torch
 from ltad.errors import ConfigError
 from ltad.models.feature_norm import FeatureNorm
 from ltad.study.report import markdown, stats, targets
-from ltad.study.spec import Level, StudySpec, from_dict
 from ltad.study.run import append_rows, done_groups, pin_spec
+from ltad.study.spec import Level, StudySpec, from_dict
 
 
 def test_feature_norm_standardises_each_channel_and_starts_as_identity():
     norm = FeatureNorm(3)
-    x = torch.randn(4, 3, 5, 5) * torch.tensor([1.0, 10.0, 0.1]).view(1, 3, 1, 1) + torch.tensor([5.0, -2.0, 0.0]).view(1, 3, 1, 1)
+    x = torch.randn(4, 3, 5, 5) * torch.tensor([1.0, 10.0, 0.1]).view(1, 3, 1, 1) + torch.tensor(
+        [5.0, -2.0, 0.0]
+    ).view(1, 3, 1, 1)
     assert torch.equal(norm(x), x)
     norm.fit([x[:2], x[2:]])
     y = norm(x)
@@ -55,15 +57,28 @@ def test_spec_rejects_bad_input(bad, match):
 
 
 def _row(level, seed, method, auroc, tail):
-    r = {f: auroc for f in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "head_image_AUROC", "medium_image_AUROC")}
-    return {"level": level, "seed": seed, "method": method, **r, "tail_image_AUROC": tail, "gap_image_AUROC": auroc - tail}
+    r = {
+        f: auroc
+        for f in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "head_image_AUROC", "medium_image_AUROC")
+    }
+    return {
+        "level": level,
+        "seed": seed,
+        "method": method,
+        **r,
+        "tail_image_AUROC": tail,
+        "gap_image_AUROC": auroc - tail,
+    }
 
 
 def test_stats_targets_and_incomplete_marker():
     rows = [
-        _row("exp100", 0, "ltad", 0.80, 0.75), _row("exp100", 1, "ltad", 0.90, 0.85),
-        _row("exp100", 0, "rec_only", 0.80, 0.70), _row("exp100", 1, "rec_only", 0.80, 0.76),
-        _row("exp100", 0, "knn", 0.88, 0.6), _row("exp100", 1, "knn", 0.84, math.nan),
+        _row("exp100", 0, "ltad", 0.80, 0.75),
+        _row("exp100", 1, "ltad", 0.90, 0.85),
+        _row("exp100", 0, "rec_only", 0.80, 0.70),
+        _row("exp100", 1, "rec_only", 0.80, 0.76),
+        _row("exp100", 0, "knn", 0.88, 0.6),
+        _row("exp100", 1, "knn", 0.84, math.nan),
     ]
     st = stats(rows)
     mean, std, n = st[("exp100", "ltad")]["image_AUROC"]
@@ -84,6 +99,8 @@ def test_rows_resume_and_spec_pinning(tmp_path):
     pin_spec(tmp_path, spec)  # same spec: accepted
     with pytest.raises(ConfigError, match="holds a study with another config"):
         pin_spec(tmp_path, StudySpec(levels=(Level("exp", 100.0),), seeds=(0,)))
-    append_rows(tmp_path / "rows.jsonl", [{"level": "exp10", "seed": 0, "method": "knn", "image_AUROC": math.nan}])
+    append_rows(
+        tmp_path / "rows.jsonl", [{"level": "exp10", "seed": 0, "method": "knn", "image_AUROC": math.nan}]
+    )
     assert done_groups(tmp_path / "rows.jsonl") == {("exp10", 0)}
     assert json.loads((tmp_path / "rows.jsonl").read_text())["image_AUROC"] is None
