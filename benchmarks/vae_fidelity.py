@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     spec = load_spec(args.spec)
-    level, seed = spec.levels[0], spec.seeds[0]
+    level, seed = spec.level_specs[0], spec.seeds[0]
     cfg = model_config(spec, seed)
     ds, train_all, test, weights = study_features(spec, Path(args.work), cfg)
     split = make_split(ds, level.profile, None if level.profile == "full" else level.ratio, seed=seed)

@@ -76,9 +76,26 @@ def targets(st: dict, levels: list[str]) -> list[dict]:
     return out
 
 
+def _across_levels(title: str, figure: str, st: dict, levels: list[str], methods: list[str]) -> list[str]:
+    """One table: a row per method, a column per level, `figure` as mean ± std."""
+    missing = (math.nan, 0, 0)
+    rows = [
+        f"| {m} | " + " | ".join(_pct(st.get((lv, m), {}).get(figure, missing)) for lv in levels) + " |"
+        for m in methods
+    ]
+    return [
+        f"### {title} across levels",
+        "",
+        "| method | " + " | ".join(levels) + " |",
+        "|---|" + "---|" * len(levels),
+        *rows,
+        "",
+    ]
+
+
 def markdown(spec: StudySpec, rows: list[dict], weights: dict) -> str:
     st = stats(rows)
-    levels = [lv.name for lv in spec.levels]
+    levels = [lv.name for lv in spec.level_specs]
     methods = list(spec.methods)
     expected = {(lv, s) for lv in levels for s in spec.seeds}
     have = {(r["level"], r["seed"]) for r in rows}
@@ -99,31 +116,11 @@ def markdown(spec: StudySpec, rows: list[dict], weights: dict) -> str:
             + ".**",
             "",
         ]
-    lines += [
-        "### Mean image AUROC across levels",
-        "",
-        "| method | " + " | ".join(levels) + " |",
-        "|---|" + "---|" * len(levels),
-    ]
-    for m in methods:
-        lines.append(
-            f"| {m} | "
-            + " | ".join(_pct(st.get((lv, m), {}).get("image_AUROC", (math.nan, 0, 0))) for lv in levels)
-            + " |"
-        )
-    lines += [
-        "",
-        "### Tail-class image AUROC across levels",
-        "",
-        "| method | " + " | ".join(levels) + " |",
-        "|---|" + "---|" * len(levels),
-    ]
-    for m in methods:
-        lines.append(
-            f"| {m} | "
-            + " | ".join(_pct(st.get((lv, m), {}).get("tail_image_AUROC", (math.nan, 0, 0))) for lv in levels)
-            + " |"
-        )
+    for title, figure in (
+        ("Mean image AUROC", "image_AUROC"),
+        ("Tail-class image AUROC", "tail_image_AUROC"),
+    ):
+        lines += _across_levels(title, figure, st, levels, methods)
     for lv in levels:
         lines += [
             "",
@@ -157,11 +154,13 @@ def plots(spec: StudySpec, rows: list[dict], out: Path) -> list[Path]:
     st = stats(rows)
     out.mkdir(parents=True, exist_ok=True)
     methods = list(spec.methods)
-    profiles = sorted({lv.profile for lv in spec.levels if lv.profile != "full"})
-    balanced = [lv for lv in spec.levels if lv.profile == "full"]
+    profiles = sorted({lv.profile for lv in spec.level_specs if lv.profile != "full"})
+    balanced = [lv for lv in spec.level_specs if lv.profile == "full"]
     fig, axes = plt.subplots(1, max(1, len(profiles)), figsize=(5 * max(1, len(profiles)), 4), squeeze=False)
     for ax, prof in zip(axes[0], profiles or ["full"]):
-        lvls = sorted(balanced + [lv for lv in spec.levels if lv.profile == prof], key=lambda lv: lv.ratio)
+        lvls = sorted(
+            balanced + [lv for lv in spec.level_specs if lv.profile == prof], key=lambda lv: lv.ratio
+        )
         for m in methods:
             pts = [(lv.ratio, st[(lv.name, m)]["image_AUROC"]) for lv in lvls if (lv.name, m) in st]
             if pts:
@@ -181,7 +180,7 @@ def plots(spec: StudySpec, rows: list[dict], out: Path) -> list[Path]:
     fig.savefig(p1, dpi=110)
     plt.close(fig)
 
-    levels = [lv.name for lv in spec.levels]
+    levels = [lv.name for lv in spec.level_specs]
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(levels)), 4))
     width = 0.8 / max(1, len(methods))
     for i, m in enumerate(methods):
@@ -216,7 +215,7 @@ def write_report(spec: StudySpec, out: Path) -> Path:
     st = stats(rows)
     summary = {
         "stats": {f"{lv}/{m}": {f: list(v) for f, v in s.items()} for (lv, m), s in st.items()},
-        "targets": targets(st, [lv.name for lv in spec.levels]),
+        "targets": targets(st, [lv.name for lv in spec.level_specs]),
         "rows": len(rows),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=True) + "\n")

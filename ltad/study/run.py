@@ -193,7 +193,7 @@ def run_study(spec: StudySpec, out: Path, work: Path | None = None) -> Path:
     (out / "weights.json").write_text(json.dumps(weights, indent=1) + "\n")
     rows_path = out / "rows.jsonl"
     done = done_groups(rows_path)
-    groups = [(lv, s) for lv in spec.levels for s in spec.seeds]
+    groups = [(lv, s) for lv in spec.level_specs for s in spec.seeds]
     for i, (level, seed) in enumerate(groups, 1):
         if (level.name, seed) in done:
             continue

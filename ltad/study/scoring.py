@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -55,9 +55,6 @@ def metrics(
                 "pixel_AUPRO": pixel_aupro(maps_np[sel], masks_np[sel]),
             }
     return aggregate(scores, test.label, test.class_id, class_names, train_counts, pixel, class_order)
-
-
-Scorer = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
 
 def summarise(report: dict) -> dict:

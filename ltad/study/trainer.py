@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import torch
 
 from ltad.config import LTADConfig
+from ltad.data.streams import class_weights
 from ltad.models.ltad import LTAD
 from ltad.study.features import FeatureSet
 from ltad.training.engine import param_groups
@@ -30,14 +31,18 @@ def class_counts(train: FeatureSet, num_classes: int) -> list[int]:
 def sampler(
     train: FeatureSet, num_classes: int, class_balance: float, batch: int, seed: int
 ) -> Iterator[torch.Tensor]:
-    """Endless index batches: a class by weight ~ count^(1 - class_balance), then a sample of it."""
+    """Endless index batches: a class by the data plane's `class_weights`, then a sample of it."""
     gen = torch.Generator().manual_seed(seed)
-    counts = torch.tensor(class_counts(train, num_classes), dtype=torch.float64)
-    weights = torch.where(counts > 0, counts.pow(1.0 - class_balance), torch.zeros_like(counts))
+    weights = class_weights(dict(enumerate(class_counts(train, num_classes))), class_balance)
+    classes = sorted(weights)
+    probs = torch.tensor([weights[c] for c in classes], dtype=torch.float64)
     members = [torch.nonzero(train.class_id == c).flatten() for c in range(num_classes)]
     while True:
-        classes = torch.multinomial(weights, batch, replacement=True, generator=gen)
-        picks = [members[c][torch.randint(len(members[c]), (1,), generator=gen)] for c in classes.tolist()]
+        drawn = torch.multinomial(probs, batch, replacement=True, generator=gen)
+        picks = [
+            members[classes[i]][torch.randint(len(members[classes[i]]), (1,), generator=gen)]
+            for i in drawn.tolist()
+        ]
         yield torch.cat(picks)
 
 
