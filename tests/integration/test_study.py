@@ -23,9 +23,8 @@ def test_study_smoke_writes_rows_report_and_plots_and_resumes(tmp_path):
     ltad = next(r for r in rows if r["method"] == "ltad")
     assert ltad["phase2_s"] > 0 and 0.0 <= ltad["class_accuracy"] <= 1.0
     report = (out / "report.md").read_text()
-    assert (
-        "INCOMPLETE" not in report and "| knn |" in report and "### Targets" not in report.split("exp10")[0]
-    )
+    assert "INCOMPLETE" not in report and "| knn |" in report and "### exp10" in report
+    assert "LTAD tail image AUROC" not in report  # targets are checked at ratio 100 only; the smoke has none
     assert "random" in report  # the weights are named: no CLIP weights behind these figures
     for name in ("auroc_vs_ratio.png", "tail_auroc.png"):
         with Image.open(out / "plots" / name) as im:
