@@ -68,8 +68,7 @@ def run_steps(
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
         if step % spec.log_every == 0 or step == spec.steps:
-            metrics = _mean_over_ranks(sums, count)
-            metrics["bad_samples"] = _sum_over_ranks(bad)
+            metrics = _over_ranks(sums, count, bad)
             metrics["steps_per_s"] = count / max(time.perf_counter() - tic, 1e-9)
             metrics = {f"{spec.phase}/{k}": v for k, v in metrics.items()}
             sums, count, tic = {}, 0, time.perf_counter()
@@ -91,18 +90,14 @@ def _report(metrics: dict[str, float], step: int) -> None:
     ray.train.report(dict(metrics, step=step, final=False))
 
 
-def _mean_over_ranks(sums: dict[str, float], count: int) -> dict[str, float]:
+def _over_ranks(sums: dict[str, float], count: int, bad: int) -> dict[str, float]:
+    """Interval means of `sums` averaged over ranks, plus `bad_samples` summed over ranks: one all-reduce."""
     keys = sorted(sums)
-    values = torch.tensor([sums[k] / max(count, 1) for k in keys], dtype=torch.float64)
+    values = torch.tensor([sums[k] / max(count, 1) for k in keys] + [float(bad)], dtype=torch.float64)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        values = all_reduce(values) / dist.get_world_size()
-    return dict(zip(keys, values.tolist()))
-
-
-def _sum_over_ranks(value: int) -> float:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return float(all_reduce(torch.tensor([float(value)], dtype=torch.float64))[0])
-    return float(value)
+        values = all_reduce(values)
+        values[:-1] /= dist.get_world_size()
+    return {**dict(zip(keys, values[:-1].tolist())), "bad_samples": float(values[-1])}
 
 
 def all_reduce(values: torch.Tensor, op=None) -> torch.Tensor:
