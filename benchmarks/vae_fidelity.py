@@ -5,9 +5,13 @@ look like. On the validation dataset (synth seed 1, exp100 split) this trains ph
 config, draws synthetic feature maps for every class, and compares, per head/medium/tail group:
 - syn_to_class: mean distance from a synthetic map to the nearest real training map of its class;
 - real_to_class: the same for held-out real normal maps (the test set's good images) of the class;
-- syn_class_acc: share of synthetic maps whose nearest real training map is of the intended class.
-Distances are RMS over standardised patch features (what the RM and semantic head see).
-Usage: .venv/bin/python benchmarks/vae_fidelity.py [--work DIR] [--samples 32]
+- syn_class_acc: share of synthetic maps whose nearest real training map is of the intended class;
+- syn_spread / real_spread: mean RMS distance between two synthetic maps of a class, and between two
+  held-out real normal maps of it. A syn_spread far below real_spread means the VAE's latent carries
+  little (posterior collapse): its samples sit near one class-mean map and add no variety.
+Distances are RMS over standardised patch features (what the RM and semantic head see). The phase-1
+VAE losses (`vae_mse`, `vae_kl` per element) are printed beside them.
+Usage: .venv/bin/python benchmarks/vae_fidelity.py [--work DIR] [--samples 32] [--set model.vae.beta=0.1]
 """
 
 from __future__ import annotations
@@ -34,21 +38,35 @@ def rms_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cdist(a.flatten(1), b.flatten(1)) / a[0].numel() ** 0.5
 
 
+def mean_pairwise(x: torch.Tensor) -> float:
+    """Mean RMS distance between distinct maps of `x` (nan for fewer than two)."""
+    if x.shape[0] < 2:
+        return float("nan")
+    d = rms_dist(x, x)
+    return float(d.sum() / (x.shape[0] * (x.shape[0] - 1)))
+
+
+def _mean(v: list[float]) -> float:
+    v = [x for x in v if x == x]
+    return round(sum(v) / len(v), 4) if v else float("nan")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", default="configs/study-validation.yaml")
     ap.add_argument("--work", default="runs/vae-fidelity")
     ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     spec = load_spec(args.spec)
     level, seed = spec.level_specs[0], spec.seeds[0]
-    cfg = model_config(spec, seed)
+    cfg = model_config(spec, seed).with_overrides(args.set) if args.set else model_config(spec, seed)
     ds, train_all, test, weights = study_features(spec, Path(args.work), cfg)
     split = make_split(ds, level.profile, None if level.profile == "full" else level.ratio, seed=seed)
     wanted = {r.path for r in split.train_records(ds)}
     train = train_all.subset(torch.tensor([i for i, p in enumerate(train_all.paths) if p in wanted]))
-    model, _ = train_phase1(cfg, train, len(ds.classes))
+    model, logs = train_phase1(cfg, train, len(ds.classes))
     model.eval()
     model.cache_text()
     with torch.no_grad():
@@ -62,17 +80,25 @@ def main(argv: list[str] | None = None) -> int:
             good = held[(test.class_id == c) & (test.label == 0)]
             d_all = rms_dist(syn, real)
             g = groups.setdefault(
-                split.group_of(name), {"syn_to_class": [], "real_to_class": [], "syn_class_acc": []}
+                split.group_of(name),
+                {
+                    k: []
+                    for k in ("syn_to_class", "real_to_class", "syn_class_acc", "syn_spread", "real_spread")
+                },
             )
             g["syn_to_class"].append(float(rms_dist(syn, own).min(dim=1).values.mean()))
             g["real_to_class"].append(float(rms_dist(good, own).min(dim=1).values.mean()))
             g["syn_class_acc"].append(float((train.class_id[d_all.argmin(dim=1)] == c).float().mean()))
+            g["syn_spread"].append(mean_pairwise(syn))
+            g["real_spread"].append(mean_pairwise(good))
     out = {
         "benchmark": "vae_fidelity",
         "data": f"synth seed {spec.dataset.seed}, {level.name} split seed {seed}",
         "weights": weights,
         "config": spec.config,
-        "groups": {g: {k: round(sum(v) / len(v), 4) for k, v in d.items()} for g, d in groups.items()},
+        "overrides": args.set,
+        "phase1": {k: round(v, 4) for k, v in logs.items() if k.startswith("vae")},
+        "groups": {g: {k: _mean(v) for k, v in d.items()} for g, d in groups.items()},
     }
     print(json.dumps(out, indent=1))
     return 0
