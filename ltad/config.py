@@ -218,6 +218,9 @@ class Phase2Config:
     grad_clip: float = 1.0
     synthesis_ratio: float = 0.25
     """Share of each phase-2 batch that the VAE synthesises, allocated to flatten the class mix."""
+    synthesis_target: Literal["both", "semantic"] = "both"
+    """Which branches train on the synthetic features: both (the paper) or the semantic head only
+    (the reconstruction module then sees real features only)."""
     pseudo_anomaly: Literal["feature", "image"] = "feature"
     """Pseudo-anomalies for the semantic classifier: feature-level (cache friendly) or Perlin/CutPaste."""
     semantic_weight: float = 1.0

@@ -106,11 +106,18 @@ def gather_to_rank0(obj: Any, rank: int, world_size: int) -> list[Any] | None:
 
 def evaluate(config: dict[str, Any]) -> None:
     """Train function of the evaluation run (see the module docstring)."""
+    evaluate_state(worker(config), load_model_state(config["phase2_checkpoint"]), config)
+
+
+def evaluate_state(
+    w: Worker, state: dict[str, torch.Tensor], config: dict[str, Any], extra: dict[str, float] | None = None
+) -> None:
+    """Score the test set with the model in `state` (every rank); rank 0 reports the evaluation checkpoint
+    with the summary metrics and `extra` (e.g. the last phase-2 metrics of a combined stage)."""
     import ray.train
 
-    w = worker(config)
     model = build_model(w.cfg, len(w.manifest.classes))
-    load_trained(model, load_model_state(config["phase2_checkpoint"]))
+    load_trained(model, state)
     model.to(w.device).eval()
     cache = feature_source(w.cfg, w.data_uri, w.manifest)
     w.log(f"evaluate: scoring this worker's test shards ({cache or 'images encoded online'})")
@@ -138,7 +145,7 @@ def evaluate(config: dict[str, Any]) -> None:
         w.log(f"evaluate: {metrics['n_evaluated']} test samples, each exactly once; outputs written")
         summary = {k: metrics[k] for k in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1max")}
         ray.train.report(
-            {**summary, "evaluated": metrics["n_evaluated"]},
+            {**(extra or {}), **summary, "evaluated": metrics["n_evaluated"]},
             checkpoint=ray.train.Checkpoint.from_directory(tmp),
             checkpoint_dir_name="evaluation",
         )

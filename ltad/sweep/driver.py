@@ -1,12 +1,14 @@
 """The sweep on Ray Tune: function trainables (0.01 CPU drivers) that each fit `TorchTrainer` runs.
 
 Order of work, each step skipped when its result is already in storage (so a restarted sweep resumes):
-1. the feature cache of every level (one `encode` run per level, from the job driver);
+1. the feature cache of every level (one `encode` run per level, from the job driver, on as many
+   workers as the cluster holds: nothing else runs yet);
 2. Tune experiment `phase1`: one trial per (level, prompt length) training phase 1 under the
    deterministic run name `{level}-L{length}-phase1`; a finished checkpoint there is reused;
 3. Tune experiment `trials`: one trial per (level, length, synthesis ratio) that loads that phase-1
-   checkpoint, runs phase 2 (its per-interval metrics go to Tune for ASHA) and evaluation, and
-   publishes the evaluation to `<root>/trials/<trial>/`; `sweep.json` is rewritten as trials end.
+   checkpoint and runs phase 2 and the evaluation as one stage (`phase2-evaluate`; its phase-2
+   metrics go to Tune for ASHA every `run.log_every` steps), and publishes the evaluation to
+   `<root>/trials/<trial>/`; `sweep.json` is rewritten as trials end.
 Both experiments live under `<root>/tune/` and are restored with `Tuner.restore` when present, so
 finished trials are never re-run. Every stage a trial launches leaves `<root>/launches/<stage>/...`.
 With `reuse: false` (the naive baseline of benchmarks/sweep_reuse.py) steps 1-2 are skipped and every
@@ -33,6 +35,8 @@ from ltad.training.ray_run import fit, resolve_storage
 DRIVER_CPU = 0.01
 """CPU of a trial's driver function; its TorchTrainer workers hold the real resources."""
 TUNE_STATUS = {"PENDING": "pending", "PAUSED": "pending", "RUNNING": "running", "ERROR": "error"}
+TRIAL_STAGE = "phase2-evaluate"
+"""The stage of a sweep trial: phase 2 and its evaluation in one worker group."""
 
 
 def log(msg: str) -> None:
@@ -81,6 +85,18 @@ def _launch(space: Space, stage: str, run: str, fn, loop: dict[str, Any], cfg, *
     return fit(fn, loop, cfg, name=f"{run}-{stage}", **kwargs)
 
 
+def cluster_workers(space: Space, shards: int) -> int:
+    """Workers of the trial's size that the whole cluster holds now (at most `shards`, at least 1)."""
+    import ray
+
+    sc = space.base.scaling
+    have = ray.cluster_resources()
+    n = int(have.get("CPU", 0) / sc.cpus_per_worker + 1e-9)
+    if sc.use_gpu:
+        n = min(n, int(have.get("GPU", 0)))
+    return max(1, min(n, shards))
+
+
 def phase1_trial(config: dict[str, Any], space: Space, commit: str) -> None:
     """Tune trial: phase 1 of one (level, prompt length), unless its final checkpoint already exists."""
     from ray import tune
@@ -98,52 +114,50 @@ def _evaluation(cfg):
     """The finished evaluation of a run (its checkpoint holds metrics.json), or None."""
     import ray.train
 
-    uri = storage.join(cfg.run.storage_path, f"{cfg.run.name}-evaluate", "evaluation")
+    uri = storage.join(cfg.run.storage_path, f"{cfg.run.name}-{TRIAL_STAGE}", "evaluation")
     if not storage.exists(storage.join(uri, "metrics.json")):
         return None
     path, fs = resolve_storage(uri, cfg.run.output)
     return ray.train.Checkpoint(path, filesystem=fs) if fs is not None else ray.train.Checkpoint(path)
 
 
-def _phase2(space: Space, trial: Trial, cfg, commit: str):
-    """(phase-2 checkpoint, its last phase-2 metrics) of a trial: found in storage, else trained."""
-    from ray.tune.integration.ray_train import TuneReportCallback
+def _phase1_checkpoint(space: Space, trial: Trial, cfg, commit: str):
+    """The phase-1 checkpoint a trial starts from: the shared one, or (naive sweep) its own."""
+    from ltad.training.phases import phase1
 
-    from ltad.training.phases import phase1, phase2
-
-    done = _finished(cfg, "phase2")
-    if done is not None:
-        return done, {}
     if space.reuse:
-        ckpt1 = stage_checkpoint(space.run_config(trial, phase1=True), "phase1")
-    else:
-        ckpt1 = _finished(cfg, "phase1")
-        if ckpt1 is None:
-            ckpt1 = _launch(space, "phase1", cfg.run.name, phase1, _loop(cfg, commit), cfg).checkpoint
-    loop = _loop(cfg, commit, phase1_checkpoint=ckpt1)
-    # every phase-2 report (each run.log_every steps) reaches Tune as one result: ASHA's time axis
-    result = _launch(space, "phase2", cfg.run.name, phase2, loop, cfg, callbacks=[TuneReportCallback()])
-    return result.checkpoint, {k: v for k, v in (result.metrics or {}).items() if k.startswith("phase2/")}
+        return stage_checkpoint(space.run_config(trial, phase1=True), "phase1")
+    done = _finished(cfg, "phase1")
+    if done is not None:
+        return done
+    return _launch(space, "phase1", cfg.run.name, phase1, _loop(cfg, commit), cfg).checkpoint
 
 
 def sweep_trial(config: dict[str, Any], space: Space, commit: str) -> None:
-    """Tune trial: (phase 1 when not shared,) phase 2 and evaluation of one setting; publishes the results.
+    """Tune trial: (phase 1 when not shared,) phase 2 + evaluation of one setting; publishes the results.
 
-    Every stage whose result is already in storage is skipped, so a trial that finished after Tune's
-    last experiment snapshot (then restored as unfinished) only republishes its evaluation.
+    A trial whose evaluation is already in storage (it finished after Tune's last experiment
+    snapshot, then was restored as unfinished) only republishes it. An interrupted phase-2 stage
+    resumes from its latest checkpoint (same run name).
     """
     from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ltad.eval.evaluate import evaluate
+    from ltad.training.phase2_evaluate import phase2_and_evaluate
 
     trial = _trial(space, config)
     cfg = space.run_config(trial)
     last: dict[str, Any] = {}
     evaluation = _evaluation(cfg)
     if evaluation is None:
-        ckpt2, last = _phase2(space, trial, cfg, commit)
-        loop = _loop(cfg, commit, phase2_checkpoint=ckpt2)
-        evaluation = _launch(space, "evaluate", cfg.run.name, evaluate, loop, cfg).checkpoint
+        loop = _loop(cfg, commit, phase1_checkpoint=_phase1_checkpoint(space, trial, cfg, commit))
+        # every phase-2 report (each run.log_every steps) reaches Tune as one result: ASHA's time axis
+        callbacks = [TuneReportCallback()]
+        result = _launch(
+            space, TRIAL_STAGE, cfg.run.name, phase2_and_evaluate, loop, cfg, callbacks=callbacks
+        )
+        evaluation = result.checkpoint
+        last = {k: v for k, v in (result.metrics or {}).items() if k.startswith("phase2/")}
     else:
         log(f"{trial.name}: evaluated before, republishing its results")
     publish(evaluation, space.trial_dir(trial))
@@ -251,9 +265,11 @@ def encode_levels(space: Space, commit: str) -> None:
     """The feature cache of each level, built once and shared by every trial of the level."""
     for trial in space.phase1_runs():
         cfg = space.run_config(trial, phase1=True)
-        if find_cache(cfg.data.uri, cfg.model.encoder, read_manifest(cfg.data.uri)) is None:
-            log(f"{trial.level.name}: building the feature cache")
-            _launch(space, "encode", trial.level.name, encode_stage, _loop(cfg, commit), cfg)
+        manifest = read_manifest(cfg.data.uri)
+        if find_cache(cfg.data.uri, cfg.model.encoder, manifest) is None:
+            n = cluster_workers(space, sum(len(v) for v in manifest.shards.values()))
+            log(f"{trial.level.name}: building the feature cache on {n} workers")
+            _launch(space, "encode", trial.level.name, encode_stage, _loop(cfg, commit), cfg, num_workers=n)
 
 
 def run_sweep(space: Space) -> dict[str, Any]:

@@ -152,7 +152,8 @@ class Phase2Objective(nn.Module):
         x, xy = torch.cat([patches, syn.to(patches.device)]), torch.cat([y, syn_y])
         dt = _dtype(self.reconstruction)
         x = x.to(dt)
-        rec_loss = F.mse_loss(self.reconstruction(x), x)
+        rec_in = x if self.cfg.synthesis_target == "both" else x[: patches.shape[0]]
+        rec_loss = F.mse_loss(self.reconstruction(rec_in), rec_in)
         image_level = self.cfg.pseudo_anomaly == "image" and "image" in batch
         if image_level:
             images, masks = image_anomalies(batch["image"].float())

@@ -136,7 +136,13 @@ def phase1(config: dict[str, Any]) -> None:
 
 def phase2(config: dict[str, Any]) -> None:
     """Train function of phase 2 (reconstruction + semantic projection on real + synthetic features)."""
-    w = worker(config)
+    train_phase2(worker(config), config)
+
+
+def train_phase2(
+    w: Worker, config: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
+    """Phase 2 on this worker: (the final whole-model state on rank 0, None elsewhere; last metrics)."""
     p = w.cfg.phase2
     phase1_state = load_model_state(config["phase1_checkpoint"])
     model = build_model(w.cfg, len(w.manifest.classes))
@@ -150,6 +156,7 @@ def phase2(config: dict[str, Any]) -> None:
         f"phase2: model and ZeRO-{engine.zero_optimization_stage()} engine ready; features {cache or 'online'}"
     )
     batches = _batches(w, cache, seed=w.cfg.run.seed * 1000 + 2)
+    final: dict[str, dict[str, torch.Tensor]] = {}
 
     def finalize(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         full = build_model(w.cfg, len(w.manifest.classes))
@@ -159,10 +166,12 @@ def phase2(config: dict[str, Any]) -> None:
         full.cache_text()
         full.fit_standardisation(_sample_batches(w, full, cache, w.cfg.phase2.stats_samples, seed=3))
         w.log(f"phase2: standardisation fitted on {w.cfg.phase2.stats_samples} training samples")
-        return trained_state(full)
+        final["state"] = trained_state(full)
+        return final["state"]
 
-    run_steps(engine, batches, _spec(w, "phase2", p.steps), rank=w.rank, finalize=finalize)
+    metrics = run_steps(engine, batches, _spec(w, "phase2", p.steps), rank=w.rank, finalize=finalize)
     w.log("phase2: done")
+    return final.get("state"), metrics
 
 
 def _sample_batches(w: Worker, model: LTAD, cache: str | None, samples: int, seed: int):

@@ -152,3 +152,19 @@ def test_synthetic_count_gives_the_ratio_of_the_whole_batch():
     assert synthetic_count(8, 0.0) == 0
     assert synthetic_count(8, 0.5) == 8
     assert synthetic_count(6, 0.25) == 2
+
+
+@pytest.mark.parametrize(("target", "rec_batch"), [("both", 8), ("semantic", 4)])
+def test_synthesis_target_decides_which_branch_sees_synthetic_features(batches, target, rec_batch):
+    torch.manual_seed(4)
+    model = tiny_model()
+    cfg = Phase2Config(synthesis_ratio=0.5, synthesis_target=target)
+    objective = Phase2Objective(model, COUNTS, cfg).train()
+    seen: dict[str, int] = {}
+    model.reconstruction.register_forward_hook(lambda m, args, out: seen.update(rec=args[0].shape[0]))
+    model.semantic.register_forward_hook(lambda m, args, out: seen.update(sem=args[0].shape[0]))
+    loss, logs = objective(batches[1])
+    assert logs["synthetic"] == 4.0 and seen["rec"] == rec_batch
+    assert seen["sem"] == 16  # real + synthetic normals, then as many pseudo-anomalies, either way
+    loss.backward()
+    assert_gradients(objective, model)

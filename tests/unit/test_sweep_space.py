@@ -73,3 +73,25 @@ def test_bad_space_is_one_clear_error(tmp_path, space, message):
     with pytest.raises(ConfigError, match=None) as err:
         load_space(_write(tmp_path, **space))
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "resources, overrides, shards, want",
+    [
+        ({"CPU": 2.0}, ["scaling.cpus_per_worker=0.99"], 14, 2),  # the dev machine: both cores
+        ({"CPU": 2.0}, ["scaling.cpus_per_worker=0.99"], 1, 1),  # no idle rank without a shard
+        ({"CPU": 64.0, "GPU": 8.0}, ["scaling.use_gpu=true", "scaling.cpus_per_worker=4"], 40, 8),
+        ({"CPU": 8.0, "GPU": 8.0}, ["scaling.use_gpu=true", "scaling.cpus_per_worker=4"], 40, 2),
+        ({"CPU": 0.5}, ["scaling.cpus_per_worker=1"], 10, 1),  # an autoscaler adds nodes: still one
+    ],
+)
+def test_cache_build_uses_every_worker_the_cluster_holds(
+    monkeypatch, tmp_path, resources, overrides, shards, want
+):
+    import ray
+
+    from ltad.sweep.driver import cluster_workers
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
+    space = load_space(_write(tmp_path), overrides=overrides)
+    assert cluster_workers(space, shards) == want
