@@ -121,6 +121,24 @@ def _evaluation(cfg):
     return ray.train.Checkpoint(path, filesystem=fs) if fs is not None else ray.train.Checkpoint(path)
 
 
+def phase2_reports_class():
+    """Ray Train callback class forwarding a stage's phase-2 reports to Tune, not its evaluation report.
+
+    The trial reports the evaluation itself once it is published, so Tune counts phase-2 reports + 1
+    iterations per trial (what ASHA's `max_t` in tune/*.yaml is set to), and ASHA can never stop a
+    trial between its evaluation and the publishing of it.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class Phase2Reports(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics and "evaluated" in metrics[0]:
+                return
+            super().after_report(run_context, metrics, checkpoint)
+
+    return Phase2Reports
+
+
 def _phase1_checkpoint(space: Space, trial: Trial, cfg, commit: str):
     """The phase-1 checkpoint a trial starts from: the shared one, or (naive sweep) its own."""
     from ltad.training.phases import phase1
@@ -141,7 +159,6 @@ def sweep_trial(config: dict[str, Any], space: Space, commit: str) -> None:
     resumes from its latest checkpoint (same run name).
     """
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from ltad.training.phase2_evaluate import phase2_and_evaluate
 
@@ -152,7 +169,7 @@ def sweep_trial(config: dict[str, Any], space: Space, commit: str) -> None:
     if evaluation is None:
         loop = _loop(cfg, commit, phase1_checkpoint=_phase1_checkpoint(space, trial, cfg, commit))
         # every phase-2 report (each run.log_every steps) reaches Tune as one result: ASHA's time axis
-        callbacks = [TuneReportCallback()]
+        callbacks = [phase2_reports_class()()]
         result = _launch(
             space, TRIAL_STAGE, cfg.run.name, phase2_and_evaluate, loop, cfg, callbacks=callbacks
         )

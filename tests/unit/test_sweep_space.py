@@ -95,3 +95,16 @@ def test_cache_build_uses_every_worker_the_cluster_holds(
     monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
     space = load_space(_write(tmp_path), overrides=overrides)
     assert cluster_workers(space, shards) == want
+
+
+def test_trial_stage_forwards_phase2_reports_to_tune_but_not_its_evaluation():
+    from ltad.sweep.driver import phase2_reports_class
+
+    callback = object.__new__(phase2_reports_class())  # its __init__ needs a live Tune session
+    forwarded: list[dict] = []
+    callback._training_actor_item_queue = type("Queue", (), {"put": lambda self, m: forwarded.append(m)})()
+    callback.after_report(None, [{"phase2/loss": 0.5, "step": 10}, {"phase2/loss": 0.5}], None)
+    callback.after_report(
+        None, [{"phase2/loss": 0.4, "image_AUROC": 0.8, "evaluated": 96}, {"evaluated": 90}], None
+    )
+    assert forwarded == [{"phase2/loss": 0.5, "step": 10}]
