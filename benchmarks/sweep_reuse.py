@@ -97,7 +97,7 @@ def run(work: Path, args) -> int:
     from ltad.data.synth import synthesize
     from ltad.services.ports import free_base, free_port
     from ltad.services.seaweed import GRPC, OFFSETS, SeaweedServer
-    from ltad.sweep.driver import launches, run_sweep
+    from ltad.sweep.driver import TRIAL_STAGE, launches, run_sweep
     from ltad.sweep.space import load_space
 
     work.mkdir(parents=True, exist_ok=True)
@@ -124,7 +124,7 @@ def run(work: Path, args) -> int:
                 sweep = run_sweep(space)
             seconds[space.name] = round(time.monotonic() - tic, 1)
             statuses[space.name] = sorted({t["status"] for t in sweep["trials"]})
-            counts[space.name] = {s: len(launches(space, s)) for s in ("encode", "phase1", "phase2")}
+            counts[space.name] = {s: len(launches(space, s)) for s in ("encode", "phase1", TRIAL_STAGE)}
         ray.shutdown()
     finally:
         server.stop()
