@@ -47,13 +47,14 @@ def plot_ratio(path: Path, lines: Mapping[str, Sequence[tuple[float, float, floa
 def plot_heatmap(
     path: Path, title: str, lengths: Sequence[int], ratios: Sequence[float], grid: np.ndarray
 ) -> None:
-    """Image AUROC over prompt length (rows) x synthesis ratio (columns); NaN cells read 'n/a'."""
+    """Image AUROC over prompt length (rows) x synthesis ratio (columns); NaN cells (no result: e.g. a
+    trial ASHA stopped) read 'n/a' in black on the blank cell."""
     pct = 100 * np.asarray(grid, dtype=float)
     fig, ax = _figure(1.6 + 1.2 * len(ratios), 1.4 + 0.8 * len(lengths))
     image = ax.imshow(np.ma.masked_invalid(pct), cmap="viridis", aspect="auto")
     mid = np.nanmean(pct) if np.isfinite(pct).any() else 0.0
     for (i, j), v in np.ndenumerate(pct):
-        ink = "k" if v > mid else "w"  # readable on viridis' light top and dark bottom
+        ink = "k" if math.isnan(v) or v > mid else "w"  # readable on viridis' light top and dark bottom
         ax.text(j, i, "n/a" if math.isnan(v) else f"{v:.1f}", ha="center", va="center", color=ink, fontsize=9)
     ax.set_xticks(range(len(ratios)), [f"{r:g}" for r in ratios])
     ax.set_yticks(range(len(lengths)), [str(n) for n in lengths])
