@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def mean_pairwise(x: torch.Tensor) -> float:
 
 
 def _mean(v: list[float]) -> float:
-    v = [x for x in v if x == x]
+    v = [x for x in v if not math.isnan(x)]
     return round(sum(v) / len(v), 4) if v else float("nan")
 
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     spec = load_spec(args.spec)
     level, seed = spec.level_specs[0], spec.seeds[0]
-    cfg = model_config(spec, seed).with_overrides(args.set) if args.set else model_config(spec, seed)
+    cfg = model_config(spec, seed).with_overrides(args.set)
     ds, train_all, test, weights = study_features(spec, Path(args.work), cfg)
     split = make_split(ds, level.profile, None if level.profile == "full" else level.ratio, seed=seed)
     wanted = {r.path for r in split.train_records(ds)}

@@ -37,6 +37,9 @@ from ltad.training.objectives import features
 from ltad.training.phases import Worker, worker
 from ltad.training.weights import build_model, load_trained
 
+EVALUATED = "evaluated"
+"""Key of every evaluation report (test samples scored): how a listener tells it from training reports."""
+
 
 def score_shard_share(w: Worker, model, cache: str | None) -> dict[str, Any]:
     """Score this worker's test samples: per-sample rows, maps/masks by class, overlay candidates."""
@@ -130,7 +133,7 @@ def evaluate_state(
         {"rows": share["rows"], "accs": accs, "candidates": share["candidates"]}, w.rank, w.world_size
     )
     if w.rank != 0:
-        ray.train.report({"evaluated": len(share["rows"])})
+        ray.train.report({EVALUATED: len(share["rows"])})
         return
     with tempfile.TemporaryDirectory(prefix="ltad-eval-") as tmp:
         metrics = finish(
@@ -145,7 +148,7 @@ def evaluate_state(
         w.log(f"evaluate: {metrics['n_evaluated']} test samples, each exactly once; outputs written")
         summary = {k: metrics[k] for k in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1max")}
         ray.train.report(
-            {**(extra or {}), **summary, "evaluated": metrics["n_evaluated"]},
+            {**(extra or {}), **summary, EVALUATED: metrics["n_evaluated"]},
             checkpoint=ray.train.Checkpoint.from_directory(tmp),
             checkpoint_dir_name="evaluation",
         )

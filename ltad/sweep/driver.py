@@ -25,6 +25,7 @@ from typing import Any
 from ltad.data import storage
 from ltad.data.manifest import read_manifest
 from ltad.errors import ConfigError
+from ltad.eval.evaluate import EVALUATED
 from ltad.eval.summary import write_sweep
 from ltad.sweep.space import Space, Trial
 from ltad.training.engine import load_zero_config
@@ -85,16 +86,21 @@ def _launch(space: Space, stage: str, run: str, fn, loop: dict[str, Any], cfg, *
     return fit(fn, loop, cfg, name=f"{run}-{stage}", **kwargs)
 
 
-def cluster_workers(space: Space, shards: int) -> int:
-    """Workers of the trial's size that the whole cluster holds now (at most `shards`, at least 1)."""
+def _fits(cpus: float, gpus: int) -> int:
+    """How many units of `cpus` CPUs (and `gpus` GPUs) the cluster holds now; 0 if not one."""
     import ray
 
-    sc = space.base.scaling
     have = ray.cluster_resources()
-    n = int(have.get("CPU", 0) / sc.cpus_per_worker + 1e-9)
-    if sc.use_gpu:
-        n = min(n, int(have.get("GPU", 0)))
-    return max(1, min(n, shards))
+    n = int(have.get("CPU", 0) / cpus + 1e-9)
+    if gpus:
+        n = min(n, int(have.get("GPU", 0) // gpus))
+    return n
+
+
+def cluster_workers(space: Space, shards: int) -> int:
+    """Workers of the trial's size that the whole cluster holds now (at most `shards`, at least 1)."""
+    sc = space.base.scaling
+    return max(1, min(_fits(sc.cpus_per_worker, 1 if sc.use_gpu else 0), shards))
 
 
 def phase1_trial(config: dict[str, Any], space: Space, commit: str) -> None:
@@ -132,7 +138,7 @@ def phase2_reports_class():
 
     class Phase2Reports(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            if metrics and "evaluated" in metrics[0]:
+            if metrics and EVALUATED in metrics[0]:
                 return
             super().after_report(run_context, metrics, checkpoint)
 
@@ -229,17 +235,12 @@ def _recorder(space: Space):
 
 def concurrency(space: Space) -> int:
     """Trials that fit the cluster at once: its CPUs (and GPUs) over one trial's workers + driver."""
-    import ray
-
     sc = space.base.scaling
-    have = ray.cluster_resources()
     per_trial = sc.num_workers * sc.cpus_per_worker + DRIVER_CPU
-    n = int(have.get("CPU", 0) / per_trial + 1e-9)
-    if sc.use_gpu:
-        n = min(n, int(have.get("GPU", 0) // sc.num_workers))
+    n = _fits(per_trial, sc.num_workers if sc.use_gpu else 0)
     if n < 1:
-        log(f"the cluster has {have.get('CPU', 0):g} CPUs / {have.get('GPU', 0):g} GPUs now, less than one trial "
-            f"({per_trial:g} CPUs, {sc.num_workers if sc.use_gpu else 0} GPUs): 1 at a time (an autoscaler adds nodes)")  # fmt: skip
+        log(f"the cluster holds less than one trial now ({per_trial:g} CPUs, {sc.num_workers if sc.use_gpu else 0} "
+            "GPUs): 1 at a time (an autoscaler adds nodes)")  # fmt: skip
     return max(n, 1)
 
 

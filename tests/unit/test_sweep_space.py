@@ -98,6 +98,7 @@ def test_cache_build_uses_every_worker_the_cluster_holds(
 
 
 def test_trial_stage_forwards_phase2_reports_to_tune_but_not_its_evaluation():
+    from ltad.eval.evaluate import EVALUATED
     from ltad.sweep.driver import phase2_reports_class
 
     callback = object.__new__(phase2_reports_class())  # its __init__ needs a live Tune session
@@ -105,6 +106,6 @@ def test_trial_stage_forwards_phase2_reports_to_tune_but_not_its_evaluation():
     callback._training_actor_item_queue = type("Queue", (), {"put": lambda self, m: forwarded.append(m)})()
     callback.after_report(None, [{"phase2/loss": 0.5, "step": 10}, {"phase2/loss": 0.5}], None)
     callback.after_report(
-        None, [{"phase2/loss": 0.4, "image_AUROC": 0.8, "evaluated": 96}, {"evaluated": 90}], None
+        None, [{"phase2/loss": 0.4, "image_AUROC": 0.8, EVALUATED: 96}, {EVALUATED: 90}], None
     )
     assert forwarded == [{"phase2/loss": 0.5, "step": 10}]
