@@ -89,7 +89,8 @@ def study_features(spec: StudySpec, work: Path, cfg: LTADConfig):
     return ds, got[0], got[1], enc.weights_provenance()
 
 
-def _row(level: Level, seed: int, method: str, report: dict, extra: dict) -> dict:
+def _row(level: Level, seed: int, method: str, report: dict, extra: dict, counts: dict[str, int]) -> dict:
+    """One method's figures in one (level, seed); `train_counts` lets the report relate AUROC to class size."""
     return {
         "level": level.name,
         "profile": level.profile,
@@ -98,6 +99,7 @@ def _row(level: Level, seed: int, method: str, report: dict, extra: dict) -> dic
         "method": method,
         **summarise(report),
         **extra,
+        "train_counts": dict(counts),
     }
 
 
@@ -150,7 +152,9 @@ def run_group(
                 scorings = {"no_vae": z_rec + lam * z_sem, "rec_only": z_rec}
             for method, fused in scorings.items():
                 if method in spec.methods:
-                    rows.append(_row(level, seed, method, report(*maps_from(model, fused, size)), extra))
+                    rows.append(
+                        _row(level, seed, method, report(*maps_from(model, fused, size)), extra, counts)
+                    )
     if "knn" in spec.methods:
         t0 = time.perf_counter()
         bank = PatchCore(coreset_ratio=spec.knn_coreset, seed=seed).fit(
@@ -167,6 +171,7 @@ def run_group(
                 "knn",
                 report(torch.cat(maps), torch.cat(scores)),
                 {"fit_s": round(time.perf_counter() - t0, 1)},
+                counts,
             )
         )
     order_idx = {m: i for i, m in enumerate(spec.methods)}
