@@ -21,6 +21,8 @@ FIGURES = (
     "gap_image_AUROC",
 )
 TAIL_MARGIN = 0.03
+SIZE_BUCKETS = ((1, 2), (3, 9), (10, 29), (30, 10**9))
+"""Training images per class: the buckets of the by-class-size table (1-2 is the extreme tail)."""
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -74,6 +76,70 @@ def targets(st: dict, levels: list[str]) -> list[dict]:
             }
         )
     return out
+
+
+def _bucket(n: int) -> str:
+    for lo, hi in SIZE_BUCKETS:
+        if lo <= n <= hi:
+            return f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"
+    return "0"
+
+
+def by_class_size(rows: list[dict], methods: list[str]) -> dict[str, dict[str, list[float]]]:
+    """bucket -> method -> per-class image AUROCs over the long-tailed levels' (level, seed, class) cells.
+
+    Also bucket -> "ltad - rec_only" -> paired differences (same level, seed and class), so a gain on
+    the smallest classes can be told from the seed-to-seed spread. Rows without `train_counts` (studies
+    run before rows carried them) and balanced levels are left out.
+    """
+    out: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    cell: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        counts, per_class = r.get("train_counts"), r.get("per_class_image_AUROC")
+        if not counts or not per_class or r.get("profile") == "full" or r["method"] not in methods:
+            continue
+        for c, auroc in per_class.items():
+            if c in counts and auroc is not None and not math.isnan(auroc):
+                b = _bucket(int(counts[c]))
+                out[b][r["method"]].append(float(auroc))
+                cell[(b, r["level"], r["seed"], c)][r["method"]] = float(auroc)
+    for (b, *_), by_method in cell.items():
+        if "ltad" in by_method and "rec_only" in by_method:
+            out[b]["ltad - rec_only"].append(by_method["ltad"] - by_method["rec_only"])
+    return out
+
+
+def _class_size_table(rows: list[dict], methods: list[str]) -> list[str]:
+    """Markdown: mean per-class image AUROC by training-set size (mean ± standard error, cells)."""
+    data = by_class_size(rows, methods)
+    order = [_bucket(lo) for lo, _ in SIZE_BUCKETS]
+    buckets = [b for b in order if b in data]
+    if not buckets:
+        return []
+
+    def cellfmt(v: list[float], signed: bool) -> str:
+        if not v:
+            return "n/a"
+        a = np.array(v)
+        se = a.std(ddof=1) / math.sqrt(a.size) if a.size > 1 else 0.0
+        return f"{100 * a.mean():{'+' if signed else ''}.1f} ± {100 * se:.1f} ({a.size})"
+
+    lines = [
+        "### Image AUROC by class size (long-tailed levels pooled)",
+        "",
+        "Per-class image AUROC of every (level, seed, class) cell, grouped by the class's training images in",
+        "that split: mean ± standard error (cells). `ltad - rec_only` pairs the same cell.",
+        "",
+        "| method | " + " | ".join(f"{b} images" for b in buckets) + " |",
+        "|---|" + "---|" * len(buckets),
+    ]
+    for m in [*methods, "ltad - rec_only"]:
+        if any(data[b].get(m) for b in buckets):
+            signed = m == "ltad - rec_only"
+            lines.append(
+                f"| {m} | " + " | ".join(cellfmt(data[b].get(m, []), signed) for b in buckets) + " |"
+            )
+    return [*lines, ""]
 
 
 def _across_levels(title: str, figure: str, st: dict, levels: list[str], methods: list[str]) -> list[str]:
@@ -133,7 +199,8 @@ def markdown(spec: StudySpec, rows: list[dict], weights: dict) -> str:
             s = st.get((lv, m))
             if s:
                 lines.append(f"| {m} | " + " | ".join(_pct(s[f]) for f in FIGURES) + " |")
-    lines += ["", "### Targets (ratio 100)", ""]
+    lines += ["", *_class_size_table(rows, methods)]
+    lines += ["### Targets (ratio 100)", ""]
     for t in targets(st, levels):
         lines.append(
             f"- {t['level']}: LTAD tail image AUROC − rec_only = {100 * t['tail_gain_vs_rec_only']:+.1f} points "
@@ -216,6 +283,10 @@ def write_report(spec: StudySpec, out: Path) -> Path:
     summary = {
         "stats": {f"{lv}/{m}": {f: list(v) for f, v in s.items()} for (lv, m), s in st.items()},
         "targets": targets(st, [lv.name for lv in spec.level_specs]),
+        "by_class_size": {
+            b: {m: [float(np.mean(v)), len(v)] for m, v in by_m.items() if v}
+            for b, by_m in by_class_size(rows, list(spec.methods)).items()
+        },
         "rows": len(rows),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=True) + "\n")

@@ -10,7 +10,7 @@ import torch
 
 from ltad.errors import ConfigError
 from ltad.models.feature_norm import FeatureNorm
-from ltad.study.report import markdown, stats, targets
+from ltad.study.report import by_class_size, markdown, stats, targets
 from ltad.study.run import append_rows, done_groups, pin_spec
 from ltad.study.spec import Level, StudySpec, spec_from_dict
 
@@ -104,3 +104,30 @@ def test_rows_resume_and_spec_pinning(tmp_path):
     )
     assert done_groups(tmp_path / "rows.jsonl") == {("exp10", 0)}
     assert json.loads((tmp_path / "rows.jsonl").read_text())["image_AUROC"] is None
+
+
+def test_class_size_table_pairs_cells_and_skips_balanced_and_old_rows():
+    counts = {"a": 100, "b": 5, "c": 1}
+
+    def row(level, profile, seed, method, per_class, with_counts=True):
+        r = {"level": level, "profile": profile, "seed": seed, "method": method}
+        r["per_class_image_AUROC"] = per_class
+        return {**r, "train_counts": counts} if with_counts else r
+
+    rows = [
+        row("exp100", "exp", 0, "ltad", {"a": 0.9, "b": 0.8, "c": 0.70}),
+        row("exp100", "exp", 0, "rec_only", {"a": 0.9, "b": 0.7, "c": 0.66}),
+        row("exp100", "exp", 1, "ltad", {"a": 0.8, "b": 0.6, "c": 0.60}),
+        row("exp100", "exp", 1, "rec_only", {"a": 0.8, "b": 0.8, "c": 0.50}),
+        row("balanced", "full", 0, "ltad", {"a": 0.1, "b": 0.1, "c": 0.1}),  # balanced: not pooled
+        row("step100", "step", 0, "ltad", {"a": 0.1, "b": 0.1, "c": 0.1}, with_counts=False),  # old row
+    ]
+    data = by_class_size(rows, ["ltad", "rec_only"])
+    assert sorted(data) == ["1-2", "3-9", "30+"]
+    assert data["1-2"]["ltad"] == [0.70, 0.60]
+    assert data["1-2"]["ltad - rec_only"] == pytest.approx([0.04, 0.10])
+    assert data["3-9"]["ltad - rec_only"] == pytest.approx([0.1, -0.2])
+    spec = spec_from_dict({"levels": ["exp:100"], "seeds": [0, 1], "methods": ["ltad", "rec_only"]})
+    md = markdown(spec, rows, {})
+    assert "| ltad - rec_only | +7.0 ± 3.0 (2) | -5.0 ± 15.0 (2) | +0.0 ± 0.0 (2) |" in md
+    assert "| ltad | 65.0 ± 5.0 (2) | 70.0 ± 10.0 (2) | 85.0 ± 5.0 (2) |" in md
