@@ -7,10 +7,12 @@ config, draws synthetic feature maps for every class, and compares, per head/med
 - real_to_class: the same for held-out real normal maps (the test set's good images) of the class;
 - syn_class_acc: share of synthetic maps whose nearest real training map is of the intended class;
 - syn_spread / real_spread: mean RMS distance between two synthetic maps of a class, and between two
-  held-out real normal maps of it. A syn_spread far below real_spread means the VAE's latent carries
-  little (posterior collapse): its samples sit near one class-mean map and add no variety.
+  held-out real normal maps of it. A syn_spread far below real_spread means the samples add little
+  variety: either the latent carries little (posterior collapse: then `kl_nats_per_latent` is near 0)
+  or the decoder's mean map smooths away the detail that tells one real map from another.
 Distances are RMS over standardised patch features (what the RM and semantic head see). The phase-1
-VAE losses (`vae_mse`, `vae_kl` per element) are printed beside them.
+VAE losses (`vae_mse`, `vae_kl` per element) are printed beside them, and the KL in nats per latent
+dimension (the information the latent carries about a map).
 Usage: .venv/bin/python benchmarks/vae_fidelity.py [--work DIR] [--samples 32] [--set model.vae.beta=0.1]
 """
 
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": spec.config,
         "overrides": args.set,
         "phase1": {k: round(v, 4) for k, v in logs.items() if k.startswith("vae")},
+        "kl_nats_per_latent": round(logs["vae_kl"] * real[0].numel() / cfg.model.vae.latent, 3),
         "groups": {g: {k: _mean(v) for k, v in d.items()} for g, d in groups.items()},
     }
     print(json.dumps(out, indent=1))

@@ -1,6 +1,6 @@
 """Quality study: LTAD vs its ablations and a kNN baseline across imbalance levels and seeds.
 
-python jobs/study.py --spec configs/study.yaml --out runs/study         # the full study (~1.5 h, 2 CPUs)
+python jobs/study.py --spec configs/study.yaml --out runs/study         # the full study (~1 h, 2 CPUs)
 python jobs/study.py --spec configs/study-smoke.yaml --out runs/smoke  # the CI smoke (~2 min)
 Resumable: rerun the same command after an interruption. Writes rows.jsonl, report.md, summary.json
 and plots/ under --out; `--report-only` rewrites the report from the rows already there.
