@@ -23,6 +23,8 @@ FIGURES = (
 TAIL_MARGIN = 0.03
 SIZE_BUCKETS = ((1, 2), (3, 9), (10, 29), (30, 10**9))
 """Training images per class: the buckets of the by-class-size table (1-2 is the extreme tail)."""
+SIZE_PAIRS = (("ltad", "rec_only"), ("ltad", "no_vae"), ("no_vae", "rec_only"))
+"""Paired differences in that table: the tail target, what synthesis adds, what fusion adds."""
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -88,8 +90,8 @@ def _bucket(n: int) -> str:
 def by_class_size(rows: list[dict], methods: list[str]) -> dict[str, dict[str, list[float]]]:
     """bucket -> method -> per-class image AUROCs over the long-tailed levels' (level, seed, class) cells.
 
-    Also bucket -> "ltad - rec_only" -> paired differences (same level, seed and class), so a gain on
-    the smallest classes can be told from the seed-to-seed spread. Rows without `train_counts` (studies
+    Also bucket -> "a - b" -> paired differences (same level, seed and class) for each pair in
+    SIZE_PAIRS, so a gain on the smallest classes can be told from the seed-to-seed spread. Rows without `train_counts` (studies
     run before rows carried them) and balanced levels are left out.
     """
     out: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -104,8 +106,9 @@ def by_class_size(rows: list[dict], methods: list[str]) -> dict[str, dict[str, l
                 out[b][r["method"]].append(float(auroc))
                 cell[(b, r["level"], r["seed"], c)][r["method"]] = float(auroc)
     for (b, *_), by_method in cell.items():
-        if "ltad" in by_method and "rec_only" in by_method:
-            out[b]["ltad - rec_only"].append(by_method["ltad"] - by_method["rec_only"])
+        for first, second in SIZE_PAIRS:
+            if first in by_method and second in by_method:
+                out[b][f"{first} - {second}"].append(by_method[first] - by_method[second])
     return out
 
 
@@ -128,14 +131,16 @@ def _class_size_table(rows: list[dict], methods: list[str]) -> list[str]:
         "### Image AUROC by class size (long-tailed levels pooled)",
         "",
         "Per-class image AUROC of every (level, seed, class) cell, grouped by the class's training images in",
-        "that split: mean ± standard error (cells). `ltad - rec_only` pairs the same cell.",
+        "that split: mean ± standard error (cells). The `a - b` rows pair the same cell: LTAD against",
+        "reconstruction-only (the tail target), what VAE synthesis adds, what the fused semantic score adds.",
         "",
         "| method | " + " | ".join(f"{b} images" for b in buckets) + " |",
         "|---|" + "---|" * len(buckets),
     ]
-    for m in [*methods, "ltad - rec_only"]:
+    pairs = [f"{first} - {second}" for first, second in SIZE_PAIRS]
+    for m in [*methods, *pairs]:
         if any(data[b].get(m) for b in buckets):
-            signed = m == "ltad - rec_only"
+            signed = m in pairs
             lines.append(
                 f"| {m} | " + " | ".join(cellfmt(data[b].get(m, []), signed) for b in buckets) + " |"
             )

@@ -119,14 +119,17 @@ def test_class_size_table_pairs_cells_and_skips_balanced_and_old_rows():
         row("exp100", "exp", 0, "rec_only", {"a": 0.9, "b": 0.7, "c": 0.66}),
         row("exp100", "exp", 1, "ltad", {"a": 0.8, "b": 0.6, "c": 0.60}),
         row("exp100", "exp", 1, "rec_only", {"a": 0.8, "b": 0.8, "c": 0.50}),
+        row("exp100", "exp", 1, "no_vae", {"a": 0.8, "b": 0.7, "c": 0.55}),
         row("balanced", "full", 0, "ltad", {"a": 0.1, "b": 0.1, "c": 0.1}),  # balanced: not pooled
         row("step100", "step", 0, "ltad", {"a": 0.1, "b": 0.1, "c": 0.1}, with_counts=False),  # old row
     ]
-    data = by_class_size(rows, ["ltad", "rec_only"])
+    data = by_class_size(rows, ["ltad", "rec_only", "no_vae"])
     assert sorted(data) == ["1-2", "3-9", "30+"]
     assert data["1-2"]["ltad"] == [0.70, 0.60]
     assert data["1-2"]["ltad - rec_only"] == pytest.approx([0.04, 0.10])
     assert data["3-9"]["ltad - rec_only"] == pytest.approx([0.1, -0.2])
+    assert data["1-2"]["ltad - no_vae"] == pytest.approx([0.05])  # only seed 1 has both
+    assert data["1-2"]["no_vae - rec_only"] == pytest.approx([0.05])
     spec = spec_from_dict({"levels": ["exp:100"], "seeds": [0, 1], "methods": ["ltad", "rec_only"]})
     md = markdown(spec, rows, {})
     assert "| ltad - rec_only | +7.0 ± 3.0 (2) | -5.0 ± 15.0 (2) | +0.0 ± 0.0 (2) |" in md
