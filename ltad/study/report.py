@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,9 @@ FIGURES = (
     "gap_image_AUROC",
 )
 TAIL_MARGIN = 0.03
-SIZE_BUCKETS = ((1, 2), (3, 9), (10, 29), (30, 10**9))
-"""Training images per class: the buckets of the by-class-size table (1-2 is the extreme tail)."""
+SIZE_BUCKETS = (1, 3, 10, 30)
+"""Lower bounds of the by-class-size table's buckets of training images per class: 1-2 (the extreme
+tail), 3-9, 10-29, 30+."""
 SIZE_PAIRS = (("ltad", "rec_only"), ("ltad", "no_vae"), ("no_vae", "rec_only"))
 """Paired differences in that table: the tail target, what synthesis adds, what fusion adds."""
 
@@ -80,19 +82,21 @@ def targets(st: dict, levels: list[str]) -> list[dict]:
     return out
 
 
+BUCKET_LABELS = (*(f"{lo}-{hi - 1}" for lo, hi in pairwise(SIZE_BUCKETS)), f"{SIZE_BUCKETS[-1]}+")
+
+
 def _bucket(n: int) -> str:
-    for lo, hi in SIZE_BUCKETS:
-        if lo <= n <= hi:
-            return f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"
-    return "0"
+    """Label of the bucket holding a class with `n` >= 1 training images."""
+    return BUCKET_LABELS[sum(n >= lo for lo in SIZE_BUCKETS) - 1]
 
 
 def by_class_size(rows: list[dict], methods: list[str]) -> dict[str, dict[str, list[float]]]:
     """bucket -> method -> per-class image AUROCs over the long-tailed levels' (level, seed, class) cells.
 
     Also bucket -> "a - b" -> paired differences (same level, seed and class) for each pair in
-    SIZE_PAIRS, so a gain on the smallest classes can be told from the seed-to-seed spread. Rows without `train_counts` (studies
-    run before rows carried them) and balanced levels are left out.
+    SIZE_PAIRS, so a gain on the smallest classes can be told from the seed-to-seed spread. Rows
+    without `train_counts` (studies run before rows carried them), balanced levels and classes with no
+    training images are left out.
     """
     out: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     cell: dict[tuple, dict[str, float]] = defaultdict(dict)
@@ -101,7 +105,7 @@ def by_class_size(rows: list[dict], methods: list[str]) -> dict[str, dict[str, l
         if not counts or not per_class or r.get("profile") == "full" or r["method"] not in methods:
             continue
         for c, auroc in per_class.items():
-            if c in counts and auroc is not None and not math.isnan(auroc):
+            if counts.get(c, 0) >= 1 and auroc is not None and not math.isnan(auroc):
                 b = _bucket(int(counts[c]))
                 out[b][r["method"]].append(float(auroc))
                 cell[(b, r["level"], r["seed"], c)][r["method"]] = float(auroc)
@@ -115,8 +119,7 @@ def by_class_size(rows: list[dict], methods: list[str]) -> dict[str, dict[str, l
 def _class_size_table(rows: list[dict], methods: list[str]) -> list[str]:
     """Markdown: mean per-class image AUROC by training-set size (mean ± standard error, cells)."""
     data = by_class_size(rows, methods)
-    order = [_bucket(lo) for lo, _ in SIZE_BUCKETS]
-    buckets = [b for b in order if b in data]
+    buckets = [b for b in BUCKET_LABELS if b in data]
     if not buckets:
         return []
 
