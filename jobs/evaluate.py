@@ -24,12 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="phase-2 checkpoint dir (default: the run's latest final one)")
     args = parser.parse_args(argv)
     try:
-        import ray
-
         from ltad.eval.report import text_table
+        from ltad.training.cluster import connect
 
         cfg = load_config(args.config, data=args.data, output=args.output, overrides=args.set)
-        ray.init()
+        connect()
         checkpoint = stage_checkpoint(cfg, "phase2", args.checkpoint)
         metrics = run_pipeline(cfg, stages=("evaluate",), checkpoints={"phase2": checkpoint})
         print(text_table(metrics), flush=True)

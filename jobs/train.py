@@ -26,16 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default="phase1,phase2,evaluate", help="comma-separated subset to run")
     args = parser.parse_args(argv)
     try:
-        import ray
-
         from ltad.eval.report import text_table
+        from ltad.training.cluster import connect
 
         cfg = load_config(args.config, data=args.data, output=args.output, overrides=args.set)
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
         unknown = sorted(set(stages) - {"phase1", "phase2", "evaluate"})
         if unknown:
             raise UserError(f"--stages '{unknown[0]}' is unknown (expected phase1, phase2, evaluate)")
-        ray.init()
+        connect()
         metrics = run_pipeline(cfg, stages=stages)
         if metrics:
             print(text_table(metrics), flush=True)

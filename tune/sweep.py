@@ -12,7 +12,6 @@ read by `jobs/summary.py --sweep <root>`.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -32,30 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _connect() -> None:
-    """Join the cluster of the job (RAY_ADDRESS), else start a local one with the dashboard on, which
-    Tune-over-Train needs to free finished trials' placement groups."""
-    import ray
-
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from ltad.data import storage
         from ltad.sweep.driver import run_sweep
         from ltad.sweep.space import load_space
+        from ltad.training.cluster import connect
 
         space = load_space(args.space, overrides=args.set, root=args.root)
         if args.resume and not storage.list(storage.join(space.root, "tune")):
             raise UserError(
                 f"--resume: no sweep to resume under {space.root}/tune (start it without --resume)"
             )
-        _connect()
+        connect()
         sweep = run_sweep(space)
     except UserError as exc:
         print(f"tune/sweep.py: error: {exc}", file=sys.stderr)

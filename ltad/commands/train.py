@@ -19,9 +19,10 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from ltad.eval.report import text_table
+    from ltad.training.cluster import connect
 
     cfg = load_config(args.config, data=args.data, output=args.output, overrides=args.set)
-    ray.init()
+    connect()
     try:
         metrics = run_pipeline(cfg)
     finally:

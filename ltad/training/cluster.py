@@ -1,0 +1,23 @@
+"""Connecting to Ray: the one place every job, command and sweep joins (or starts) a cluster.
+
+With `RAY_ADDRESS` set (a job submitted with `ray job submit`, or a user's cluster) it joins that
+cluster; otherwise it starts a local one with the dashboard on loopback, which Tune-over-Train needs
+to free finished trials' placement groups.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def connect(**kwargs: Any) -> None:
+    """`ray.init` for a driver: the cluster in RAY_ADDRESS, else a local one (no-op if connected)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(**kwargs)
+    else:
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
