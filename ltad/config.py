@@ -266,6 +266,9 @@ class RunConfig:
     max_failures: int = 2
     log_every: int = 10
     checkpoint_every: int = 100
+    shared_fs: bool = False
+    """The local paths in this config (data, output, storage, weights) are on a filesystem that every
+    node mounts at the same path (e.g. NFS); without it a cluster of several nodes needs s3:// URIs."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "run.name", "a non-empty string", self.name)

@@ -28,6 +28,11 @@ RETRIES = 5
 Override with the environment variable LTAD_S3_RETRIES."""
 MULTIPART_THRESHOLD = 64 << 20
 
+S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
+"""The non-secret S3 settings (endpoint, region) a driver passes on to every worker process of its job,
+so that boto3 (shards, outputs) and pyarrow (checkpoints) reach the same store on every node.
+Credentials never travel: each node keeps its own chain (environment, profile, instance role)."""
+
 _client: Any = None
 _client_pid: int | None = None
 
@@ -70,6 +75,11 @@ def client() -> Any:
         _client = boto3.session.Session().client("s3", config=config)
         _client_pid = os.getpid()
     return _client
+
+
+def s3_settings() -> dict[str, str]:
+    """The S3_SETTINGS this process has (set and non-empty)."""
+    return {k: os.environ[k] for k in S3_SETTINGS if os.environ.get(k)}
 
 
 def reset_client() -> None:

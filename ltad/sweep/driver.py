@@ -28,6 +28,7 @@ from ltad.errors import ConfigError
 from ltad.eval.evaluate import EVALUATED
 from ltad.eval.summary import write_sweep
 from ltad.sweep.space import Space, Trial
+from ltad.training import preflight
 from ltad.training.engine import load_zero_config
 from ltad.training.feature_cache import find_cache
 from ltad.training.pipeline import encode_stage, git_commit, publish, stage_checkpoint
@@ -294,6 +295,7 @@ def run_sweep(space: Space) -> dict[str, Any]:
     """Run (or resume) the whole sweep on the connected Ray cluster; returns the final sweep.json."""
     # A restored trial whose phase 2 had finished reports evaluation metrics without the ASHA metric.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    space = preflight.check_sweep(space, log)  # before any stage: locations every node can reach
     commit = git_commit()
     for level in space.levels:
         read_manifest(level.data)  # fail here, in one sentence, on a level that was never prepared

@@ -3,12 +3,44 @@
 With `RAY_ADDRESS` set (a job submitted with `ray job submit`, or a user's cluster) it joins that
 cluster; otherwise it starts a local one with the dashboard on loopback, which Tune-over-Train needs
 to free finished trials' placement groups.
+
+The driver's non-secret S3 settings (`ltad.data.storage.S3_SETTINGS`: endpoint, region) become
+environment variables of the job's runtime environment, which Ray gives to every process of the job
+on every node: Ray Train workers, Tune trial functions and plain tasks. A node started without
+them (e.g. one with only an instance role) then reads the job's store, not AWS. Credentials are never
+passed on. Ray merges `ray.init(runtime_env=...)` with the runtime env of a `ray job submit` per
+environment variable and refuses a variable set in both, so a variable the submitter already set is
+left to the submitter's value.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
+
+JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+"""Set by Ray in a submitted job's driver: the job config, with the submitter's runtime env."""
+
+
+def submitted_env_vars() -> set[str]:
+    """Environment variables the runtime env of the submitted job (if any) already sets."""
+    raw = os.environ.get(JOB_CONFIG_VAR)
+    if not raw:
+        return set()
+    try:
+        runtime_env = json.loads(raw).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return set()
+    return set(runtime_env.get("env_vars") or {})
+
+
+def travelling_env() -> dict[str, str]:
+    """The S3 settings of this driver that the job's runtime env must carry to every worker."""
+    from ltad.data.storage import s3_settings
+
+    taken = submitted_env_vars()
+    return {k: v for k, v in s3_settings().items() if k not in taken}
 
 
 def connect(**kwargs: Any) -> None:
@@ -17,6 +49,11 @@ def connect(**kwargs: Any) -> None:
 
     if ray.is_initialized():
         return
+    env = travelling_env()
+    if env:
+        runtime_env = dict(kwargs.pop("runtime_env", None) or {})
+        runtime_env["env_vars"] = {**env, **(runtime_env.get("env_vars") or {})}
+        kwargs["runtime_env"] = runtime_env
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**kwargs)
     else:

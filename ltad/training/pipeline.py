@@ -21,6 +21,7 @@ from ltad.config import LTADConfig
 from ltad.data import storage
 from ltad.data.manifest import read_manifest
 from ltad.errors import ConfigError
+from ltad.training import preflight
 from ltad.training.engine import load_zero_config
 from ltad.training.feature_cache import cache_uri, encode_shards, find_cache, write_cache_manifest
 from ltad.training.ray_run import fit
@@ -133,6 +134,7 @@ def run_pipeline(
     from ltad.eval.evaluate import evaluate
     from ltad.training.phases import phase1, phase2
 
+    cfg = preflight.check_run(cfg, log)  # before any stage: locations every node can reach
     data_uri = cfg.data.uri
     if not data_uri:
         raise ConfigError(

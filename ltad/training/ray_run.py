@@ -15,9 +15,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ltad.config import LTADConfig
+from ltad.data.storage import S3_SETTINGS
 
-# Variables a worker needs that must not depend on how its node was started.
-WORKER_ENV = ("HF_HUB_OFFLINE", "DS_ACCELERATOR", "RAY_AUTH_MODE", "OMP_NUM_THREADS")
+# Variables a worker needs that must not depend on how its node was started (the S3 endpoint and
+# region too: a trial driver that fits a stage passes on what its job gave it; never credentials).
+WORKER_ENV = ("HF_HUB_OFFLINE", "DS_ACCELERATOR", "RAY_AUTH_MODE", "OMP_NUM_THREADS", *S3_SETTINGS)
 
 
 def s3_filesystem():

@@ -1,0 +1,204 @@
+"""Checks on the driver, before the first stage, that a job's locations work on every node of the cluster.
+
+On one machine a local path means the same folder to the driver and every worker; on a cluster of
+several nodes it does not (nothing is shared unless declared), and a job that writes its output or
+checkpoints to a node-local folder fails minutes later, or worse, finishes with results scattered
+over the nodes. So, on a multi-node cluster, every location that more than one process touches must
+be an `s3://` URI, unless the config declares `run.shared_fs: true` (a filesystem mounted at the
+same path on every node). Those locations are `data.uri` (which also holds the feature cache),
+`run.output`, `run.storage_path`, the sweep root and every level's data, and
+`model.encoder.pretrained` when it names a weights file. Relative local paths are made absolute on
+the driver first. Then a tiny task on every other node that can host a worker reads the data
+manifest there, with the job's environment, so a node that cannot reach the data fails the job in
+seconds with one line instead of after the first stage.
+
+Multi-node rule: more than one alive node, or a driver's node that cannot host one worker (no GPU
+while `scaling.use_gpu`, or fewer CPUs than `scaling.cpus_per_worker`), because then the workers
+run on other nodes, perhaps ones an autoscaler has yet to add.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ltad.config import LTADConfig, ScalingConfig
+from ltad.data import storage
+from ltad.data.manifest import read_manifest
+from ltad.errors import ConfigError
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+KEYWORDS = ("bundled", "none")
+REMOTE_TIMEOUT_S = 120.0
+"""How long the manifest check waits for the other nodes (their runtime environment is set up first)."""
+
+
+def is_weights_path(value: str) -> bool:
+    """`model.encoder.pretrained` names a file (not 'bundled', 'none' or a hub tag such as 'openai')."""
+    if value in KEYWORDS:
+        return False
+    return storage.is_s3(value) or "/" in value or "\\" in value or value.endswith(WEIGHT_SUFFIXES)
+
+
+def is_multi_node(alive_nodes: int, driver_resources: Mapping[str, float], scaling: ScalingConfig) -> bool:
+    """Whether the workers may run on another node than the driver (see the module docstring)."""
+    if alive_nodes > 1:
+        return True
+    if scaling.use_gpu and driver_resources.get("GPU", 0) < 1:
+        return True
+    return driver_resources.get("CPU", 0) < scaling.cpus_per_worker
+
+
+def run_locations(cfg: LTADConfig) -> list[tuple[str, str]]:
+    """(config key, value) of every location of a training run that several processes touch."""
+    out = [("data.uri", cfg.data.uri), ("run.output", cfg.run.output)]
+    if cfg.run.storage_path:  # '' means `{run.output}/ray`, checked with run.output
+        out.append(("run.storage_path", cfg.run.storage_path))
+    if is_weights_path(cfg.model.encoder.pretrained):
+        out.append(("model.encoder.pretrained", cfg.model.encoder.pretrained))
+    return out
+
+
+def check_locations(locations: Iterable[tuple[str, str]], *, multi_node: bool, shared_fs: bool) -> None:
+    """Raise one ConfigError naming the first location that a multi-node cluster cannot share."""
+    if not multi_node or shared_fs:
+        return
+    for key, value in locations:
+        if value and not storage.is_s3(value):
+            raise ConfigError(
+                f"{key} '{value}' is a local path, but this Ray cluster has several nodes that share no "
+                f"disk: use an s3:// URI, or set run.shared_fs=true if '{value}' is on a filesystem "
+                "mounted at the same path on every node"
+            )
+
+
+def absolute(value: str) -> str:
+    """A local path made absolute (on the driver); URIs and '' unchanged."""
+    if not value or storage.is_s3(value):
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
+def absolute_config(cfg: LTADConfig) -> LTADConfig:
+    """`cfg` with its local locations (data, output, storage, weights file) absolute."""
+    encoder = cfg.model.encoder
+    if is_weights_path(encoder.pretrained):
+        encoder = dataclasses.replace(encoder, pretrained=absolute(encoder.pretrained))
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, encoder=encoder),
+        data=dataclasses.replace(cfg.data, uri=absolute(cfg.data.uri)),
+        run=dataclasses.replace(
+            cfg.run, output=absolute(cfg.run.output), storage_path=absolute(cfg.run.storage_path)
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- the connected cluster
+
+
+def cluster_is_multi_node(scaling: ScalingConfig) -> bool:
+    """`is_multi_node` for the cluster Ray is connected to."""
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    here = ray.get_runtime_context().get_node_id()
+    resources = next((n.get("Resources", {}) for n in alive if n.get("NodeID") == here), {})
+    return is_multi_node(len(alive), resources, scaling)
+
+
+def _read_manifest_here(data_uri: str) -> str | None:
+    """On a node: None if the manifest of `data_uri` reads, else one line saying why not."""
+    from ltad.errors import UserError
+
+    try:
+        read_manifest(data_uri)
+    except UserError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - reported as one line, the job stops on it
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def check_manifest_on_nodes(data_uri: str, scaling: ScalingConfig, key: str = "data.uri") -> int:
+    """Read the manifest of `data_uri` on every other alive node that can host a worker; the count.
+
+    The task needs no resources (it never waits for a busy node) and runs in the job's runtime
+    environment, with the S3 settings the driver passes on (ltad.training.cluster.connect).
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    nodes = [
+        n
+        for n in ray.nodes()
+        if n.get("Alive")
+        and n.get("NodeID") != here
+        and (not scaling.use_gpu or n.get("Resources", {}).get("GPU", 0) >= 1)
+    ]
+    if not nodes:
+        return 0
+    task = ray.remote(num_cpus=0, max_retries=0)(_read_manifest_here)
+    refs = {
+        task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(data_uri): n
+        for n in nodes
+    }
+    ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=REMOTE_TIMEOUT_S)
+    for ref in waiting:
+        node = refs[ref]
+        raise ConfigError(
+            f"{key} '{data_uri}': node {node['NodeManagerAddress']} ({node['NodeID'][:8]}) did not answer "
+            f"the manifest check within {REMOTE_TIMEOUT_S:.0f} s"
+        )
+    for ref in ready:
+        problem = ray.get(ref)
+        if problem:
+            node = refs[ref]
+            raise ConfigError(
+                f"{key} '{data_uri}' cannot be read on node {node['NodeManagerAddress']} "
+                f"({node['NodeID'][:8]}) where workers run: {problem}"
+            )
+    return len(nodes)
+
+
+def check_run(cfg: LTADConfig, log=None) -> LTADConfig:
+    """Preflight of a training run on the connected cluster; the config with absolute local paths."""
+    cfg = absolute_config(cfg)
+    multi = cluster_is_multi_node(cfg.scaling)
+    check_locations(run_locations(cfg), multi_node=multi, shared_fs=cfg.run.shared_fs)
+    if multi and cfg.data.uri:
+        read_manifest(cfg.data.uri)  # the driver's own reading first: its error names no node
+        checked = check_manifest_on_nodes(cfg.data.uri, cfg.scaling)
+        if log is not None:
+            log(f"preflight: multi-node cluster; data manifest readable on {checked} other node(s)")
+    return cfg
+
+
+def sweep_locations(space: Any) -> list[tuple[str, str]]:
+    """(key, value) of a sweep's shared locations: its root, every level's data, the weights file."""
+    out = [("root", space.root)]
+    out += [(f"levels[{i}].data", lv.data) for i, lv in enumerate(space.levels)]
+    if is_weights_path(space.base.model.encoder.pretrained):
+        out.append(("model.encoder.pretrained", space.base.model.encoder.pretrained))
+    return out
+
+
+def check_sweep(space: Any, log=None) -> Any:
+    """Preflight of a sweep (ltad.sweep.space.Space); the space with absolute local paths."""
+    base = absolute_config(space.base)
+    levels = tuple(dataclasses.replace(lv, data=absolute(lv.data)) for lv in space.levels)
+    space = dataclasses.replace(space, base=base, levels=levels, root=absolute(space.root))
+    multi = cluster_is_multi_node(base.scaling)
+    check_locations(sweep_locations(space), multi_node=multi, shared_fs=base.run.shared_fs)
+    if multi:
+        for i, lv in enumerate(space.levels):
+            read_manifest(lv.data)
+            checked = check_manifest_on_nodes(lv.data, base.scaling, key=f"levels[{i}].data")
+        if log is not None:
+            log(f"preflight: multi-node cluster; level manifests readable on {checked} other node(s)")
+    return space
