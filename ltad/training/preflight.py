@@ -143,9 +143,9 @@ def check_manifest_on_nodes(data_uri: str, scaling: ScalingConfig, key: str = "d
         return 0
     task = ray.remote(num_cpus=0, max_retries=0)(_read_manifest_here)
     refs = {
-        task.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote(data_uri): n
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+            data_uri
+        ): n
         for n in nodes
     }
     ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=REMOTE_TIMEOUT_S)

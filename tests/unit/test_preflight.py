@@ -13,7 +13,10 @@ from ltad.training import cluster, preflight
 
 
 def _cfg(**run) -> LTADConfig:
-    base = {"data": {"uri": "s3://b/data"}, "run": {"output": "s3://b/out", "storage_path": "s3://b/ray", **run}}
+    base = {
+        "data": {"uri": "s3://b/data"},
+        "run": {"output": "s3://b/out", "storage_path": "s3://b/ray", **run},
+    }
     return LTADConfig.from_dict(base)
 
 
@@ -153,4 +156,3 @@ def test_connect_passes_the_settings_in_the_runtime_env(monkeypatch):
     assert seen["runtime_env"]["env_vars"]["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
     assert seen["runtime_env"]["env_vars"]["X"] == "1"
     assert "AWS_SECRET_ACCESS_KEY" not in seen["runtime_env"]["env_vars"]
-

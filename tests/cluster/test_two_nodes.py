@@ -1,0 +1,178 @@
+"""The training job and the sweep on a two-node cluster (tests/cluster/conftest.py), as users submit them.
+
+Each case is timed (printed with `-s`; docs/RELIABILITY.md "Two-node cluster suite" has the figures).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.conftest import REPO, tiny_config
+
+pytestmark = [pytest.mark.cluster, pytest.mark.integration, pytest.mark.slow]
+RAY = str(Path(sys.executable).parent / "ray")
+PYTHON = str(Path(sys.executable))
+
+
+def _submit(env: dict, *args: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess, float]:
+    cmd = [RAY, "job", "submit", "--address", env["RAY_ADDRESS"], "--working-dir", "."]
+    cmd += ["--runtime-env-json", json.dumps({"env_vars": {"LTAD_GIT_COMMIT": "test-commit"}}), "--", *args]
+    tic = time.monotonic()
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    took = time.monotonic() - tic
+    print(f"\n[cluster] {' '.join(args[:2])}: {took:.0f} s, exit {proc.returncode}", flush=True)
+    return proc, took
+
+
+def _job_id(env: dict, marker: str) -> str:
+    """The Ray job id of the submitted job whose entrypoint holds `marker`."""
+    from ray.job_submission import JobSubmissionClient
+
+    jobs = [j for j in JobSubmissionClient(env["RAY_ADDRESS"]).list_jobs() if marker in j.entrypoint]
+    assert len(jobs) == 1, [j.entrypoint for j in jobs]
+    return jobs[0].job_id
+
+
+def _train_worker_nodes(env: dict, job_id: str) -> list[str]:
+    """Node ids of every Ray Train worker actor the job created (alive or finished)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(
+        address=env["RAY_ADDRESS"],
+        filters=[("class_name", "=", "RayTrainWorker"), ("job_id", "=", job_id)],
+        detail=True,
+        limit=1000,
+        raise_on_missing_output=False,
+    )
+    return [a.node_id for a in actors]
+
+
+def _config(tmp: Path, data: str, **sections) -> Path:
+    cfg = tiny_config(tmp, data, scaling={"num_workers": 2, "cpus_per_worker": 1}, **sections)
+    path = tmp / "tiny.yaml"
+    path.write_text(cfg.to_yaml())
+    return path
+
+
+def test_job_runs_on_both_nodes_with_everything_on_s3(two_nodes, tiny_data, s3_server, tmp_path):
+    from ltad.data import storage
+    from ltad.data.manifest import read_manifest
+
+    head, node, env = two_nodes
+    assert len(node.head_alive_nodes()) == 2
+    prefix = f"s3://{s3_server.bucket}/cluster-{tmp_path.name}"
+    proc, took = _submit(
+        env, "python", "jobs/train.py", "--config", str(_config(tmp_path, tiny_data)), "--data", tiny_data,
+        "--output", f"{prefix}/out", "--set", f"run.storage_path={prefix}/ray", "--set", f"run.name={tmp_path.name}",
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "preflight: multi-node cluster; data manifest readable on 1 other node(s)" in log
+    metrics = storage.read_json(f"{prefix}/out/metrics.json")
+    assert metrics["n_evaluated"] == read_manifest(tiny_data).samples("test")
+    assert metrics["provenance"]["world_size"] == 2
+    assert metrics["provenance"]["git_commit"] == "test-commit"
+    # every stage's two workers: one on the head, one on node B
+    nodes = _train_worker_nodes(env, _job_id(env, tmp_path.name))
+    assert len(nodes) >= 6 and len(nodes) % 2 == 0, nodes  # phase1, phase2, evaluate x 2 workers
+    assert len(set(nodes)) == 2
+    assert took < 600
+
+
+def test_local_output_is_refused_before_any_stage(two_nodes, tiny_data, tmp_path):
+    _, _, env = two_nodes
+    out = tmp_path / "out"
+    proc, took = _submit(
+        env, "python", "jobs/train.py", "--config", str(_config(tmp_path, tiny_data)), "--data", tiny_data,
+        "--output", str(out), "--set", f"run.name=refused-{tmp_path.name}",
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    expected = (
+        f"jobs/train.py: error: run.output '{out}' is a local path, but this Ray cluster has several nodes "
+        "that share no disk: use an s3:// URI, or set run.shared_fs=true if "
+        f"'{out}' is on a filesystem mounted at the same path on every node"
+    )
+    assert expected in log, log[-3000:]
+    assert "exit code 2" in log and "Traceback" not in log
+    assert "phase1: starting" not in log and not out.exists()
+    assert _train_worker_nodes(env, _job_id(env, f"refused-{tmp_path.name}")) == []
+    assert took < 60
+
+
+def test_data_on_a_falsely_declared_shared_fs_is_refused_by_the_other_node(
+    two_nodes, tiny_data, s3_server, tmp_path
+):
+    from ltad.data import storage
+
+    _, _, env = two_nodes
+    local = tmp_path / "shards"  # on the head only: node B has an empty tmpfs over the pytest folders
+    for uri in storage.list(tiny_data):
+        storage.write_bytes(str(local / uri[len(tiny_data) + 1 :]), storage.read_bytes(uri))
+    prefix = f"s3://{s3_server.bucket}/cluster-{tmp_path.name}"
+    proc, took = _submit(
+        env, "python", "jobs/train.py", "--config", str(_config(tmp_path, str(local))), "--data", str(local),
+        "--output", f"{prefix}/out", "--set", f"run.storage_path={prefix}/ray", "--set", "run.shared_fs=true",
+        "--set", f"run.name=nfs-{tmp_path.name}",
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    line = next((x for x in log.splitlines() if x.startswith("jobs/train.py: error: ")), "")
+    assert line.startswith(f"jobs/train.py: error: data.uri '{local}' cannot be read on node "), log[-3000:]
+    assert line.endswith(f"where workers run: no manifest.json at {local}: run ltad prepare first")
+    assert "exit code 2" in log and "Traceback" not in log and "phase1: starting" not in log
+    assert not storage.exists(f"{prefix}/out/metrics.json")
+    assert took < 60
+
+
+def test_sweep_across_both_nodes_summarises_every_trial(two_nodes, tiny_data, s3_server, tmp_path):
+    from ltad.data import storage
+    from ltad.eval.summary import read_sweep
+
+    _, _, env = two_nodes
+    root = f"s3://{s3_server.bucket}/cluster-sweep-{tmp_path.name}"
+    cfg = tiny_config(
+        tmp_path,
+        tiny_data,
+        data={"use_feature_cache": True},
+        # 2 workers of 0.99 CPU + the trial's 0.01-CPU driver fit the 2 one-CPU nodes
+        scaling={"num_workers": 2, "cpus_per_worker": 0.99},
+        run={"max_failures": 0},
+    )
+    (tmp_path / "base.yaml").write_text(cfg.to_yaml())
+    space = {
+        "name": "cluster",
+        "config": str(tmp_path / "base.yaml"),
+        "levels": [{"profile": "exp", "ratio": 4, "data": tiny_data}],
+        "prompt_lengths": [2],
+        "synthesis_ratios": [0.0, 0.5],
+        "root": root,
+        "asha": None,
+    }
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    proc, took = _submit(env, "python", "tune/sweep.py", "--space", str(tmp_path / "space.yaml"))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    assert "sweep cluster: {'finished': 2}" in log
+    sweep = read_sweep(root)
+    assert sorted(t["status"] for t in sweep["trials"]) == ["finished", "finished"]
+    for trial in sweep["trials"]:
+        metrics = storage.read_json(f"{root}/trials/{trial['name']}/metrics.json")
+        assert metrics["provenance"]["world_size"] == 2
+    nodes = _train_worker_nodes(env, _job_id(env, str(tmp_path / "space.yaml")))
+    assert len(set(nodes)) == 2, nodes
+    summary = subprocess.run(
+        [PYTHON, "jobs/summary.py", "--sweep", root, "--out", f"{root}/summary"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    assert "summary: 2 runs" in summary.stdout
+    assert storage.exists(f"{root}/summary/results.csv") and storage.exists(f"{root}/summary/report.md")
+    print(f"[cluster] sweep + summary: {took:.0f} s", flush=True)
