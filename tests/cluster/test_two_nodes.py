@@ -101,6 +101,7 @@ def test_local_output_is_refused_before_any_stage(two_nodes, tiny_data, tmp_path
         f"'{out}' is on a filesystem mounted at the same path on every node"
     )
     assert expected in log, log[-3000:]
+    print(f"[cluster] {expected}", flush=True)
     assert "exit code 2" in log and "Traceback" not in log
     assert "phase1: starting" not in log and not out.exists()
     assert _train_worker_nodes(env, _job_id(env, f"refused-{tmp_path.name}")) == []
@@ -127,6 +128,7 @@ def test_data_on_a_falsely_declared_shared_fs_is_refused_by_the_other_node(
     line = next((x for x in log.splitlines() if x.startswith("jobs/train.py: error: ")), "")
     assert line.startswith(f"jobs/train.py: error: data.uri '{local}' cannot be read on node "), log[-3000:]
     assert line.endswith(f"where workers run: no manifest.json at {local}: run ltad prepare first")
+    print(f"[cluster] {line}", flush=True)
     assert "exit code 2" in log and "Traceback" not in log and "phase1: starting" not in log
     assert not storage.exists(f"{prefix}/out/metrics.json")
     assert took < 60
