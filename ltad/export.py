@@ -20,7 +20,7 @@ import yaml
 from ltad.config import LTADConfig
 from ltad.errors import DataError
 from ltad.models.ltad import LTAD
-from ltad.training.weights import build_model, load_trained, trained_state
+from ltad.models.state import build_model, load_trained, trained_state
 
 WEIGHTS, CONFIG, META = "weights.pt", "config.yaml", "export.json"
 FORMAT = "ltad-model/1"

@@ -18,10 +18,10 @@ import torch
 from ltad.config import LTADConfig
 from ltad.data.streams import class_weights
 from ltad.models.ltad import LTAD
+from ltad.models.state import build_model
 from ltad.study.features import FeatureSet
 from ltad.training.engine import param_groups
 from ltad.training.objectives import Phase1Objective, Phase2Objective
-from ltad.training.weights import build_model
 
 
 def class_counts(train: FeatureSet, num_classes: int) -> list[int]:

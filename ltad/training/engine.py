@@ -69,14 +69,6 @@ def prepare_runtime(use_gpu: bool) -> None:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def init_distributed(use_gpu: bool) -> None:
-    """Reuse the process group Ray Train created (or create a single-process one)."""
-    prepare_runtime(use_gpu)
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
-
-
 def build_engine(objective: nn.Module, param_groups: list[dict[str, Any]], ds_config: dict[str, Any]):
     """Wrap `objective` (trainable modules only) in a DeepSpeed engine; returns the engine."""
     import deepspeed

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ltad.config import LTADConfig
+from ltad.training.inputs import StageInput
 
 # Variables a worker needs that must not depend on how its node was started.
 WORKER_ENV = ("HF_HUB_OFFLINE", "DS_ACCELERATOR", "RAY_AUTH_MODE", "OMP_NUM_THREADS")
@@ -47,14 +47,13 @@ def resolve_storage(storage_path: str, output: str) -> tuple[str, Any]:
 
 def fit(
     train_fn: Callable[[dict[str, Any]], None],
-    loop_config: dict[str, Any],
-    cfg: LTADConfig,
+    inp: StageInput,
     *,
     name: str,
     num_workers: int | None = None,
     callbacks: Sequence[Any] = (),
 ):
-    """Run `train_fn` on `cfg.scaling` workers; the `ray.train.Result` (raises if training failed).
+    """Run the stage `train_fn` on `inp.config.scaling` workers; the `ray.train.Result` (raises if it failed).
 
     `callbacks` are Ray Train callbacks, e.g. Tune's `TuneReportCallback`, with which a sweep trial
     forwards every report of its run to Tune (for ASHA).
@@ -62,6 +61,7 @@ def fit(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    cfg = inp.config
     sc = cfg.scaling
     resources = {"CPU": sc.cpus_per_worker}
     if sc.use_gpu:
@@ -82,7 +82,7 @@ def fit(
     )
     trainer = TorchTrainer(
         train_fn,
-        train_loop_config=loop_config,
+        train_loop_config=inp.loop_config(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers or sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources
         ),

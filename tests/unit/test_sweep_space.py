@@ -98,8 +98,8 @@ def test_cache_build_uses_every_worker_the_cluster_holds(
 
 
 def test_trial_stage_forwards_phase2_reports_to_tune_but_not_its_evaluation():
-    from ltad.eval.evaluate import EVALUATED
     from ltad.sweep.driver import phase2_reports_class
+    from ltad.training.stages import EVALUATED
 
     callback = object.__new__(phase2_reports_class())  # its __init__ needs a live Tune session
     forwarded: list[dict] = []

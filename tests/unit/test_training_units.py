@@ -109,11 +109,11 @@ def process_group():
 @pytest.mark.parametrize(("stage", "precision"), [(0, "fp32"), (3, "fp32"), (2, "bf16")])
 def test_engine_trains_and_consolidates_full_fp32_weights(process_group, stage, precision):
     """Real DeepSpeed on the CPU (ZeRO-3 partitions parameters; bf16 autocast keeps fp32 weights)."""
+    from ltad.training.dist import init_distributed
     from ltad.training.engine import (
         build_engine,
         consolidated_state_dict,
         deepspeed_config,
-        init_distributed,
         load_zero_config,
         param_groups,
     )
@@ -171,16 +171,16 @@ def test_normalise_maps_threshold_to_half_and_clips():
 
 
 def test_exactly_once_check_names_the_problem():
-    from types import SimpleNamespace
+    from ltad.eval.outputs import ScoredSample, check_exactly_once
 
-    from ltad.eval.evaluate import check_exactly_once
+    def samples(keys: str) -> list[ScoredSample]:
+        return [ScoredSample(k, 0, 0, 0.0, 0) for k in keys]
 
-    manifest = SimpleNamespace(samples=lambda split: 3)
-    check_exactly_once([{"key": k} for k in "abc"], manifest)
+    check_exactly_once(samples("abc"), 3)
     with pytest.raises(DataError, match=r"scored 3 samples \(2 distinct\) but the manifest lists 3"):
-        check_exactly_once([{"key": k} for k in "abb"], manifest)
+        check_exactly_once(samples("abb"), 3)
     with pytest.raises(DataError, match="scored 2 samples"):
-        check_exactly_once([{"key": k} for k in "ab"], manifest)
+        check_exactly_once(samples("ab"), 3)
 
 
 def _metrics():
