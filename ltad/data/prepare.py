@@ -9,7 +9,6 @@ metadata or in the previous manifest) is not uploaded again.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,10 +30,9 @@ from ltad.data.records import Record
 from ltad.data.shards import ShardInfo, ShardWriter, encode_record, sample_key
 from ltad.data.splits import read_split
 from ltad.errors import ConfigError, DataError
+from ltad.log import get_logger
 
-
-def _log(msg: str) -> None:
-    print(f"prepare: {msg}", file=sys.stderr, flush=True)
+_log = get_logger("prepare").info
 
 
 def prepare(

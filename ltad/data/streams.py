@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
@@ -25,8 +24,10 @@ from ltad.data import storage
 from ltad.data.manifest import Manifest, ShardEntry
 from ltad.data.shards import decode_sample, iterate_shard
 from ltad.errors import ConfigError, DataError
+from ltad.log import ALL_RANKS, get_logger
 
 storage.register_webdataset()
+_log = get_logger("stream")
 
 Decode = Callable[[dict[str, Any]], Any]
 
@@ -189,9 +190,10 @@ class ResampledStream(IterableDataset):
                 f"{where} met {self.bad_samples} bad samples, more than data.max_bad_samples="
                 f"{self.max_bad_samples}; the last: {exc}"
             ) from None
-        sys.stderr.write(
+        _log.warning(
             f"{where}: skipped {lost} bad sample(s), {self.bad_samples} of data.max_bad_samples="
-            f"{self.max_bad_samples} used: {exc}\n"
+            f"{self.max_bad_samples} used: {exc}",
+            extra=ALL_RANKS,
         )
 
     def _source(self, cls: str, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
