@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ltad.eval.aggregate import aggregate
+from ltad.eval.aggregate import METRICS, aggregate
 from ltad.eval.metrics import pixel_aupro, pixel_auroc
 from ltad.models.ltad import LTAD
 from ltad.study.features import FeatureSet
@@ -59,7 +59,7 @@ def metrics(
 
 def summarise(report: dict) -> dict:
     """The figures a study row keeps from a report."""
-    out = {k: report[k] for k in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1max")}
+    out = {k: report[k] for k in METRICS}
     for g, v in report["groups"].items():
         out[f"{g}_image_AUROC"] = v["image_AUROC"]
     out["gap_image_AUROC"] = report["gap"]["image_AUROC"]
