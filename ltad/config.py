@@ -317,6 +317,19 @@ class LTADConfig:
         return apply_overrides(self, overrides)
 
 
+def load_run_config(
+    path: str | None, *, data: str | None = None, output: str | None = None, overrides=()
+) -> LTADConfig:
+    """The run config: YAML file (or defaults), then `--set key=value` overrides, then --data/--output."""
+    cfg = LTADConfig.from_yaml(path) if path else LTADConfig()
+    extra = list(overrides)
+    if data:
+        extra.append(f"data.uri={data}")
+    if output:
+        extra.append(f"run.output={output}")
+    return cfg.with_overrides(extra)
+
+
 # --------------------------------------------------------------------------- generic machinery
 
 

@@ -128,24 +128,3 @@ def _brief(metrics: dict[str, Any] | None) -> str:
     return ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (metrics or {}).items()
     )
-
-
-def load_config(
-    path: str | None, *, data: str | None = None, output: str | None = None, overrides=()
-) -> LTADConfig:
-    """The run config: YAML file (or defaults), then `--set key=value` overrides, then --data/--output."""
-    cfg = LTADConfig.from_yaml(path) if path else LTADConfig()
-    extra = list(overrides)
-    if data:
-        extra.append(f"data.uri={data}")
-    if output:
-        extra.append(f"run.output={output}")
-    return cfg.with_overrides(extra)
-
-
-def add_run_arguments(parser) -> None:
-    """--config / --data / --output / --set, shared by `ltad train`, `ltad evaluate` and the jobs."""
-    parser.add_argument("--config", help="run config YAML (configs/demo.yaml, configs/mvtec.yaml, ...)")
-    parser.add_argument("--data", help="prepared shard prefix holding manifest.json (overrides data.uri)")
-    parser.add_argument("--output", help="local dir or s3:// prefix for metrics, report, overlays, model")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")

@@ -252,14 +252,14 @@ def test_fingerprint_changes_with_encoder_and_shards():
 
 
 def test_load_config_overrides_and_flags(tmp_path):
-    from ltad.training.pipeline import load_config
+    from ltad.config import load_run_config
 
     path = tmp_path / "c.yaml"
     path.write_text("phase1:\n  steps: 7\n")
-    cfg = load_config(str(path), data="s3://b/p", output="runs/o", overrides=["phase2.steps=3"])
+    cfg = load_run_config(str(path), data="s3://b/p", output="runs/o", overrides=["phase2.steps=3"])
     assert (cfg.phase1.steps, cfg.phase2.steps, cfg.data.uri, cfg.run.output) == (7, 3, "s3://b/p", "runs/o")
     with pytest.raises(ConfigError, match="unknown config key 'phase2.nope'"):
-        load_config(None, overrides=["phase2.nope=1"])
+        load_run_config(None, overrides=["phase2.nope=1"])
 
 
 def test_shipped_run_configs_are_valid():
