@@ -1,7 +1,7 @@
 """Both LTAD phases in one process on in-memory features: the study's trainer.
 
 It runs the very objectives, model and optimiser settings of the distributed job
-(`ltad/training/phases.py`): Phase1Objective / Phase2Objective, AdamW with the configured learning
+(`ltad/training/stages.py`): Phase1Objective / Phase2Objective, AdamW with the configured learning
 rates, weight decay and gradient clipping, the feature standardisation fitted on
 `phase1.norm_samples` training samples, class-weighted sampling with `data.class_balance`, fixed
 step counts and the standardisation fit on `phase2.stats_samples` training samples. What it leaves

@@ -2,7 +2,7 @@
 
 The ZeRO stage comes from `configs/deepspeed/zero{stage}.json`; this module fills in what depends on
 the run (micro batch, learning rates, clipping, precision) so the JSON files stay run-independent.
-On the CPU it applies the verified recipe (see ../shared/ENVIRONMENT.md): the CPU accelerator, gloo,
+On the CPU it applies a verified recipe: the CPU accelerator, gloo,
 torch's Adam instead of DeepSpeed's JIT-compiled one, and no shared-memory comm op.
 bf16 uses DeepSpeed's `torch_autocast`: parameters and optimizer state stay fp32 (so the exported
 weights are exact fp32) while matmuls run in bf16, and tensors the objective holds outside the
