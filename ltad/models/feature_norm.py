@@ -45,7 +45,7 @@ class FeatureNorm(nn.Module):
             sq = rows.pow(2).sum(1) if sq is None else sq + rows.pow(2).sum(1)
         if n == 0:
             raise ValueError("FeatureNorm.fit got no training patches")
-        assert s is not None and sq is not None
+        assert s is not None and sq is not None, "n > 0: both sums exist"
         mean = s / n
         std = (sq / n - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-6)
         self.mean.copy_(mean.float())
