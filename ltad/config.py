@@ -363,7 +363,7 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if origin is Literal:
         check(value in args, key, f"one of {', '.join(map(repr, args))}", value)

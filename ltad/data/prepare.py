@@ -71,8 +71,11 @@ def prepare(
     def on_done(path: Path, info: ShardInfo) -> None:
         uri = storage.join(out_uri, info.name)
         existing = storage.head(uri)
-        same = existing is not None and existing["size"] == info.bytes
-        same = same and info.sha256 in (existing["metadata"].get("sha256"), known.get(info.name))
+        same = (
+            existing is not None
+            and existing["size"] == info.bytes
+            and info.sha256 in (existing["metadata"].get("sha256"), known.get(info.name))
+        )
         if same:
             stats["skipped"] += 1
         else:

@@ -161,7 +161,8 @@ def run_group(
         maps, scores = [], []
         for i in range(0, len(test), 64):
             m, s = bank.score(test.patches[i : i + 64].float(), size)
-            maps.append(m), scores.append(s)
+            maps.append(m)
+            scores.append(s)
         rows.append(
             _row(
                 level,

@@ -185,7 +185,7 @@ def decode_feature_sample(sample: dict[str, Any], image_size: int, with_mask: bo
         mask = np.zeros((image_size, image_size), dtype=np.float32)
         if "mask.png" in sample:
             with Image.open(io.BytesIO(sample["mask.png"])) as m:
-                resized = m.convert("L").resize((image_size, image_size), Image.NEAREST)
+                resized = m.convert("L").resize((image_size, image_size), Image.Resampling.NEAREST)
             mask = (np.asarray(resized) > 127).astype(np.float32)
         out["gt_mask"] = torch.from_numpy(mask)[None]
         out["gt_label"] = int(json.loads(sample["json"])["label"])

@@ -72,6 +72,8 @@ def allocate_synthetic(
 class Phase1Objective(nn.Module):
     """Pseudo-name cross-entropy (cosine logits vs "a photo of a <s_c>.") + conditional VAE ELBO."""
 
+    step: torch.Tensor  # buffer, registered in __init__
+
     def __init__(self, model: LTAD, class_counts) -> None:
         super().__init__()
         self._model = (model,)
@@ -110,6 +112,9 @@ class Phase1Objective(nn.Module):
 
 class Phase2Objective(nn.Module):
     """Reconstruction MSE + semantic classifier CE on real + VAE-synthesised features."""
+
+    class_counts: torch.Tensor  # buffers, registered in __init__
+    seen: torch.Tensor
 
     def __init__(self, model: LTAD, class_counts, cfg: Phase2Config) -> None:
         super().__init__()

@@ -69,7 +69,8 @@ def fit(
     path, fs = resolve_storage(cfg.run.storage_path, cfg.run.output)
     env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
     env.setdefault("DS_ACCELERATOR", "cuda" if sc.use_gpu else "cpu")
-    run_config = ray.train.RunConfig(
+    # ray.train picks its V2 RunConfig at import time; mypy sees the V1 one, which lacks two of these.
+    run_config = ray.train.RunConfig(  # type: ignore[call-arg]
         name=name,
         storage_path=path,
         storage_filesystem=fs,
