@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ltad-installed
 
-.PHONY: setup test lint format demo sweep-demo bench clean
+.PHONY: setup test lint format demo sweep-demo clean
 
 setup: $(STAMP)
 
@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
+# ruff (lint + format check) and mypy on ltad/ (settings in pyproject.toml); .pre-commit-config.yaml runs the same.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy ltad
 
 format: setup
 	$(BIN)/ruff format .
@@ -35,4 +37,4 @@ sweep-demo: setup
 	scripts/sweep-demo
 
 clean:
-	rm -rf runs .local .pytest_cache .ruff_cache
+	rm -rf runs .local .pytest_cache .ruff_cache .mypy_cache

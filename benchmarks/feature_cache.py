@@ -41,9 +41,9 @@ def prepare_data(work: Path, classes: int) -> str:
 
 
 def epoch_seconds(cfg: LTADConfig, data: str, manifest, cache: str | None) -> tuple[float, int]:
+    from ltad.models.state import build_model
     from ltad.training.data import training_batches
     from ltad.training.objectives import Phase2Objective
-    from ltad.training.weights import build_model
 
     model = build_model(cfg, len(manifest.classes))
     counts = [manifest.counts["train"][c] for c in manifest.classes]

@@ -49,17 +49,17 @@ def encoder(batch: int, iters: int) -> dict:
 
 
 def phase2(zero: int, steps: int, batch: int) -> dict:
+    from ltad.models.state import build_model
     from ltad.services.ports import free_port
+    from ltad.training.dist import init_distributed
     from ltad.training.engine import (
         build_engine,
         deepspeed_config,
-        init_distributed,
         load_zero_config,
         move_batch,
         param_groups,
     )
     from ltad.training.objectives import Phase2Objective
-    from ltad.training.weights import build_model
 
     env = {
         "MASTER_ADDR": "127.0.0.1",

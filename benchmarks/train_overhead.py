@@ -12,6 +12,7 @@ Usage: .venv/bin/python benchmarks/train_overhead.py [--rounds 4] [--per-round 8
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -32,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make(cfg: LTADConfig, num_classes: int = 8):
     """(objective, batch): the phase-2 objective of a fresh model and one fixed batch."""
+    from ltad.models.state import build_model
     from ltad.training.objectives import Phase2Objective
-    from ltad.training.weights import build_model
 
     model = build_model(cfg, num_classes)
     objective = Phase2Objective(model, [num_classes - c for c in range(num_classes)], cfg.phase2)
@@ -77,20 +78,17 @@ def interleaved(steps: dict, rounds: int, per_round: int, warmup: int) -> dict[s
     return {name: rounds * per_round / t for name, t in spent.items()}
 
 
-def ray_worker(config: dict) -> None:
+def ray_worker(loop: dict, bench: dict) -> None:
     """In one Ray Train worker: the bare loop and the DeepSpeed engine on identical copies, interleaved."""
     import ray.train
 
-    from ltad.training.engine import (
-        build_engine,
-        deepspeed_config,
-        init_distributed,
-        move_batch,
-        param_groups,
-    )
+    from ltad.training.dist import init_distributed
+    from ltad.training.engine import build_engine, deepspeed_config, move_batch, param_groups
+    from ltad.training.inputs import StageInput
 
-    cfg = LTADConfig.from_dict(config["config"])
-    torch.set_num_threads(config["threads"])
+    inp = StageInput.of(loop)
+    cfg = inp.config
+    torch.set_num_threads(bench["threads"])
     init_distributed(False)
     p = cfg.phase2
     torch.manual_seed(0)
@@ -98,7 +96,7 @@ def ray_worker(config: dict) -> None:
     torch.manual_seed(0)
     ds_objective, _ = make(cfg)
     ds = deepspeed_config(
-        config["deepspeed"], cfg.scaling, batch_size=cfg.data.batch_size, lr=p.lr, weight_decay=p.weight_decay,
+        inp.deepspeed, cfg.scaling, batch_size=cfg.data.batch_size, lr=p.lr, weight_decay=p.weight_decay,
         grad_clip=p.grad_clip,
     )  # fmt: skip
     engine = build_engine(ds_objective, param_groups(ds_objective), ds)
@@ -111,7 +109,7 @@ def ray_worker(config: dict) -> None:
 
     sps = interleaved(
         {"bare": bare_step(bare_objective, batch, p), "deepspeed": ds_step},
-        config["rounds"], config["per_round"], config["warmup"],
+        bench["rounds"], bench["per_round"], bench["warmup"],
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:  # Train V2 keeps only metrics reported with a checkpoint
         Path(tmp, "steps_per_s.json").write_text(json.dumps(sps))
@@ -137,7 +135,7 @@ def main() -> None:
     import ray
 
     from ltad.services.ports import free_port
-    from ltad.training.engine import load_zero_config
+    from ltad.training.inputs import stage_input
     from ltad.training.ray_run import fit
 
     ray.init(
@@ -148,11 +146,14 @@ def main() -> None:
         log_to_driver=False,
     )
     tic = time.perf_counter()
-    loop = {"config": cfg.to_dict(), "deepspeed": load_zero_config(args.zero), "threads": args.threads}
-    loop.update(rounds=args.rounds, per_round=args.per_round, warmup=args.warmup)
-    result = fit(
-        ray_worker, loop, cfg.with_overrides([f"run.output=/tmp/ltad-bench-{os.getpid()}"]), name="overhead"
-    )
+    bench = {
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "per_round": args.per_round,
+        "warmup": args.warmup,
+    }
+    run_cfg = cfg.with_overrides([f"run.output=/tmp/ltad-bench-{os.getpid()}"])
+    result = fit(functools.partial(ray_worker, bench=bench), stage_input(run_cfg), name="overhead")
     wall = time.perf_counter() - tic
     ray.shutdown()
     bare_sps, ray_sps = result.metrics["bare"], result.metrics["deepspeed"]

@@ -14,8 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir's `ltad` package
 
+from ltad.commands.common import add_run_arguments  # noqa: E402
+from ltad.config import load_run_config  # noqa: E402
 from ltad.errors import UserError  # noqa: E402
-from ltad.training.pipeline import add_run_arguments, load_config, run_pipeline, stage_checkpoint  # noqa: E402
+from ltad.training.pipeline import run_pipeline, stage_checkpoint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         from ltad.eval.report import text_table
         from ltad.training.cluster import connect
 
-        cfg = load_config(args.config, data=args.data, output=args.output, overrides=args.set)
+        cfg = load_run_config(args.config, data=args.data, output=args.output, overrides=args.set)
         connect()
         checkpoint = stage_checkpoint(cfg, "phase2", args.checkpoint)
         metrics = run_pipeline(cfg, stages=("evaluate",), checkpoints={"phase2": checkpoint})

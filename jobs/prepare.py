@@ -40,9 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         from ltad.data.prepare import prepare
         from ltad.data.splits import make_split
         from ltad.data.synth import synthesize
+        from ltad.log import get_logger
+
+        log = get_logger("prepare").info
 
         if args.dataset == "synth" and not Path(args.root, "synth.json").is_file():
-            print(f"prepare: generating the synthetic dataset at {args.root}", file=sys.stderr, flush=True)
+            log(f"generating the synthetic dataset at {args.root}")
             synthesize(
                 args.root,
                 args.synth_classes,
@@ -59,11 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 split = make_split(read_dataset(args.dataset, args.root), args.profile, args.ratio, args.seed)
                 split_path = split.save(Path(tmp) / "split.json")
                 counts = ", ".join(f"{c}={split.counts[c]}" for c in split.class_order)
-                print(
-                    f"prepare: split {args.profile} ratio {split.ratio:g}: {counts}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                log(f"split {args.profile} ratio {split.ratio:g}: {counts}")
             manifest = prepare(
                 args.dataset, args.root, split_path, args.out, test_shard_samples=args.test_shard_samples
             )

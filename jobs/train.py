@@ -16,8 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir's `ltad` package
 
+from ltad.commands.common import add_run_arguments  # noqa: E402
+from ltad.config import load_run_config  # noqa: E402
 from ltad.errors import UserError  # noqa: E402
-from ltad.training.pipeline import add_run_arguments, load_config, run_pipeline  # noqa: E402
+from ltad.training.pipeline import run_pipeline  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         from ltad.eval.report import text_table
         from ltad.training.cluster import connect
 
-        cfg = load_config(args.config, data=args.data, output=args.output, overrides=args.set)
+        cfg = load_run_config(args.config, data=args.data, output=args.output, overrides=args.set)
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
         unknown = sorted(set(stages) - {"phase1", "phase2", "evaluate"})
         if unknown:

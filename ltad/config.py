@@ -19,7 +19,8 @@ import yaml
 from ltad.errors import ConfigError
 
 
-def _check(ok: bool, key: str, expected: str, value: Any) -> None:
+def check(ok: bool, key: str, expected: str, value: Any) -> None:
+    """A ConfigError naming `key`, what it must be and what it is, unless `ok`."""
     if not ok:
         raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
 
@@ -48,9 +49,9 @@ class EncoderConfig:
     """Seed of the randomly initialised text tower of the offline default."""
 
     def __post_init__(self) -> None:
-        _check(len(self.layers) > 0, "model.encoder.layers", "a non-empty list of ints", self.layers)
-        _check(self.grid > 0, "model.encoder.grid", "a positive int", self.grid)
-        _check(self.image_size >= 32, "model.encoder.image_size", "an int >= 32", self.image_size)
+        check(len(self.layers) > 0, "model.encoder.layers", "a non-empty list of ints", self.layers)
+        check(self.grid > 0, "model.encoder.grid", "a positive int", self.grid)
+        check(self.image_size >= 32, "model.encoder.image_size", "an int >= 32", self.image_size)
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,8 @@ class PromptConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        _check(1 <= self.length <= 32, "model.prompts.length", "an int in [1, 32]", self.length)
-        _check(self.init_std > 0, "model.prompts.init_std", "a positive float", self.init_std)
+        check(1 <= self.length <= 32, "model.prompts.length", "an int in [1, 32]", self.length)
+        check(self.init_std > 0, "model.prompts.init_std", "a positive float", self.init_std)
 
 
 @dataclass(frozen=True)
@@ -85,13 +86,11 @@ class ReconstructionConfig:
     jitter_prob: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(
-            self.hidden % self.heads == 0, "model.reconstruction.hidden", "divisible by heads", self.hidden
-        )
-        _check(
+        check(self.hidden % self.heads == 0, "model.reconstruction.hidden", "divisible by heads", self.hidden)
+        check(
             self.neighbor_mask >= 0, "model.reconstruction.neighbor_mask", "an int >= 0", self.neighbor_mask
         )
-        _check(0 <= self.jitter_prob <= 1, "model.reconstruction.jitter_prob", "in [0, 1]", self.jitter_prob)
+        check(0 <= self.jitter_prob <= 1, "model.reconstruction.jitter_prob", "in [0, 1]", self.jitter_prob)
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ class SemanticConfig:
     projection_hidden: int = 512
 
     def __post_init__(self) -> None:
-        _check(self.temperature > 0, "model.semantic.temperature", "a positive float", self.temperature)
+        check(self.temperature > 0, "model.semantic.temperature", "a positive float", self.temperature)
 
 
 @dataclass(frozen=True)
@@ -116,10 +115,10 @@ class VAEConfig:
     """Steps over which beta is annealed from 0 to `beta`."""
 
     def __post_init__(self) -> None:
-        _check(self.latent > 0, "model.vae.latent", "a positive int", self.latent)
+        check(self.latent > 0, "model.vae.latent", "a positive int", self.latent)
         ok = self.hidden > 0 and self.hidden % 8 == 0  # GroupNorm(8, hidden) in the VAE
-        _check(ok, "model.vae.hidden", "a positive multiple of 8", self.hidden)
-        _check(self.beta >= 0, "model.vae.beta", "a float >= 0", self.beta)
+        check(ok, "model.vae.hidden", "a positive multiple of 8", self.hidden)
+        check(self.beta >= 0, "model.vae.beta", "a float >= 0", self.beta)
 
 
 @dataclass(frozen=True)
@@ -136,9 +135,9 @@ class ScoreConfig:
     """Test-time class: predicted from the pseudo names, or the true id (ablation)."""
 
     def __post_init__(self) -> None:
-        _check(self.fusion_lambda >= 0, "model.score.fusion_lambda", "a float >= 0", self.fusion_lambda)
-        _check(self.blur_sigma >= 0, "model.score.blur_sigma", "a float >= 0", self.blur_sigma)
-        _check(self.image_pool >= 1, "model.score.image_pool", "an int >= 1", self.image_pool)
+        check(self.fusion_lambda >= 0, "model.score.fusion_lambda", "a float >= 0", self.fusion_lambda)
+        check(self.blur_sigma >= 0, "model.score.blur_sigma", "a float >= 0", self.blur_sigma)
+        check(self.image_pool >= 1, "model.score.image_pool", "an int >= 1", self.image_pool)
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,7 @@ class ModelConfig:
     """Standardise each feature channel with training statistics before every trainable module."""
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             self.feature_norm in ("channel", "none"),
             "model.feature_norm",
             "'channel' or 'none'",
@@ -181,10 +180,10 @@ class DataConfig:
     """Training skips at most this many corrupt samples, then fails."""
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, "data.batch_size", "an int >= 1", self.batch_size)
-        _check(self.loader_workers >= 0, "data.loader_workers", "an int >= 0", self.loader_workers)
-        _check(0 <= self.class_balance <= 1, "data.class_balance", "in [0, 1]", self.class_balance)
-        _check(self.max_bad_samples >= 0, "data.max_bad_samples", "an int >= 0", self.max_bad_samples)
+        check(self.batch_size >= 1, "data.batch_size", "an int >= 1", self.batch_size)
+        check(self.loader_workers >= 0, "data.loader_workers", "an int >= 0", self.loader_workers)
+        check(0 <= self.class_balance <= 1, "data.class_balance", "in [0, 1]", self.class_balance)
+        check(self.max_bad_samples >= 0, "data.max_bad_samples", "an int >= 0", self.max_bad_samples)
 
 
 @dataclass(frozen=True)
@@ -202,10 +201,10 @@ class Phase1Config:
     """Training samples whose patches fit the per-channel feature standardisation before phase 1."""
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 1, "phase1.steps", "an int >= 1", self.steps)
-        _check(self.lr > 0, "phase1.lr", "a positive float", self.lr)
-        _check(self.names_lr > 0, "phase1.names_lr", "a positive float", self.names_lr)
-        _check(self.norm_samples >= 1, "phase1.norm_samples", "an int >= 1", self.norm_samples)
+        check(self.steps >= 1, "phase1.steps", "an int >= 1", self.steps)
+        check(self.lr > 0, "phase1.lr", "a positive float", self.lr)
+        check(self.names_lr > 0, "phase1.names_lr", "a positive float", self.names_lr)
+        check(self.norm_samples >= 1, "phase1.norm_samples", "an int >= 1", self.norm_samples)
 
 
 @dataclass(frozen=True)
@@ -229,10 +228,10 @@ class Phase2Config:
     """Training samples whose patch scores give the S_rec / S_sem standardisation after phase 2."""
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 1, "phase2.steps", "an int >= 1", self.steps)
-        _check(self.lr > 0, "phase2.lr", "a positive float", self.lr)
-        _check(0 <= self.synthesis_ratio < 1, "phase2.synthesis_ratio", "in [0, 1)", self.synthesis_ratio)
-        _check(self.stats_samples >= 1, "phase2.stats_samples", "an int >= 1", self.stats_samples)
+        check(self.steps >= 1, "phase2.steps", "an int >= 1", self.steps)
+        check(self.lr > 0, "phase2.lr", "a positive float", self.lr)
+        check(0 <= self.synthesis_ratio < 1, "phase2.synthesis_ratio", "in [0, 1)", self.synthesis_ratio)
+        check(self.stats_samples >= 1, "phase2.stats_samples", "an int >= 1", self.stats_samples)
 
 
 @dataclass(frozen=True)
@@ -248,9 +247,9 @@ class ScalingConfig:
     """bf16 is used on GPU regardless; on CPU fp32 (default) or bf16."""
 
     def __post_init__(self) -> None:
-        _check(self.num_workers >= 1, "scaling.num_workers", "an int >= 1", self.num_workers)
-        _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "a positive number", self.cpus_per_worker)
-        _check(self.zero_stage in (0, 1, 2, 3), "scaling.zero_stage", "one of 0, 1, 2, 3", self.zero_stage)
+        check(self.num_workers >= 1, "scaling.num_workers", "an int >= 1", self.num_workers)
+        check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "a positive number", self.cpus_per_worker)
+        check(self.zero_stage in (0, 1, 2, 3), "scaling.zero_stage", "one of 0, 1, 2, 3", self.zero_stage)
 
 
 @dataclass(frozen=True)
@@ -271,10 +270,10 @@ class RunConfig:
     node mounts at the same path (e.g. NFS); without it a cluster of several nodes needs s3:// URIs."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.name), "run.name", "a non-empty string", self.name)
-        _check(self.max_failures >= -1, "run.max_failures", "an int >= -1", self.max_failures)
-        _check(self.log_every >= 1, "run.log_every", "an int >= 1", self.log_every)
-        _check(self.checkpoint_every >= 1, "run.checkpoint_every", "an int >= 1", self.checkpoint_every)
+        check(bool(self.name), "run.name", "a non-empty string", self.name)
+        check(self.max_failures >= -1, "run.max_failures", "an int >= -1", self.max_failures)
+        check(self.log_every >= 1, "run.log_every", "an int >= 1", self.log_every)
+        check(self.checkpoint_every >= 1, "run.checkpoint_every", "an int >= 1", self.checkpoint_every)
 
 
 @dataclass(frozen=True)
@@ -286,8 +285,8 @@ class EvalConfig:
     aupro_fpr_limit: float = 0.3
 
     def __post_init__(self) -> None:
-        _check(self.pixel_bins >= 10, "eval.pixel_bins", "an int >= 10", self.pixel_bins)
-        _check(0 < self.aupro_fpr_limit <= 1, "eval.aupro_fpr_limit", "in (0, 1]", self.aupro_fpr_limit)
+        check(self.pixel_bins >= 10, "eval.pixel_bins", "an int >= 10", self.pixel_bins)
+        check(0 < self.aupro_fpr_limit <= 1, "eval.aupro_fpr_limit", "in (0, 1]", self.aupro_fpr_limit)
 
 
 @dataclass(frozen=True)
@@ -319,6 +318,19 @@ class LTADConfig:
 
     def with_overrides(self, overrides: list[str]) -> LTADConfig:
         return apply_overrides(self, overrides)
+
+
+def load_run_config(
+    path: str | None, *, data: str | None = None, output: str | None = None, overrides=()
+) -> LTADConfig:
+    """The run config: YAML file (or defaults), then `--set key=value` overrides, then --data/--output."""
+    cfg = LTADConfig.from_yaml(path) if path else LTADConfig()
+    extra = list(overrides)
+    if data:
+        extra.append(f"data.uri={data}")
+    if output:
+        extra.append(f"run.output={output}")
+    return cfg.with_overrides(extra)
 
 
 # --------------------------------------------------------------------------- generic machinery
@@ -354,10 +366,10 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if origin is Literal:
-        _check(value in args, key, f"one of {', '.join(map(repr, args))}", value)
+        check(value in args, key, f"one of {', '.join(map(repr, args))}", value)
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -365,20 +377,20 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, key)
     if origin is tuple:
-        _check(isinstance(value, (list, tuple)), key, "a list", value)
+        check(isinstance(value, (list, tuple)), key, "a list", value)
         return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is bool:
-        _check(isinstance(value, bool), key, "true or false", value)
+        check(isinstance(value, bool), key, "true or false", value)
         return value
     if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key, "an int", value)
+        check(isinstance(value, int) and not isinstance(value, bool), key, "an int", value)
         return value
     if tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        _check(ok, key, "a number", value)
+        check(ok, key, "a number", value)
         return float(value)
     if tp is str:
-        _check(isinstance(value, str), key, "a string", value)
+        check(isinstance(value, str), key, "a string", value)
         return value
     return value
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -20,13 +20,14 @@ import yaml
 from ltad.config import LTADConfig
 from ltad.errors import DataError
 from ltad.models.ltad import LTAD
-from ltad.training.weights import build_model, load_trained, trained_state
+from ltad.models.state import build_model, load_trained, trained_state
 
 WEIGHTS, CONFIG, META = "weights.pt", "config.yaml", "export.json"
 FORMAT = "ltad-model/1"
+Scores = TypeVar("Scores", np.ndarray, np.floating, torch.Tensor)
 
 
-def normalise(scores: np.ndarray | torch.Tensor, norm: dict[str, float]) -> Any:
+def normalise(scores: Scores, norm: dict[str, float]) -> Any:
     """Raw scores (or maps) -> [0, 1] with the threshold at 0.5 (see the module docstring)."""
     t, lo, hi = norm["threshold"], norm["min"], norm["max"]
     below = (scores - t) / max(t - lo, 1e-12) * 0.5 + 0.5

@@ -1,6 +1,6 @@
 """One logger for every ltad process: driver, Ray Train workers, sweeps, studies and commands.
 
-Messages go to stderr (the job log on a cluster) as `[ltad HH:MM:SS] message`. Inside a distributed
+Messages go to stderr (the job log on a cluster) as `[ltad <part> HH:MM:SS] message`. Inside a distributed
 stage only rank 0 speaks unless a call asks for every rank (`log.info(..., extra=ALL_RANKS)`), so a
 job log does not repeat each line once per worker; `set_rank` is called when a worker joins its
 process group. Ray Train patches `print` in workers and would log every printed line twice, which is
@@ -18,11 +18,11 @@ ALL_RANKS = {"all_ranks": True}
 """`extra=` of a record that every rank logs (e.g. a corrupt sample one worker skipped)."""
 
 _rank = 0
-_started = time.monotonic()
+_started: float | None = None
 
 
 def set_rank(rank: int) -> None:
-    """This process's rank in its stage (0 outside distributed stages); resets the elapsed clock."""
+    """Called when a stage worker joins its process group: its rank, and the clock lines show from now."""
     global _rank, _started
     _rank, _started = rank, time.monotonic()
 
@@ -35,8 +35,11 @@ class _RankFilter(logging.Filter):
 class _Format(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        who = f" rank {_rank}" if _rank else ""
-        return f"[ltad {stamp}{who} +{time.monotonic() - _started:.0f}s] {record.getMessage()}"
+        name = record.name.removeprefix(ROOT).lstrip(".")
+        where = f" {name}" if name else ""
+        if _started is not None:  # inside a stage: which worker, and seconds since it started
+            where += f" rank {_rank} +{time.monotonic() - _started:.1f}s"
+        return f"[ltad{where} {stamp}] {record.getMessage()}"
 
 
 def get_logger(name: str = "") -> logging.Logger:

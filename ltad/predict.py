@@ -50,7 +50,7 @@ def _load(path: Path, size: int) -> tuple[np.ndarray, torch.Tensor]:
             rgb = im.convert("RGB")
     except OSError as exc:
         raise DataError(f"cannot read image '{path}': {exc or type(exc).__name__}") from None
-    resized = rgb.resize((size, size), Image.BILINEAR)  # as the evaluation stream decodes
+    resized = rgb.resize((size, size), Image.Resampling.BILINEAR)  # as the evaluation stream decodes
     tensor = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return np.asarray(rgb), tensor
 

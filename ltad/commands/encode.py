@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ltad.training.pipeline import add_run_arguments, load_config
+from ltad.commands.common import add_run_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -15,12 +15,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ltad.config import load_run_config
     from ltad.data.manifest import read_manifest
     from ltad.errors import ConfigError
     from ltad.models.encoder import Encoder
     from ltad.training.feature_cache import encode
 
-    cfg = load_config(args.config, data=args.data, overrides=args.set)
+    cfg = load_run_config(args.config, data=args.data, overrides=args.set)
     if not cfg.data.uri:
         raise ConfigError(
             "data.uri is empty: pass --data s3://bucket/prefix (a prefix holding manifest.json)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ltad.training.pipeline import add_run_arguments, load_config, run_pipeline, stage_checkpoint
+from ltad.commands.common import add_run_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -17,10 +17,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import ray
 
+    from ltad.config import load_run_config
     from ltad.eval.report import text_table
     from ltad.training.cluster import connect
+    from ltad.training.pipeline import run_pipeline, stage_checkpoint
 
-    cfg = load_config(args.config, data=args.data, output=args.output, overrides=args.set)
+    cfg = load_run_config(args.config, data=args.data, output=args.output, overrides=args.set)
     connect()
     try:
         ckpt = stage_checkpoint(cfg, "phase2", args.checkpoint)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TypeVar
 
 from ltad.data.datasets import DATASETS, read_dataset
 from ltad.data.splits import PROFILES, make_split
 from ltad.errors import ConfigError
+
+T = TypeVar("T", int, float)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -21,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _number(flag: str, raw: str | None, kind: type) -> int | float | None:
+def _number(flag: str, raw: str | None, kind: Callable[[str], T]) -> T | None:
     """Parse a numeric flag here, so a bad value is one ConfigError line naming the flag."""
     if raw is None:
         return None
@@ -35,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     ratio = _number("--ratio", args.ratio, float)
     seed = _number("--seed", args.seed, int)
     n_max = _number("--n-max", args.n_max, int)
+    assert seed is not None, "--seed has a default"
     if args.profile != "full" and ratio is None:
         raise ConfigError(f"--ratio is required for profile '{args.profile}' (a number > 1)")
     dataset = read_dataset(args.dataset, args.root)

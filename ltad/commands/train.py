@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ltad.training.pipeline import add_run_arguments, load_config, run_pipeline
+from ltad.commands.common import add_run_arguments
 
 STAGES = ("phase1", "phase2", "evaluate")
 
@@ -18,10 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import ray
 
+    from ltad.config import load_run_config
     from ltad.eval.report import text_table
     from ltad.training.cluster import connect
+    from ltad.training.pipeline import run_pipeline
 
-    cfg = load_config(args.config, data=args.data, output=args.output, overrides=args.set)
+    cfg = load_run_config(args.config, data=args.data, output=args.output, overrides=args.set)
     connect()
     try:
         metrics = run_pipeline(cfg)

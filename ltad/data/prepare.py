@@ -9,7 +9,6 @@ metadata or in the previous manifest) is not uploaded again.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,10 +30,9 @@ from ltad.data.records import Record
 from ltad.data.shards import ShardInfo, ShardWriter, encode_record, sample_key
 from ltad.data.splits import read_split
 from ltad.errors import ConfigError, DataError
+from ltad.log import get_logger
 
-
-def _log(msg: str) -> None:
-    print(f"prepare: {msg}", file=sys.stderr, flush=True)
+_log = get_logger("prepare").info
 
 
 def prepare(
@@ -73,8 +71,11 @@ def prepare(
     def on_done(path: Path, info: ShardInfo) -> None:
         uri = storage.join(out_uri, info.name)
         existing = storage.head(uri)
-        same = existing is not None and existing["size"] == info.bytes
-        same = same and info.sha256 in (existing["metadata"].get("sha256"), known.get(info.name))
+        same = (
+            existing is not None
+            and existing["size"] == info.bytes
+            and info.sha256 in (existing["metadata"].get("sha256"), known.get(info.name))
+        )
         if same:
             stats["skipped"] += 1
         else:

@@ -9,6 +9,7 @@ rather than a silently short stream. Every error names the URL and the endpoint,
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import json
@@ -95,7 +96,7 @@ def endpoint() -> str:
         return os.environ.get("AWS_ENDPOINT_URL", "the default AWS endpoint")
 
 
-def _error(uri: str, exc: Exception) -> StorageError:
+def _error(uri: str, exc: BaseException) -> StorageError:
     """Translate a botocore exception into one sentence naming the URL and the endpoint."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
@@ -201,7 +202,7 @@ class _S3RawReader(io.RawIOBase):
         self.offset = 0
         self.size: int | None = None
         self.retries = self.retries_left = retries
-        self._body = None
+        self._body: Any = None  # botocore's (untyped) StreamingBody; None while closed
         self._open()
 
     def _open(self) -> None:
@@ -277,7 +278,7 @@ def open_read(uri: str, retries: int | None = None) -> BinaryIO:
     already reads a streaming GET ahead, a read-ahead thread measured no gain here)."""
     if is_s3(uri):
         budget = retry_budget() if retries is None else retries
-        return io.BufferedReader(_S3RawReader(uri, budget), buffer_size=BUFFER)  # type: ignore[return-value]
+        return io.BufferedReader(_S3RawReader(uri, budget), buffer_size=BUFFER)
     try:
         return open(uri, "rb", buffering=BUFFER)  # noqa: SIM115 - the caller closes it
     except FileNotFoundError:
@@ -358,7 +359,7 @@ def delete(uri: str) -> None:
     Path(uri).unlink(missing_ok=True)
 
 
-def list(prefix: str) -> list[str]:
+def list(prefix: str) -> builtins.list[str]:
     """Every object/file URI under `prefix` (recursive, sorted)."""
     if is_s3(prefix):
         bucket, key = split_s3(prefix)

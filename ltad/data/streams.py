@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import io
 import json
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -25,16 +24,19 @@ from ltad.data import storage
 from ltad.data.manifest import Manifest, ShardEntry
 from ltad.data.shards import decode_sample, iterate_shard
 from ltad.errors import ConfigError, DataError
+from ltad.log import ALL_RANKS, get_logger
 
 storage.register_webdataset()
+_log = get_logger("stream")
 
 Decode = Callable[[dict[str, Any]], Any]
+K = TypeVar("K")  # a class key: its name, or its id in the study
 
 
 def decode_image_sample(sample: dict[str, Any], image_size: int, with_mask: bool) -> dict[str, Any]:
     """Raw shard sample -> `image` 3xHxW float32 in [0, 1] (+ `gt_mask` 1xHxW, `gt_label` for evaluation)."""
     with Image.open(io.BytesIO(sample["png"])) as im:
-        image = im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+        image = im.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
     # HWC -> CHW and scaling in numpy: torch's intra-op thread pool costs ~5 ms per small tensor on a
     # busy machine (measured), more than the PNG decode itself.
     chw = np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1), dtype=np.float32)
@@ -54,7 +56,7 @@ def decode_image_sample(sample: dict[str, Any], image_size: int, with_mask: bool
             )
         if "mask.png" in sample:
             with Image.open(io.BytesIO(sample["mask.png"])) as m:
-                resized = m.convert("L").resize((image_size, image_size), Image.NEAREST)
+                resized = m.convert("L").resize((image_size, image_size), Image.Resampling.NEAREST)
             mask = (np.asarray(resized) > 127).astype(np.float32)
         out["gt_mask"] = torch.from_numpy(mask)[None]
         out["gt_label"] = int(meta["label"])
@@ -88,7 +90,7 @@ class ExactlyOnceStream(IterableDataset):
             yield from iterate_shard(storage.join(self.uri, entry.name), entry.samples, self.decode)
 
 
-def class_weights(counts: dict[str, int], class_balance: float) -> dict[str, float]:
+def class_weights(counts: Mapping[K, int], class_balance: float) -> dict[K, float]:
     """Sampling weight per class ~ count^(1 - class_balance), normalised (classes with no samples drop out)."""
     if not 0 <= class_balance <= 1:
         raise ConfigError(f"class_balance must be in [0, 1], got {class_balance}")
@@ -115,7 +117,7 @@ class ResampledStream(IterableDataset):
     def __init__(
         self,
         uri: str,
-        shards_by_class: dict[str, Sequence[ShardEntry]],
+        shards_by_class: Mapping[str, Sequence[ShardEntry]],
         weights: dict[str, float],
         *,
         epoch_samples: int,
@@ -189,9 +191,10 @@ class ResampledStream(IterableDataset):
                 f"{where} met {self.bad_samples} bad samples, more than data.max_bad_samples="
                 f"{self.max_bad_samples}; the last: {exc}"
             ) from None
-        sys.stderr.write(
+        _log.warning(
             f"{where}: skipped {lost} bad sample(s), {self.bad_samples} of data.max_bad_samples="
-            f"{self.max_bad_samples} used: {exc}\n"
+            f"{self.max_bad_samples} used: {exc}",
+            extra=ALL_RANKS,
         )
 
     def _source(self, cls: str, rng: np.random.Generator) -> Iterator[dict[str, Any]]:

@@ -204,7 +204,8 @@ def synthesize(
         "train_per_class": train_per_class,
         "test_per_class": test_per_class,
         "seed": seed,
-        "sources": f"scikit-image {skimage.__version__} bundled data (CC0 / public domain)",
+        # skimage's __init__.pyi lists __version__ in __all__ but does not declare it
+        "sources": f"scikit-image {skimage.__version__} bundled data (CC0 / public domain)",  # type: ignore[attr-defined]
     }
     stamp = out / "synth.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == info:

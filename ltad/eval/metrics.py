@@ -214,7 +214,8 @@ class PixelMetricAccumulator:
         if not 0.0 < fpr_limit <= 1.0:
             raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}.")
         self.bins, self.fpr_limit = int(bins), float(fpr_limit)
-        self._lo = self._hi = None
+        self._lo: float | None = None  # the value range: both None or both set
+        self._hi: float | None = None
         if value_range is not None:
             lo, hi = (float(v) for v in value_range)
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
@@ -228,7 +229,7 @@ class PixelMetricAccumulator:
 
     @property
     def value_range(self) -> tuple[float, float] | None:
-        return None if self._lo is None else (self._lo, self._hi)
+        return None if self._lo is None or self._hi is None else (self._lo, self._hi)
 
     def observe(self, maps: Any) -> None:
         """Pass one of the two-pass mode: widen the value range to cover these maps."""
@@ -243,12 +244,13 @@ class PixelMetricAccumulator:
             self._hi = hi if self._hi is None else max(self._hi, hi)
 
     def _bin(self, values: np.ndarray) -> np.ndarray:
+        assert self._lo is not None and self._hi is not None, "update() checks the value range first"
         scale = self.bins / (self._hi - self._lo)
         return np.clip(np.floor((values - self._lo) * scale), 0, self.bins - 1).astype(np.intp)
 
     def update(self, maps: Any, masks: Any) -> None:
         """Add a batch of N x H x W maps and binary masks."""
-        if self._lo is None:
+        if self._lo is None or self._hi is None:
             raise ValueError(
                 "PixelMetricAccumulator has no value range: pass value_range or observe() every batch first."
             )

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ltad.data import storage
+from ltad.data.levels import Level
 from ltad.errors import DataError, UserError
 from ltad.eval.aggregate import GROUPS, METRICS
 from ltad.eval.summary_plots import plot_heatmap, plot_per_class, plot_ratio
@@ -41,8 +42,8 @@ COLUMNS = (
 
 
 def level_label(profile: str, ratio: float) -> str:
-    """'exp100', 'step50', 'full': the level name used in tables and file names."""
-    return "full" if profile == "full" else f"{profile}{ratio:g}"
+    """'exp100', 'step50', 'balanced': the level name used in tables and file names."""
+    return Level(profile, ratio).name
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
@@ -127,6 +128,11 @@ def create_clip(cfg: EncoderConfig) -> tuple[nn.Module, str]:
 class Encoder(nn.Module):
     """Frozen open_clip towers: patch features, global embedding and prompt text embeddings."""
 
+    # open_clip ships no type information and its towers' attributes differ by model config.
+    clip: Any
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -139,8 +145,8 @@ class Encoder(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self._taps = self._find_taps()
         self.feature_dim = sum(dim for _, dim in self._taps)
-        self.embed_dim = self.clip.text_projection.shape[1]
-        self.token_width = self.clip.token_embedding.embedding_dim
+        self.embed_dim: int = self.clip.text_projection.shape[1]
+        self.token_width: int = self.clip.token_embedding.embedding_dim
         self.placeholder_id = int(self.tokenizer([PLACEHOLDER])[0, 1])
         self.train(False)
 

@@ -19,6 +19,9 @@ from torch import nn
 class FeatureNorm(nn.Module):
     """(patches - mean_c) / std_c over the channel axis of B x D x g x g maps."""
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
@@ -32,7 +35,9 @@ class FeatureNorm(nn.Module):
     @torch.no_grad()
     def fit(self, batches: Iterable[torch.Tensor]) -> None:
         """Channel mean/std over every patch of `batches` (each B x D x g x g), in float64."""
-        n, s, sq = 0, None, None
+        n = 0
+        s: torch.Tensor | None = None
+        sq: torch.Tensor | None = None
         for patches in batches:
             rows = patches.double().transpose(0, 1).flatten(1)  # D x (B*g*g)
             n += rows.shape[1]
@@ -40,6 +45,7 @@ class FeatureNorm(nn.Module):
             sq = rows.pow(2).sum(1) if sq is None else sq + rows.pow(2).sum(1)
         if n == 0:
             raise ValueError("FeatureNorm.fit got no training patches")
+        assert s is not None and sq is not None, "n > 0: both sums exist"
         mean = s / n
         std = (sq / n - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-6)
         self.mean.copy_(mean.float())

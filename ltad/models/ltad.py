@@ -57,6 +57,17 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 class LTAD(nn.Module):
     """The whole model; see the module docstring. Training objectives live in ltad/training/objectives.py."""
 
+    # buffers, registered in __init__
+    class_ids: torch.Tensor
+    class_starts: torch.Tensor
+    state_ids: torch.Tensor
+    state_starts: torch.Tensor
+    text_class: torch.Tensor
+    text_states: torch.Tensor
+    text_ready: torch.Tensor
+    stats: torch.Tensor
+    stats_ready: torch.Tensor
+
     def __init__(self, cfg: ModelConfig, num_classes: int) -> None:
         super().__init__()
         self.cfg, self.num_classes = cfg, num_classes

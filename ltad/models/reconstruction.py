@@ -9,6 +9,8 @@ is added to the input. S_rec = squared L2 distance between input and reconstruct
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -41,6 +43,9 @@ def sine_positions(grid: int, dim: int) -> torch.Tensor:
 class ReconstructionModule(nn.Module):
     """Patch features B x D x g x g -> reconstruction of the same shape."""
 
+    pos: torch.Tensor  # buffers, registered in __init__
+    mask: torch.Tensor
+
     def __init__(self, feature_dim: int, grid: int, cfg: ReconstructionConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -48,7 +53,7 @@ class ReconstructionModule(nn.Module):
         self.input_proj = nn.Linear(feature_dim, h)
         self.output_proj = nn.Linear(h, feature_dim)
         self.queries = nn.Parameter(torch.randn(grid * grid, h) * 0.02)
-        layer = dict(
+        layer: dict[str, Any] = dict(
             d_model=h, nhead=cfg.heads, dim_feedforward=cfg.ffn, dropout=cfg.dropout, batch_first=True
         )
         self.encoder = nn.TransformerEncoder(

@@ -70,5 +70,7 @@ class ConditionalVAE(nn.Module):
     def sample(self, cond: torch.Tensor) -> torch.Tensor:
         """Synthetic feature maps N x D x g x g for the N text embeddings in `cond`."""
         z = torch.randn(cond.shape[0], self.to_stats.out_features // 2, device=cond.device, dtype=cond.dtype)
-        scale = (self.norm.running_var + self.norm.eps).sqrt()[None, :, None, None]
-        return self.decode(z, cond) * scale + self.norm.running_mean[None, :, None, None]
+        var, mean = self.norm.running_var, self.norm.running_mean
+        assert var is not None and mean is not None, "the norm tracks running statistics"
+        scale = (var + self.norm.eps).sqrt()[None, :, None, None]
+        return self.decode(z, cond) * scale + mean[None, :, None, None]

@@ -55,11 +55,18 @@ def load_image(root: Path, rec: Record, size: int) -> tuple[torch.Tensor, torch.
     """Image 3 x size x size in [0, 1] and its mask size x size in {0, 1} (zeros for normal images)."""
     try:
         with Image.open(root / rec.path) as im:
-            image = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255
+            image = (
+                np.asarray(
+                    im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32
+                )
+                / 255
+            )
         mask = np.zeros((size, size), dtype=np.uint8)
         if rec.mask_path:
             with Image.open(root / rec.mask_path) as m:
-                mask = (np.asarray(m.convert("L").resize((size, size), Image.NEAREST)) > 127).astype(np.uint8)
+                mask = (
+                    np.asarray(m.convert("L").resize((size, size), Image.Resampling.NEAREST)) > 127
+                ).astype(np.uint8)
     except OSError as exc:
         raise DataError(f"cannot read image '{root / rec.path}' of the study dataset: {exc}") from None
     return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask)
@@ -71,7 +78,9 @@ def encode_records(
 ) -> FeatureSet:
     """Encode `records` (images under `root`) into a FeatureSet."""
     size = encoder.cfg.image_size
-    patches, globs, masks = [], [], []
+    patches: list[torch.Tensor] = []
+    globs: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
     for i in range(0, len(records), batch):
         images, part_masks = zip(*(load_image(root, r, size) for r in records[i : i + batch]))
         enc = encoder.encode_images(torch.stack(images))

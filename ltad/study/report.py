@@ -38,7 +38,7 @@ def stats(rows: list[dict]) -> dict[tuple[str, str], dict[str, tuple[float, floa
     grouped: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
         grouped[(r["level"], r["method"])].append(r)
-    out = {}
+    out: dict[tuple[str, str], dict[str, tuple[float, float, int]]] = {}
     for key, rs in grouped.items():
         out[key] = {}
         for f in FIGURES:

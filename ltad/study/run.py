@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from ltad.data.datasets import read_dataset
 from ltad.data.splits import make_split
 from ltad.data.synth import synthesize
 from ltad.errors import ConfigError
+from ltad.log import get_logger
 from ltad.models.encoder import Encoder
 from ltad.study.features import FeatureSet, cache_key, encode_records, load_features, save_features
 from ltad.study.scoring import ltad_terms, maps_from, metrics, summarise
@@ -33,9 +33,7 @@ from ltad.study.trainer import train_phase1, train_phase2
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _log(msg: str) -> None:
-    sys.stderr.write(f"[study {time.strftime('%H:%M:%S')}] {msg}\n")
-    sys.stderr.flush()
+_log = get_logger("study").info
 
 
 def model_config(spec: StudySpec, seed: int) -> LTADConfig:
@@ -163,7 +161,8 @@ def run_group(
         maps, scores = [], []
         for i in range(0, len(test), 64):
             m, s = bank.score(test.patches[i : i + 64].float(), size)
-            maps.append(m), scores.append(s)
+            maps.append(m)
+            scores.append(s)
         rows.append(
             _row(
                 level,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ltad.eval.aggregate import aggregate
+from ltad.eval.aggregate import METRICS, aggregate
 from ltad.eval.metrics import pixel_aupro, pixel_auroc
 from ltad.models.ltad import LTAD
 from ltad.study.features import FeatureSet
@@ -20,7 +20,8 @@ def ltad_terms(model: LTAD, test: FeatureSet, oracle: bool, batch: int = 64):
         sl = slice(i, i + batch)
         cid = test.class_id[sl] if oracle else None
         z_rec, z_sem, cls, _ = model.standardised_scores(test.patches[sl].float(), test.global_emb[sl], cid)
-        rec.append(z_rec), sem.append(z_sem)
+        rec.append(z_rec)
+        sem.append(z_sem)
         correct += int((cls.cpu() == test.class_id[sl]).sum())
     return torch.cat(rec), torch.cat(sem), correct / max(len(test), 1)
 
@@ -32,7 +33,8 @@ def maps_from(
     maps, scores = [], []
     for i in range(0, fused.shape[0], batch):
         m, s = model.to_maps(fused[i : i + batch], (size, size))
-        maps.append(m), scores.append(s)
+        maps.append(m)
+        scores.append(s)
     return torch.cat(maps), torch.cat(scores)
 
 
@@ -45,6 +47,7 @@ def metrics(
     class_order: Sequence[str],
 ) -> dict:
     """The evaluation report (image/pixel AUROC, AUPRO, F1-max; head/medium/tail) of one scoring."""
+    assert test.masks is not None, "pixel metrics need a FeatureSet encoded with masks"
     maps_np, masks_np = maps.float().numpy(), test.masks.numpy()
     pixel = {}
     for c, name in enumerate(class_names):
@@ -59,7 +62,7 @@ def metrics(
 
 def summarise(report: dict) -> dict:
     """The figures a study row keeps from a report."""
-    out = {k: report[k] for k in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1max")}
+    out = {k: report[k] for k in METRICS}
     for g, v in report["groups"].items():
         out[f"{g}_image_AUROC"] = v["image_AUROC"]
     out["gap_image_AUROC"] = report["gap"]["image_AUROC"]

@@ -12,8 +12,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ltad.config import _check, from_dict, load_yaml
-from ltad.data.splits import check_ratio
+from ltad.config import check, from_dict, load_yaml
+from ltad.data.levels import Level
 
 METHODS = ("ltad", "rec_only", "sem_only", "no_vae", "oracle", "knn")
 """ltad: full model (fused score, predicted class); rec_only: RM trained without synthesis, S_rec alone
@@ -31,28 +31,8 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         for key in ("classes", "image_size", "train_per_class", "test_per_class"):
-            _check(getattr(self, key) >= 1, f"dataset.{key}", "a positive int", getattr(self, key))
-        _check(self.seed >= 0, "dataset.seed", "an int >= 0", self.seed)
-
-
-@dataclass(frozen=True)
-class Level:
-    profile: str
-    ratio: float
-
-    @property
-    def name(self) -> str:
-        return "balanced" if self.profile == "full" else f"{self.profile}{self.ratio:g}"
-
-    @staticmethod
-    def parse(text: str) -> Level:
-        """'full', 'exp:100', 'step:10' -> Level."""
-        profile, _, ratio = str(text).partition(":")
-        try:
-            value = float(ratio) if ratio else None
-        except ValueError:
-            value = ratio
-        return Level(profile, check_ratio(profile, value))
+            check(getattr(self, key) >= 1, f"dataset.{key}", "a positive int", getattr(self, key))
+        check(self.seed >= 0, "dataset.seed", "an int >= 0", self.seed)
 
 
 @dataclass(frozen=True)
@@ -73,10 +53,10 @@ class StudySpec:
     def __post_init__(self) -> None:
         _ = self.level_specs  # parses, so a bad level fails here
         bad = [m for m in self.methods if m not in METHODS]
-        _check(not bad, "methods", f"some of {', '.join(METHODS)}", bad[:1])
+        check(not bad, "methods", f"some of {', '.join(METHODS)}", bad[:1])
         ok = bool(self.seeds) and all(s >= 0 for s in self.seeds)
-        _check(ok, "seeds", "a non-empty list of ints >= 0", list(self.seeds))
-        _check(0 < self.knn_coreset <= 1, "knn_coreset", "in (0, 1]", self.knn_coreset)
+        check(ok, "seeds", "a non-empty list of ints >= 0", list(self.seeds))
+        check(0 < self.knn_coreset <= 1, "knn_coreset", "in (0, 1]", self.knn_coreset)
 
     @cached_property
     def level_specs(self) -> tuple[Level, ...]:

@@ -1,7 +1,7 @@
 """Both LTAD phases in one process on in-memory features: the study's trainer.
 
 It runs the very objectives, model and optimiser settings of the distributed job
-(`ltad/training/phases.py`): Phase1Objective / Phase2Objective, AdamW with the configured learning
+(`ltad/training/stages.py`): Phase1Objective / Phase2Objective, AdamW with the configured learning
 rates, weight decay and gradient clipping, the feature standardisation fitted on
 `phase1.norm_samples` training samples, class-weighted sampling with `data.class_balance`, fixed
 step counts and the standardisation fit on `phase2.stats_samples` training samples. What it leaves
@@ -18,10 +18,10 @@ import torch
 from ltad.config import LTADConfig
 from ltad.data.streams import class_weights
 from ltad.models.ltad import LTAD
+from ltad.models.state import build_model
 from ltad.study.features import FeatureSet
 from ltad.training.engine import param_groups
 from ltad.training.objectives import Phase1Objective, Phase2Objective
-from ltad.training.weights import build_model
 
 
 def class_counts(train: FeatureSet, num_classes: int) -> list[int]:

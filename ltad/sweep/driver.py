@@ -18,21 +18,22 @@ trial encodes images online and trains its own phase 1.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any
 
 from ltad.data import storage
 from ltad.data.manifest import read_manifest
 from ltad.errors import ConfigError
-from ltad.eval.evaluate import EVALUATED
+from ltad.eval.outputs import summary
 from ltad.eval.summary import write_sweep
+from ltad.log import get_logger
 from ltad.sweep.space import Space, Trial
 from ltad.training import preflight
-from ltad.training.engine import load_zero_config
 from ltad.training.feature_cache import find_cache
-from ltad.training.pipeline import encode_stage, git_commit, publish, stage_checkpoint
+from ltad.training.inputs import StageInput, git_commit, stage_input
+from ltad.training.pipeline import publish, stage_checkpoint
 from ltad.training.ray_run import fit, resolve_storage
+from ltad.training.stages import EVALUATED, encode_stage, phase1, phase2_and_evaluate
 
 DRIVER_CPU = 0.01
 """CPU of a trial's driver function; its TorchTrainer workers hold the real resources."""
@@ -41,8 +42,7 @@ TRIAL_STAGE = "phase2-evaluate"
 """The stage of a sweep trial: phase 2 and its evaluation in one worker group."""
 
 
-def log(msg: str) -> None:
-    print(f"[sweep {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = get_logger("sweep").info
 
 
 def record_launch(space: Space, stage: str, run: str) -> None:
@@ -55,16 +55,6 @@ def launches(space: Space, stage: str) -> list[str]:
     """Run names of the `stage` launches recorded so far (one entry per launch)."""
     prefix = storage.join(space.root, "launches", stage)
     return sorted(u.rsplit("/", 1)[1].rsplit("-", 1)[0] for u in storage.list(prefix))
-
-
-def _loop(cfg, commit: str, **checkpoints: Any) -> dict[str, Any]:
-    return {
-        "config": cfg.to_dict(),
-        "data_uri": cfg.data.uri,
-        "deepspeed": load_zero_config(cfg.scaling.zero_stage),
-        "git_commit": commit,
-        **checkpoints,
-    }
 
 
 def _finished(cfg, stage: str):
@@ -81,10 +71,10 @@ def _trial(space: Space, config: dict[str, Any]) -> Trial:
     return named[config["trial"]]
 
 
-def _launch(space: Space, stage: str, run: str, fn, loop: dict[str, Any], cfg, **kwargs):
+def _launch(space: Space, stage: str, run: str, fn, inp: StageInput, **kwargs):
     """Record, then fit, the TorchTrainer run `{run}-{stage}`; its `ray.train.Result`."""
     record_launch(space, stage, run)
-    return fit(fn, loop, cfg, name=f"{run}-{stage}", **kwargs)
+    return fit(fn, inp, name=f"{run}-{stage}", **kwargs)
 
 
 def _fits(cpus: float, gpus: int) -> int:
@@ -108,12 +98,10 @@ def phase1_trial(config: dict[str, Any], space: Space, commit: str) -> None:
     """Tune trial: phase 1 of one (level, prompt length), unless its final checkpoint already exists."""
     from ray import tune
 
-    from ltad.training.phases import phase1
-
     cfg = space.run_config(_trial(space, config), phase1=True)
     reused = _finished(cfg, "phase1") is not None
     if not reused:
-        _launch(space, "phase1", cfg.run.name, phase1, _loop(cfg, commit), cfg)
+        _launch(space, "phase1", cfg.run.name, phase1, stage_input(cfg, commit=commit))
     tune.report({"phase1_reused": reused})
 
 
@@ -148,14 +136,12 @@ def phase2_reports_class():
 
 def _phase1_checkpoint(space: Space, trial: Trial, cfg, commit: str):
     """The phase-1 checkpoint a trial starts from: the shared one, or (naive sweep) its own."""
-    from ltad.training.phases import phase1
-
     if space.reuse:
         return stage_checkpoint(space.run_config(trial, phase1=True), "phase1")
     done = _finished(cfg, "phase1")
     if done is not None:
         return done
-    return _launch(space, "phase1", cfg.run.name, phase1, _loop(cfg, commit), cfg).checkpoint
+    return _launch(space, "phase1", cfg.run.name, phase1, stage_input(cfg, commit=commit)).checkpoint
 
 
 def sweep_trial(config: dict[str, Any], space: Space, commit: str) -> None:
@@ -167,27 +153,22 @@ def sweep_trial(config: dict[str, Any], space: Space, commit: str) -> None:
     """
     from ray import tune
 
-    from ltad.training.phase2_evaluate import phase2_and_evaluate
-
     trial = _trial(space, config)
     cfg = space.run_config(trial)
     last: dict[str, Any] = {}
     evaluation = _evaluation(cfg)
     if evaluation is None:
-        loop = _loop(cfg, commit, phase1_checkpoint=_phase1_checkpoint(space, trial, cfg, commit))
+        inp = stage_input(cfg, commit=commit, phase1_checkpoint=_phase1_checkpoint(space, trial, cfg, commit))
         # every phase-2 report (each run.log_every steps) reaches Tune as one result: ASHA's time axis
         callbacks = [phase2_reports_class()()]
-        result = _launch(
-            space, TRIAL_STAGE, cfg.run.name, phase2_and_evaluate, loop, cfg, callbacks=callbacks
-        )
+        result = _launch(space, TRIAL_STAGE, cfg.run.name, phase2_and_evaluate, inp, callbacks=callbacks)
         evaluation = result.checkpoint
         last = {k: v for k, v in (result.metrics or {}).items() if k.startswith("phase2/")}
     else:
         log(f"{trial.name}: evaluated before, republishing its results")
     publish(evaluation, space.trial_dir(trial))
     metrics = storage.read_json(storage.join(space.trial_dir(trial), "metrics.json"))
-    summary = {k: metrics[k] for k in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1max")}
-    tune.report({**last, **summary, "published": space.trial_dir(trial)})
+    tune.report({**last, **summary(metrics), "published": space.trial_dir(trial)})
 
 
 def write_status(space: Space, statuses: dict[str, str]) -> str:
@@ -288,7 +269,14 @@ def encode_levels(space: Space, commit: str) -> None:
         if find_cache(cfg.data.uri, cfg.model.encoder, manifest) is None:
             n = cluster_workers(space, sum(len(v) for v in manifest.shards.values()))
             log(f"{trial.level.name}: building the feature cache on {n} workers")
-            _launch(space, "encode", trial.level.name, encode_stage, _loop(cfg, commit), cfg, num_workers=n)
+            _launch(
+                space,
+                "encode",
+                trial.level.name,
+                encode_stage,
+                stage_input(cfg, commit=commit),
+                num_workers=n,
+            )
 
 
 def run_sweep(space: Space) -> dict[str, Any]:

@@ -8,24 +8,81 @@ of a (level, prompt length) pair is the run `{level}-L{length}`, a trial is `{le
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import yaml
-
-from ltad.config import LTADConfig
+from ltad.config import LTADConfig, check, load_yaml
 from ltad.data import storage
+from ltad.data.levels import Level
 from ltad.errors import ConfigError
-from ltad.eval.summary import PARAM_KEYS, level_label
-
-KEYS = ("name", "config", "set", "levels", "prompt_lengths", "synthesis_ratios", "root", "reuse", "asha")
-ASHA_KEYS = ("metric", "mode", "grace_period", "reduction_factor", "max_t")
+from ltad.eval.summary import PARAM_KEYS
 
 
 @dataclass(frozen=True)
-class Level:
-    """One imbalance level: a split profile and ratio, and the shard prefix prepared from it."""
+class LevelSpec:
+    """One imbalance level of a space file: a split profile and ratio, and the shard prefix prepared from it."""
+
+    profile: str = ""
+    """Split profile: exp, step, pareto or full."""
+    ratio: float = 1.0
+    """Head/tail ratio (> 1; ignored for full)."""
+    data: str = ""
+    """The prepared shard prefix (s3://... or a directory) of this level."""
+    name: str = ""
+    """Level name in trial names and tables (default: the level's label, e.g. exp100)."""
+
+    def __post_init__(self) -> None:
+        check(bool(self.data), "levels[].data", "a shard prefix (s3://... or a directory)", self.data)
+        Level.parse(f"{self.profile}:{self.ratio}")  # a ConfigError naming a bad profile or ratio
+
+
+@dataclass(frozen=True)
+class AshaSpec:
+    """Ray Tune's ASHAScheduler settings (its own defaults); time = Tune reports of a trial."""
+
+    metric: str = ""
+    mode: Literal["min", "max"] = "min"
+    grace_period: int = 1
+    reduction_factor: float = 4
+    max_t: int = 100
+
+    def __post_init__(self) -> None:
+        check(bool(self.metric), "asha.metric", "the reported metric ASHA ranks trials by", self.metric)
+
+
+@dataclass(frozen=True)
+class SpaceFile:
+    """A search-space YAML file as written, read by the run config's own loader (ltad.config)."""
+
+    name: str = ""
+    """Sweep name (default: the file's stem)."""
+    config: str = ""
+    """The base run config YAML (default: the built-in defaults)."""
+    set: tuple[str, ...] = ()
+    """`key=value` overrides of the base run config."""
+    levels: tuple[LevelSpec, ...] = ()
+    prompt_lengths: tuple[int, ...] = ()
+    synthesis_ratios: tuple[float, ...] = ()
+    root: str = ""
+    """The sweep root: s3://bucket/prefix or a directory (sweep.json, trials/, Ray storage)."""
+    reuse: bool = True
+    """Phase 1 once per (level, prompt length) and the feature cache; False = the naive sweep (benchmark)."""
+    asha: AshaSpec | None = None
+    """ASHA early stopping; null runs every trial fully."""
+
+    def __post_init__(self) -> None:
+        check(bool(self.levels), "levels", "a non-empty list", list(self.levels))
+        check(
+            bool(self.prompt_lengths), "prompt_lengths", "a non-empty list of ints", list(self.prompt_lengths)
+        )
+        check(bool(self.synthesis_ratios), "synthesis_ratios", "a non-empty list of numbers in [0, 1)",
+              list(self.synthesis_ratios))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SweepLevel:
+    """One imbalance level of a sweep: its name, profile, ratio and shard prefix."""
 
     name: str
     profile: str
@@ -40,7 +97,7 @@ class Level:
 class Trial:
     """One trial: a level, a prompt length and a synthesis ratio."""
 
-    level: Level
+    level: SweepLevel
     prompt_length: int
     synthesis_ratio: float
 
@@ -66,7 +123,7 @@ class Space:
 
     name: str
     base: LTADConfig
-    levels: tuple[Level, ...]
+    levels: tuple[SweepLevel, ...]
     prompt_lengths: tuple[int, ...]
     synthesis_ratios: tuple[float, ...]
     root: str
@@ -109,78 +166,36 @@ class Space:
         )
 
 
-def _need(data: dict, key: str, where: str, expected: str, ok) -> Any:
-    value = data.get(key)
-    if value is None or not ok(value):
-        raise ConfigError(f"{where}: key '{key}' must be {expected}, got {value!r}")
-    return value
-
-
-def _level(item: Any, i: int, where: str) -> Level:
-    at = f"{where} levels[{i}]"
-    if not isinstance(item, dict) or set(item) - {"name", "profile", "ratio", "data"}:
-        raise ConfigError(
-            f"{at} must be a mapping with profile, ratio, data (and optional name), got {item!r}"
-        )
-    profile = _need(
-        item, "profile", at, "a split profile (exp, step, pareto, full)", lambda v: isinstance(v, str)
-    )
-    ratio = float(_need(item, "ratio", at, "a number >= 1", lambda v: isinstance(v, (int, float)) and v >= 1))
-    data = _need(
-        item, "data", at, "a shard prefix (s3://... or a directory)", lambda v: isinstance(v, str) and v
-    )
-    return Level(str(item.get("name") or level_label(profile, ratio)), profile, ratio, data)
-
-
 def load_space(path: str | Path, *, overrides=(), root: str | None = None) -> Space:
     """Read a space file; `overrides` are `--set` keys of the base run config, `root` replaces `root`."""
-    where = str(path)
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"search space '{where}' cannot be read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"search space '{where}' is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"search space '{where}' must be a mapping with keys {', '.join(KEYS)}")
-    unknown = sorted(set(data) - set(KEYS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known keys: {', '.join(KEYS)})")
-    base = LTADConfig.from_yaml(data["config"]) if data.get("config") else LTADConfig()
-    base = base.with_overrides([*(data.get("set") or []), *overrides])
-    levels_raw = _need(data, "levels", where, "a non-empty list", lambda v: isinstance(v, list) and v)
-    levels = tuple(_level(item, i, where) for i, item in enumerate(levels_raw))
-    if len({lv.name for lv in levels}) != len(levels):
-        raise ConfigError(f"{where}: level names {[lv.name for lv in levels]} must be distinct")
-    lengths = _need(data, "prompt_lengths", where, "a non-empty list of ints", _all(int))
-    ratios = _need(
-        data, "synthesis_ratios", where, "a non-empty list of numbers in [0, 1)", _all((int, float))
+        spec = load_yaml(SpaceFile, path)
+        base = LTADConfig.from_yaml(spec.config) if spec.config else LTADConfig()
+        base = base.with_overrides([*spec.set, *overrides])
+        for value in spec.prompt_lengths:  # validated by the run config itself
+            base.with_overrides([f"model.prompts.length={value}"])
+        for value in spec.synthesis_ratios:
+            base.with_overrides([f"phase2.synthesis_ratio={value}"])
+    except ConfigError as exc:
+        raise ConfigError(f"search space '{path}': {exc}") from None
+    levels = tuple(
+        SweepLevel(lv.name or Level(lv.profile, lv.ratio).name, lv.profile, float(lv.ratio), lv.data)
+        for lv in spec.levels
     )
-    for value in lengths:  # validated by the run config itself
-        base.with_overrides([f"model.prompts.length={value}"])
-    for value in ratios:
-        base.with_overrides([f"phase2.synthesis_ratio={value}"])
-    asha = data.get("asha")
-    if asha is not None and (
-        not isinstance(asha, dict) or set(asha) - set(ASHA_KEYS) or "metric" not in asha
-    ):
+    if len({lv.name for lv in levels}) != len(levels):
+        raise ConfigError(f"search space '{path}': level names {[lv.name for lv in levels]} must be distinct")
+    root = root or spec.root
+    if not root:
         raise ConfigError(
-            f"{where}: 'asha' must be null or a mapping with metric and {', '.join(ASHA_KEYS[1:])}"
+            f"search space '{path}': key 'root' must be the sweep root (s3://bucket/prefix or a directory)"
         )
-    root = root or _need(data, "root", where, "the sweep root (s3://bucket/prefix or a directory)", bool)
     return Space(
-        name=str(data.get("name") or Path(path).stem),
+        name=spec.name or Path(path).stem,
         base=base,
         levels=levels,
-        prompt_lengths=tuple(int(v) for v in lengths),
-        synthesis_ratios=tuple(float(v) for v in ratios),
+        prompt_lengths=spec.prompt_lengths,
+        synthesis_ratios=spec.synthesis_ratios,
         root=root if storage.is_s3(root) else str(Path(root).resolve()),
-        reuse=bool(data.get("reuse", True)),
-        asha=asha,
-    )
-
-
-def _all(kind):
-    return lambda v: (
-        isinstance(v, list) and v and all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
+        reuse=spec.reuse,
+        asha=None if spec.asha is None else asdict(spec.asha),
     )

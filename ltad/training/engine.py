@@ -2,7 +2,7 @@
 
 The ZeRO stage comes from `configs/deepspeed/zero{stage}.json`; this module fills in what depends on
 the run (micro batch, learning rates, clipping, precision) so the JSON files stay run-independent.
-On the CPU it applies the verified recipe (see ../shared/ENVIRONMENT.md): the CPU accelerator, gloo,
+On the CPU it applies a verified recipe: the CPU accelerator, gloo,
 torch's Adam instead of DeepSpeed's JIT-compiled one, and no shared-memory comm op.
 bf16 uses DeepSpeed's `torch_autocast`: parameters and optimizer state stay fp32 (so the exported
 weights are exact fp32) while matmuls run in bf16, and tensors the objective holds outside the
@@ -67,14 +67,6 @@ def prepare_runtime(use_gpu: bool) -> None:
 
     if not use_gpu:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-
-
-def init_distributed(use_gpu: bool) -> None:
-    """Reuse the process group Ray Train created (or create a single-process one)."""
-    prepare_runtime(use_gpu)
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
 
 
 def build_engine(objective: nn.Module, param_groups: list[dict[str, Any]], ds_config: dict[str, Any]):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from ltad.data.manifest import SPLITS, Manifest, ShardEntry, manifest_uri, read_
 from ltad.data.shards import ShardInfo, ShardWriter, iterate_shard
 from ltad.data.streams import decode_image_sample
 from ltad.errors import DataError
+from ltad.log import get_logger
 
 FP16_RTOL = 2.0**-11
 """Relative rounding bound of the fp16 cache (documented tolerance of cached vs online features)."""
@@ -99,7 +99,7 @@ def encode_shards(
     log: Callable[[str], None] | None = None,
 ) -> list[tuple[str, ShardEntry]]:
     """Encode this rank's share of all train + test shards; returns (split, entry) of each written shard."""
-    log = log or (lambda msg: print(f"encode: {msg}", file=sys.stderr, flush=True))
+    log = log or get_logger("encode").info
     work = [(split, e) for split in SPLITS for e in manifest.shards[split]][rank::world_size]
     written: list[tuple[str, ShardEntry]] = []
     started, done = time.monotonic(), 0
@@ -185,7 +185,7 @@ def decode_feature_sample(sample: dict[str, Any], image_size: int, with_mask: bo
         mask = np.zeros((image_size, image_size), dtype=np.float32)
         if "mask.png" in sample:
             with Image.open(io.BytesIO(sample["mask.png"])) as m:
-                resized = m.convert("L").resize((image_size, image_size), Image.NEAREST)
+                resized = m.convert("L").resize((image_size, image_size), Image.Resampling.NEAREST)
             mask = (np.asarray(resized) > 127).astype(np.float32)
         out["gt_mask"] = torch.from_numpy(mask)[None]
         out["gt_label"] = int(json.loads(sample["json"])["label"])

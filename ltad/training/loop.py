@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ltad.training.checkpoint import Finalize, restore, save_and_report
+from ltad.training.dist import all_reduce, is_distributed
 from ltad.training.engine import move_batch
 
 
@@ -94,17 +95,10 @@ def _over_ranks(sums: dict[str, float], count: int, bad: int) -> dict[str, float
     """Interval means of `sums` averaged over ranks, plus `bad_samples` summed over ranks: one all-reduce."""
     keys = sorted(sums)
     values = torch.tensor([sums[k] / max(count, 1) for k in keys] + [float(bad)], dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if is_distributed():
         values = all_reduce(values)
         values[:-1] /= dist.get_world_size()
     return {**dict(zip(keys, values[:-1].tolist())), "bad_samples": float(values[-1])}
-
-
-def all_reduce(values: torch.Tensor, op=None) -> torch.Tensor:
-    """All-reduce a small CPU tensor on any backend (NCCL needs it on the GPU); returns a CPU tensor."""
-    on = values.cuda() if dist.get_backend() == "nccl" else values.clone()
-    dist.all_reduce(on, op=op or dist.ReduceOp.SUM)
-    return on.cpu()
 
 
 def _progress(spec: LoopSpec, start: int):

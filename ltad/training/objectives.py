@@ -19,6 +19,7 @@ from ltad.config import Phase2Config
 from ltad.models.ltad import LTAD
 from ltad.models.pseudo_anomalies import feature_anomalies, image_anomalies, mask_to_grid
 from ltad.models.semantic import SemanticHead
+from ltad.training.dist import all_reduce
 
 
 def _dtype(module: nn.Module) -> torch.dtype:
@@ -71,6 +72,8 @@ def allocate_synthetic(
 class Phase1Objective(nn.Module):
     """Pseudo-name cross-entropy (cosine logits vs "a photo of a <s_c>.") + conditional VAE ELBO."""
 
+    step: torch.Tensor  # buffer, registered in __init__
+
     def __init__(self, model: LTAD, class_counts) -> None:
         super().__init__()
         self._model = (model,)
@@ -110,6 +113,9 @@ class Phase1Objective(nn.Module):
 class Phase2Objective(nn.Module):
     """Reconstruction MSE + semantic classifier CE on real + VAE-synthesised features."""
 
+    class_counts: torch.Tensor  # buffers, registered in __init__
+    seen: torch.Tensor
+
     def __init__(self, model: LTAD, class_counts, cfg: Phase2Config) -> None:
         super().__init__()
         self._model = (model,)
@@ -135,10 +141,7 @@ class Phase2Objective(nn.Module):
         if self.training:
             # Keep `seen` identical on every rank (ZeRO checkpoints save rank 0's buffers only), so a
             # resumed run allocates exactly as the uninterrupted one would.
-            step = (real + alloc).to(self.seen.device)
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(step)
-            self.seen += step
+            self.seen += all_reduce(real + alloc).to(self.seen.device)
         if n == 0:
             return torch.zeros(0, model.feature_dim, model.grid, model.grid, device=y.device), ids
         cond = model.text_class[ids].to(_dtype(model.vae))

@@ -8,12 +8,10 @@ config, an unreachable bucket) fails here, before any worker starts.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,60 +19,14 @@ from ltad.config import LTADConfig
 from ltad.data import storage
 from ltad.data.manifest import read_manifest
 from ltad.errors import ConfigError
+from ltad.log import get_logger
 from ltad.training import preflight
-from ltad.training.engine import load_zero_config
-from ltad.training.feature_cache import cache_uri, encode_shards, find_cache, write_cache_manifest
+from ltad.training.feature_cache import find_cache
+from ltad.training.inputs import stage_input
 from ltad.training.ray_run import fit
 
 Log = Callable[[str], None]
-
-
-def _log(msg: str) -> None:
-    print(f"[ltad {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def git_commit() -> str:
-    """LTAD_GIT_COMMIT (set by whoever submits from a checkout), else `git rev-parse`, else 'unknown'."""
-    if os.environ.get("LTAD_GIT_COMMIT"):
-        return os.environ["LTAD_GIT_COMMIT"]
-    root = Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def encode_stage(config: dict[str, Any]) -> None:
-    """Train function: each worker encodes its share of the shards; rank 0 writes the cache manifest."""
-    import ray.train
-
-    from ltad.eval.evaluate import gather_to_rank0
-    from ltad.models.encoder import Encoder
-    from ltad.training.phases import worker
-
-    w = worker(config)
-    encoder = Encoder(w.cfg.model.encoder).to(w.device)
-    out = cache_uri(w.data_uri, w.cfg.model.encoder, w.manifest)
-    written = encode_shards(
-        encoder,
-        w.data_uri,
-        w.manifest,
-        out,
-        rank=w.rank,
-        world_size=w.world_size,
-        batch_size=w.cfg.eval.batch_size,
-    )
-    gathered = gather_to_rank0(written, w.rank, w.world_size)
-    if w.rank == 0:
-        everything = [entry for part in gathered for entry in part]
-        write_cache_manifest(out, w.manifest, everything, w.cfg.model.encoder, encoder.weights_provenance())
-    ray.train.report({"encoded_shards": len(written)})
+_log = get_logger("pipeline").info
 
 
 def publish(checkpoint, output: str) -> list[str]:
@@ -131,8 +83,7 @@ def run_pipeline(
     `checkpoints` supplies the results of stages that are not run ({'phase2': Checkpoint} to only
     evaluate).
     """
-    from ltad.eval.evaluate import evaluate
-    from ltad.training.phases import phase1, phase2
+    from ltad.training.stages import encode_stage, evaluate, phase1, phase2
 
     cfg = preflight.check_run(cfg, log)  # before any stage: locations every node can reach
     data_uri = cfg.data.uri
@@ -141,17 +92,16 @@ def run_pipeline(
             "data.uri is empty: pass --data s3://bucket/prefix (a prefix holding manifest.json)"
         )
     manifest = read_manifest(data_uri)
-    ds_base = load_zero_config(cfg.scaling.zero_stage)
-    base = {"config": cfg.to_dict(), "data_uri": data_uri, "deepspeed": ds_base, "git_commit": git_commit()}
+    base = stage_input(cfg)
     log(
         f"{manifest.dataset}: {len(manifest.classes)} classes, {manifest.samples('train')} train / "
         f"{manifest.samples('test')} test images; {cfg.scaling.num_workers} workers, ZeRO-{cfg.scaling.zero_stage}"
     )
     if cfg.data.use_feature_cache and find_cache(data_uri, cfg.model.encoder, manifest) is None:
         log("feature cache: encoding train and test shards once")
-        fit(encode_stage, base, cfg, name=f"{cfg.run.name}-encode")
+        fit(encode_stage, base, name=f"{cfg.run.name}-encode")
     done: dict[str, Any] = dict(checkpoints or {})
-    training: dict[str, Any] = {}  # what evaluation records about training (skipped corrupt samples)
+    training: dict[str, float | None] = {}  # what evaluation records about training (skipped corrupt samples)
     for stage, fn, needs in (
         ("phase1", phase1, None),
         ("phase2", phase2, "phase1"),
@@ -159,12 +109,12 @@ def run_pipeline(
     ):
         if stage not in stages:
             continue
-        extra = {f"{needs}_checkpoint": done[needs]} if needs else {}
+        inp = replace(base, **({f"{needs}_checkpoint": done[needs]} if needs else {}))
+        if stage == "evaluate":
+            inp = replace(inp, training=training)
         log(f"{stage}: starting")
         tic = time.monotonic()
-        if stage == "evaluate":
-            extra["training"] = training
-        result = fit(fn, {**base, **extra}, cfg, name=f"{cfg.run.name}-{stage}")
+        result = fit(fn, inp, name=f"{cfg.run.name}-{stage}")
         done[stage] = result.checkpoint
         if stage != "evaluate":
             training[f"{stage}_bad_samples"] = (result.metrics or {}).get(f"{stage}/bad_samples")
@@ -180,24 +130,3 @@ def _brief(metrics: dict[str, Any] | None) -> str:
     return ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (metrics or {}).items()
     )
-
-
-def load_config(
-    path: str | None, *, data: str | None = None, output: str | None = None, overrides=()
-) -> LTADConfig:
-    """The run config: YAML file (or defaults), then `--set key=value` overrides, then --data/--output."""
-    cfg = LTADConfig.from_yaml(path) if path else LTADConfig()
-    extra = list(overrides)
-    if data:
-        extra.append(f"data.uri={data}")
-    if output:
-        extra.append(f"run.output={output}")
-    return cfg.with_overrides(extra)
-
-
-def add_run_arguments(parser) -> None:
-    """--config / --data / --output / --set, shared by `ltad train`, `ltad evaluate` and the jobs."""
-    parser.add_argument("--config", help="run config YAML (configs/demo.yaml, configs/mvtec.yaml, ...)")
-    parser.add_argument("--data", help="prepared shard prefix holding manifest.json (overrides data.uri)")
-    parser.add_argument("--output", help="local dir or s3:// prefix for metrics, report, overlays, model")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")

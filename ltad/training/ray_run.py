@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ltad.config import LTADConfig
 from ltad.data.storage import S3_SETTINGS
+from ltad.training.inputs import StageInput
 
 # Variables a worker needs that must not depend on how its node was started (the S3 endpoint and
 # region too: a trial driver that fits a stage passes on what its job gave it; never credentials).
@@ -49,14 +49,13 @@ def resolve_storage(storage_path: str, output: str) -> tuple[str, Any]:
 
 def fit(
     train_fn: Callable[[dict[str, Any]], None],
-    loop_config: dict[str, Any],
-    cfg: LTADConfig,
+    inp: StageInput,
     *,
     name: str,
     num_workers: int | None = None,
     callbacks: Sequence[Any] = (),
 ):
-    """Run `train_fn` on `cfg.scaling` workers; the `ray.train.Result` (raises if training failed).
+    """Run the stage `train_fn` on `inp.config.scaling` workers; the `ray.train.Result` (raises if it failed).
 
     `callbacks` are Ray Train callbacks, e.g. Tune's `TuneReportCallback`, with which a sweep trial
     forwards every report of its run to Tune (for ASHA).
@@ -64,6 +63,7 @@ def fit(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    cfg = inp.config
     sc = cfg.scaling
     resources = {"CPU": sc.cpus_per_worker}
     if sc.use_gpu:
@@ -71,7 +71,8 @@ def fit(
     path, fs = resolve_storage(cfg.run.storage_path, cfg.run.output)
     env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
     env.setdefault("DS_ACCELERATOR", "cuda" if sc.use_gpu else "cpu")
-    run_config = ray.train.RunConfig(
+    # ray.train picks its V2 RunConfig at import time; mypy sees the V1 one, which lacks two of these.
+    run_config = ray.train.RunConfig(  # type: ignore[call-arg]
         name=name,
         storage_path=path,
         storage_filesystem=fs,
@@ -84,7 +85,7 @@ def fit(
     )
     trainer = TorchTrainer(
         train_fn,
-        train_loop_config=loop_config,
+        train_loop_config=inp.loop_config(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers or sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources
         ),

@@ -20,7 +20,7 @@ def exported(tmp_path_factory):
     from ltad.config import LTADConfig
     from ltad.data.synth import synthesize
     from ltad.export import write_export
-    from ltad.training.weights import build_model
+    from ltad.models.state import build_model
 
     tmp = tmp_path_factory.mktemp("predict")
     root = synthesize(tmp / "synth", classes=2, image_size=64, train_per_class=4, test_per_class=4, seed=1)

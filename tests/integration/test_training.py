@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -94,10 +95,10 @@ def test_phase2_zero3_cached_features_fails_once_and_resumes(trained, tiny_data,
 
     from ltad.data import storage
     from ltad.models.encoder import Encoder
-    from ltad.training import phases
+    from ltad.training import stages
     from ltad.training.checkpoint import load_model_state
-    from ltad.training.engine import load_zero_config
     from ltad.training.feature_cache import encode
+    from ltad.training.inputs import StageInput, stage_input
     from ltad.training.pipeline import stage_checkpoint
     from ltad.training.ray_run import fit
 
@@ -106,27 +107,20 @@ def test_phase2_zero3_cached_features_fails_once_and_resumes(trained, tiny_data,
     cfg3 = cfg.with_overrides(
         ["scaling.zero_stage=3", "data.use_feature_cache=true", "run.name=z3", "run.max_failures=1"]
     )
-    loop = {
-        "config": cfg3.to_dict(),
-        "data_uri": tiny_data,
-        "deepspeed": load_zero_config(3),
-        "phase1_checkpoint": stage_checkpoint(cfg, "phase1"),
-    }
+    inp = stage_input(cfg3, phase1_checkpoint=stage_checkpoint(cfg, "phase1"))
 
-    def fails_once(config):
+    def fails_once(loop):
         if ray.train.get_checkpoint() is None:
-            short = {
-                **config,
-                "config": {**config["config"], "phase2": {**config["config"]["phase2"], "steps": 2}},
-            }
-            phases.phase2(short)
+            given = StageInput.of(loop)
+            short = replace(given, config=given.config.with_overrides(["phase2.steps=2"]))
+            stages.phase2(short.loop_config())
             # Ray's controller collects reports on its health-check poll (every 2 s): a worker that
             # dies sooner loses its last checkpoint and the retry would start from scratch.
             time.sleep(6)
             raise RuntimeError("injected failure after step 2")
-        phases.phase2(config)
+        stages.phase2(loop)
 
-    result = fit(fails_once, loop, cfg3, name="z3-phase2")
+    result = fit(fails_once, inp, name="z3-phase2")
     assert result.metrics["step"] == cfg3.phase2.steps and result.metrics["final"]
     listed = storage.list(cfg3.run.storage_path)
     assert any("/z3-phase2/step-0000002-final/" in u for u in listed)  # the first attempt's checkpoint

@@ -81,8 +81,8 @@ def phase2_epoch(uri: str, manifest, limit: int | None, trace: list[int]) -> int
 
     from ltad.config import LTADConfig
     from ltad.data.streams import make_loader, train_stream
+    from ltad.models.state import build_model
     from ltad.training.objectives import Phase2Objective
-    from ltad.training.weights import build_model
 
     cfg = LTADConfig.from_yaml(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
     image_size, batch_size = cfg.model.encoder.image_size, cfg.data.batch_size

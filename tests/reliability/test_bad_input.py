@@ -307,7 +307,7 @@ def export_dir(synth_root, tmp_path_factory) -> Path:
     """A valid exported model (tiny, untrained weights) for the predict cases."""
     from ltad.config import LTADConfig
     from ltad.export import write_export
-    from ltad.training.weights import build_model
+    from ltad.models.state import build_model
     from tests.integration.conftest import TINY_MODEL
 
     cfg = LTADConfig.from_dict({"model": TINY_MODEL})

@@ -8,7 +8,8 @@ import pytest
 
 from ltad.config import LTADConfig, ScalingConfig
 from ltad.errors import ConfigError
-from ltad.sweep.space import Level, Space
+from ltad.sweep.space import Space
+from ltad.sweep.space import SweepLevel as Level
 from ltad.training import cluster, preflight
 
 

@@ -71,14 +71,15 @@ def test_entrypoint_is_an_existing_job_and_its_arguments_parse():
 
 
 def test_entrypoint_config_and_overrides_resolve_to_a_gpu_run_that_fits_the_workers():
-    from ltad.training.pipeline import add_run_arguments, load_config
+    from ltad.commands.common import add_run_arguments
+    from ltad.config import load_run_config
 
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)
     args = parser.parse_args(entrypoint()[2:])
     if not (ROOT / args.config).is_file():
         pytest.skip(f"{args.config} is not written yet (run configs belong to the training part)")
-    cfg = load_config(str(ROOT / args.config), data=args.data, output=args.output, overrides=args.set)
+    cfg = load_run_config(str(ROOT / args.config), data=args.data, output=args.output, overrides=args.set)
     assert cfg.scaling.use_gpu and cfg.data.uri == args.data and cfg.run.output == args.output
     gpus = sum(w["maxReplicas"] * gpu_limit(w["template"]["spec"]) for w in WORKERS)
     assert cfg.scaling.num_workers <= gpus

@@ -62,10 +62,19 @@ def test_naive_space_trains_phase1_per_trial_without_cache(tmp_path):
     [
         ({"prompt_lengths": [0]}, "config key 'model.prompts.length' must be an int in [1, 32], got 0"),
         ({"synthesis_ratios": [1.5]}, "config key 'phase2.synthesis_ratio' must be in [0, 1), got 1.5"),
-        ({"levels": [{"profile": "exp", "ratio": 10}]}, "levels[0]: key 'data' must be a shard prefix"),
-        ({"levels": []}, "key 'levels' must be a non-empty list"),
-        ({"grid": 1}, "unknown key 'grid'"),
-        ({"asha": {"mode": "min"}}, "'asha' must be null or a mapping with metric"),
+        ({"levels": [{"profile": "exp", "ratio": 10}]}, "config key 'levels[].data' must be a shard prefix"),
+        ({"levels": [{"profile": "zipf", "ratio": 10, "data": "d"}]}, "split profile 'zipf' is unknown"),
+        (
+            {"levels": [{"profile": "exp", "ratio": 10, "data": "d", "size": 1}]},
+            "unknown config key 'levels[0].size'",
+        ),
+        ({"levels": []}, "config key 'levels' must be a non-empty list"),
+        ({"grid": 1}, "unknown config key 'grid'"),
+        ({"asha": {"mode": "min"}}, "config key 'asha.metric' must be the reported metric"),
+        (
+            {"asha": {"metric": "phase2/loss", "mode": "lowest"}},
+            "config key 'asha.mode' must be one of 'min', 'max'",
+        ),
         ({"set": ["phase2.nope=1"]}, "unknown config key 'phase2.nope'"),
     ],
 )
@@ -98,8 +107,8 @@ def test_cache_build_uses_every_worker_the_cluster_holds(
 
 
 def test_trial_stage_forwards_phase2_reports_to_tune_but_not_its_evaluation():
-    from ltad.eval.evaluate import EVALUATED
     from ltad.sweep.driver import phase2_reports_class
+    from ltad.training.stages import EVALUATED
 
     callback = object.__new__(phase2_reports_class())  # its __init__ needs a live Tune session
     forwarded: list[dict] = []

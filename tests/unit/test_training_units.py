@@ -109,11 +109,11 @@ def process_group():
 @pytest.mark.parametrize(("stage", "precision"), [(0, "fp32"), (3, "fp32"), (2, "bf16")])
 def test_engine_trains_and_consolidates_full_fp32_weights(process_group, stage, precision):
     """Real DeepSpeed on the CPU (ZeRO-3 partitions parameters; bf16 autocast keeps fp32 weights)."""
+    from ltad.training.dist import init_distributed
     from ltad.training.engine import (
         build_engine,
         consolidated_state_dict,
         deepspeed_config,
-        init_distributed,
         load_zero_config,
         param_groups,
     )
@@ -171,16 +171,16 @@ def test_normalise_maps_threshold_to_half_and_clips():
 
 
 def test_exactly_once_check_names_the_problem():
-    from types import SimpleNamespace
+    from ltad.eval.outputs import ScoredSample, check_exactly_once
 
-    from ltad.eval.evaluate import check_exactly_once
+    def samples(keys: str) -> list[ScoredSample]:
+        return [ScoredSample(k, 0, 0, 0.0, 0) for k in keys]
 
-    manifest = SimpleNamespace(samples=lambda split: 3)
-    check_exactly_once([{"key": k} for k in "abc"], manifest)
+    check_exactly_once(samples("abc"), 3)
     with pytest.raises(DataError, match=r"scored 3 samples \(2 distinct\) but the manifest lists 3"):
-        check_exactly_once([{"key": k} for k in "abb"], manifest)
+        check_exactly_once(samples("abb"), 3)
     with pytest.raises(DataError, match="scored 2 samples"):
-        check_exactly_once([{"key": k} for k in "ab"], manifest)
+        check_exactly_once(samples("ab"), 3)
 
 
 def _metrics():
@@ -252,14 +252,14 @@ def test_fingerprint_changes_with_encoder_and_shards():
 
 
 def test_load_config_overrides_and_flags(tmp_path):
-    from ltad.training.pipeline import load_config
+    from ltad.config import load_run_config
 
     path = tmp_path / "c.yaml"
     path.write_text("phase1:\n  steps: 7\n")
-    cfg = load_config(str(path), data="s3://b/p", output="runs/o", overrides=["phase2.steps=3"])
+    cfg = load_run_config(str(path), data="s3://b/p", output="runs/o", overrides=["phase2.steps=3"])
     assert (cfg.phase1.steps, cfg.phase2.steps, cfg.data.uri, cfg.run.output) == (7, 3, "s3://b/p", "runs/o")
     with pytest.raises(ConfigError, match="unknown config key 'phase2.nope'"):
-        load_config(None, overrides=["phase2.nope=1"])
+        load_run_config(None, overrides=["phase2.nope=1"])
 
 
 def test_shipped_run_configs_are_valid():

@@ -1,0 +1,181 @@
+"""What an evaluation produces from the workers' scores: typed results, metrics, scores.csv, overlays.
+
+Pure: no torch.distributed, no Ray, no model. The evaluation stage (ltad/training/stages.py) scores
+its share of the test set on every worker into a `ShareScores`, gathers them to rank 0 and calls
+these functions; the image panels it draws are decoded by the caller and passed in.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ltad.errors import DataError
+from ltad.eval.aggregate import METRICS, aggregate
+from ltad.eval.metrics import PixelMetricAccumulator, f1_max_threshold
+from ltad.eval.visualize import class_gallery, overlay_panel
+
+SCORES_COLUMNS = ("key", "class", "gt_label", "pred_score", "pred_anomalous", "pred_class")
+
+
+@dataclass(frozen=True)
+class ScoredSample:
+    """One test sample's image-level result."""
+
+    key: str
+    class_id: int
+    gt_label: int
+    pred_score: float
+    pred_class: int
+
+
+@dataclass(frozen=True)
+class OverlayCandidate:
+    """A sample that may be drawn in its class's gallery: its map (fp16) and where its image is."""
+
+    key: str
+    shard: str  # the shard URL it was read from (image or feature shard)
+    label: int
+    anomaly_map: np.ndarray
+
+
+@dataclass
+class ShareScores:
+    """What one worker sends to rank 0: its samples, per-class pixel accumulators, overlay candidates."""
+
+    samples: list[ScoredSample]
+    pixel: list[PixelMetricAccumulator]
+    candidates: dict[tuple[int, int], list[OverlayCandidate]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Merged:
+    """Every worker's scores together (rank 0)."""
+
+    samples: list[ScoredSample]
+    pixel: list[PixelMetricAccumulator]
+    candidates: dict[tuple[int, int], list[OverlayCandidate]]
+
+
+def merge_shares(shares: list[ShareScores]) -> Merged:
+    """Concatenate samples and candidates, add the accumulators (same bins and range on every rank)."""
+    pixel = shares[0].pixel
+    for share in shares[1:]:
+        for a, b in zip(pixel, share.pixel):
+            a.merge(b)
+    candidates: dict[tuple[int, int], list[OverlayCandidate]] = defaultdict(list)
+    for share in shares:
+        for k, v in share.candidates.items():
+            candidates[k].extend(v)
+    return Merged([s for share in shares for s in share.samples], pixel, dict(candidates))
+
+
+def check_exactly_once(samples: list[ScoredSample], expected: int) -> None:
+    """Every test sample of the manifest scored once: a shard read twice or not at all is an error."""
+    keys = [s.key for s in samples]
+    if len(keys) != expected or len(set(keys)) != expected:
+        raise DataError(
+            f"evaluation scored {len(keys)} samples ({len(set(keys))} distinct) but the manifest lists {expected} "
+            "test samples: a shard was read twice or not at all"
+        )
+
+
+def image_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """F1-max threshold of the image scores (the median when only one label is present)."""
+    return f1_max_threshold(scores, labels) if labels.any() and not labels.all() else float(np.median(scores))
+
+
+def evaluation_metrics(
+    merged: Merged, classes: list[str], train_counts: dict[str, int], training: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """metrics.json without provenance: the aggregate, class accuracy, error bounds, counts, threshold."""
+    rows = merged.samples
+    scores = np.array([r.pred_score for r in rows], dtype=np.float64)
+    labels = np.array([r.gt_label for r in rows], dtype=np.int64)
+    ids = np.array([r.class_id for r in rows], dtype=np.int64)
+    pixel = {classes[c]: merged.pixel[c].compute() for c in range(len(classes))}
+    metrics = aggregate(scores, labels, ids, classes, train_counts, pixel)
+    metrics["class_prediction_accuracy"] = float(np.mean([r.pred_class == r.class_id for r in rows]))
+    metrics["pixel_error_bounds"] = {classes[c]: merged.pixel[c].error_bounds() for c in range(len(classes))}
+    metrics["n_evaluated"] = len(rows)
+    # corrupt training samples skipped per phase (None: that phase was not run by this pipeline call)
+    metrics["training"] = dict(training or {})
+    threshold = image_threshold(scores, labels)
+    metrics["threshold"] = {"image_score": threshold, "rule": "F1-max over all test images"}
+    return metrics
+
+
+def summary(metrics: dict[str, Any]) -> dict[str, float]:
+    """The four headline metrics of a metrics.json (what stages report and sweeps forward to Tune)."""
+    return {k: metrics[k] for k in METRICS}
+
+
+def write_scores(path: Path, samples: list[ScoredSample], classes: list[str], threshold: float) -> None:
+    """scores.csv: one row per test sample, sorted by key."""
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(SCORES_COLUMNS)
+        for r in sorted(samples, key=lambda r: r.key):
+            out.writerow(
+                [
+                    r.key,
+                    classes[r.class_id],
+                    r.gt_label,
+                    f"{r.pred_score:.6g}",
+                    int(r.pred_score >= threshold),
+                    classes[r.pred_class],
+                ]
+            )
+
+
+def choose_overlays(
+    candidates: dict[tuple[int, int], list[OverlayCandidate]], num_classes: int, per_class: int
+) -> dict[int, list[OverlayCandidate]]:
+    """Per class: anomalous samples first (about half), then normal ones, each by key."""
+    chosen: dict[int, list[OverlayCandidate]] = {}
+    for cid in range(num_classes):
+        bad = sorted(candidates.get((cid, 1), []), key=lambda c: c.key)
+        good = sorted(candidates.get((cid, 0), []), key=lambda c: c.key)
+        take = bad[: max(per_class - per_class // 2, per_class - len(good))]
+        chosen[cid] = take + good[: per_class - len(take)]
+    return chosen
+
+
+def render_overlays(
+    chosen: dict[int, list[OverlayCandidate]],
+    images: dict[str, dict[str, Any]],
+    classes: list[str],
+    threshold: float,
+    out: Path,
+) -> dict[str, str]:
+    """One gallery PNG per class under `out`; `images` maps keys to decoded `image` / `gt_mask` tensors.
+
+    Returns {class: path relative to out's parent} for the report. One colour scale for all classes.
+    """
+    all_maps = [c.anomaly_map.astype(np.float32) for cs in chosen.values() for c in cs]
+    value_range = (
+        (min(float(m.min()) for m in all_maps), max(float(m.max()) for m in all_maps)) if all_maps else None
+    )
+    written = {}
+    for cid, cs in chosen.items():
+        if not cs:
+            continue
+        panels = [
+            overlay_panel(
+                images[c.key]["image"].permute(1, 2, 0).numpy(),
+                c.anomaly_map.astype(np.float32),
+                images[c.key]["gt_mask"][0].numpy(),
+                threshold,
+                value_range=value_range,
+                title=f"{c.key} (label {c.label})",
+            )
+            for c in cs
+        ]
+        path = class_gallery(panels, out / f"{classes[cid]}.png", title=classes[cid])
+        written[classes[cid]] = str(path.relative_to(out.parent))
+    return written

@@ -1,0 +1,73 @@
+"""What every distributed stage receives: one typed `StageInput`, built by `stage_input` alone.
+
+The job's driver (training/pipeline.py) and the sweep (sweep/driver.py) both build it here, so a stage
+never reads string keys of a hand-made dict. Ray Train passes a train function one dict: `fit` wraps
+the input as `{"stage": StageInput}` and `StageInput.of(loop)` unwraps it on the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ltad.config import LTADConfig
+from ltad.training.engine import load_zero_config
+
+LOOP_KEY = "stage"
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """A stage's inputs: the resolved run config, DeepSpeed JSON, code version and earlier results."""
+
+    config: LTADConfig
+    deepspeed: dict[str, Any]
+    """The ZeRO stage's run-independent JSON (configs/deepspeed/zero{stage}.json), read on the driver."""
+    git_commit: str
+    phase1_checkpoint: Any = None
+    """`ray.train.Checkpoint` of a finished phase 1 (phase 2 and phase2-evaluate need it)."""
+    phase2_checkpoint: Any = None
+    """`ray.train.Checkpoint` of a finished phase 2 (evaluation needs it)."""
+    training: dict[str, float | None] = field(default_factory=dict)
+    """What evaluation records about training: corrupt samples skipped per phase."""
+
+    @property
+    def data_uri(self) -> str:
+        return self.config.data.uri
+
+    def loop_config(self) -> dict[str, Any]:
+        return {LOOP_KEY: self}
+
+    @staticmethod
+    def of(loop: dict[str, Any]) -> StageInput:
+        return loop[LOOP_KEY]
+
+
+def stage_input(cfg: LTADConfig, *, commit: str | None = None, **results: Any) -> StageInput:
+    """The input of any stage of the run `cfg`; `results` are phase1_checkpoint / phase2_checkpoint / training."""
+    return StageInput(
+        config=cfg,
+        deepspeed=load_zero_config(cfg.scaling.zero_stage),
+        git_commit=git_commit() if commit is None else commit,
+        **results,
+    )
+
+
+def git_commit() -> str:
+    """LTAD_GIT_COMMIT (set by whoever submits from a checkout), else `git rev-parse`, else 'unknown'."""
+    if os.environ.get("LTAD_GIT_COMMIT"):
+        return os.environ["LTAD_GIT_COMMIT"]
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

@@ -1,0 +1,334 @@
+"""Every distributed stage of ltad as a `TorchTrainer` train function, and the `Worker` they share.
+
+- `encode_stage`: each worker encodes its share of the image shards into the feature cache.
+- `phase1`: pseudo class names + conditional VAE.
+- `phase2`: reconstruction module + semantic projection on real + VAE-synthesised features, the names
+  and VAE frozen from phase 1's final checkpoint; its final checkpoint holds the whole trained model
+  (without the encoder) including the S_rec / S_sem standardisation fitted after the last step.
+- `evaluate`: the exactly-once test stream, scores gathered to rank 0, which writes metrics.json,
+  scores.csv, overlays, the report and the exported model into the run's checkpoint (the driver
+  copies it to the output, so workers never need to reach the output location).
+- `phase2_and_evaluate`: what a sweep trial runs: phase 2, then the evaluation of its final state from
+  memory, in one worker group (one Ray Train start-up, no checkpoint download). A restarted stage
+  resumes phase 2 from its latest checkpoint, finalises again and evaluates.
+
+Each train function takes Ray Train's loop dict, which holds one typed `StageInput`
+(ltad/training/inputs.py). Collectives live in ltad/training/dist.py, the step loop in loop.py.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ltad.config import LTADConfig
+from ltad.data.manifest import Manifest, read_manifest
+from ltad.eval.aggregate import to_json
+from ltad.eval.outputs import (
+    check_exactly_once,
+    choose_overlays,
+    evaluation_metrics,
+    merge_shares,
+    render_overlays,
+    summary,
+    write_scores,
+)
+from ltad.eval.report import write_report
+from ltad.export import write_export
+from ltad.log import get_logger, set_rank
+from ltad.models.ltad import LTAD
+from ltad.models.state import build_model, load_trained, trained_state
+from ltad.training.checkpoint import load_model_state
+from ltad.training.data import feature_source, training_batches
+from ltad.training.dist import broadcast_from_rank0, gather_to_rank0, init_distributed
+from ltad.training.engine import build_engine, deepspeed_config, param_groups
+from ltad.training.inputs import StageInput
+from ltad.training.loop import LoopSpec, run_steps
+from ltad.training.objectives import Phase1Objective, Phase2Objective, features
+from ltad.training.scoring import overlay_images, score_share
+
+PHASE1_KEYS = ("names.", "vae.", "feature_norm.")
+PHASE2_KEYS = ("reconstruction.", "semantic.")
+EVALUATED = "evaluated"
+"""Key of every evaluation report (test samples scored): how a listener tells it from training reports."""
+
+log = get_logger("stage")
+
+
+@dataclass
+class Worker:
+    """What every train function needs: its input, config, data, this worker's place and device."""
+
+    inp: StageInput
+    manifest: Manifest
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def cfg(self) -> LTADConfig:
+        return self.inp.config
+
+    @property
+    def data_uri(self) -> str:
+        return self.inp.data_uri
+
+    def log(self, msg: str) -> None:
+        """Progress on rank 0 (the job log)."""
+        log.info(msg)
+
+    @property
+    def class_counts(self) -> list[int]:
+        return [self.manifest.counts["train"].get(c, 0) for c in self.manifest.classes]
+
+
+def worker(loop: dict[str, Any]) -> Worker:
+    """Unwrap the stage input, join DeepSpeed to Ray's process group, pick the device."""
+    import ray.train
+
+    inp = StageInput.of(loop)
+    init_distributed(inp.config.scaling.use_gpu)
+    ctx = ray.train.get_context()
+    set_rank(ctx.get_world_rank())
+    device = torch.device("cpu")
+    if inp.config.scaling.use_gpu:
+        device = torch.device("cuda", ctx.get_local_rank())
+        torch.cuda.set_device(device)
+    return Worker(inp, read_manifest(inp.data_uri), ctx.get_world_rank(), ctx.get_world_size(), device)
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def encode_stage(loop: dict[str, Any]) -> None:
+    """Each worker encodes its share of the shards; rank 0 writes the cache manifest."""
+    import ray.train
+
+    from ltad.models.encoder import Encoder
+    from ltad.training.feature_cache import cache_uri, encode_shards, write_cache_manifest
+
+    w = worker(loop)
+    encoder = Encoder(w.cfg.model.encoder).to(w.device)
+    out = cache_uri(w.data_uri, w.cfg.model.encoder, w.manifest)
+    written = encode_shards(
+        encoder,
+        w.data_uri,
+        w.manifest,
+        out,
+        rank=w.rank,
+        world_size=w.world_size,
+        batch_size=w.cfg.eval.batch_size,
+    )
+    gathered = gather_to_rank0(written, w.rank, w.world_size)
+    if w.rank == 0:
+        assert gathered is not None
+        everything = [entry for part in gathered for entry in part]
+        write_cache_manifest(out, w.manifest, everything, w.cfg.model.encoder, encoder.weights_provenance())
+    ray.train.report({"encoded_shards": len(written)})
+
+
+# --------------------------------------------------------------------------- phases 1 and 2
+
+
+def phase1(loop: dict[str, Any]) -> None:
+    """Train function of phase 1 (pseudo class names + conditional VAE)."""
+    w = worker(loop)
+    p = w.cfg.phase1
+    model = build_model(w.cfg, len(w.manifest.classes)).to(w.device)
+    cache = feature_source(w.cfg, w.data_uri, w.manifest)
+    # every rank reads the same samples, so the statistics agree without communication
+    model.fit_feature_norm(x for x, _ in _sample_batches(w, model, cache, p.norm_samples, seed=4))
+    objective = Phase1Objective(model, w.class_counts)
+    groups = param_groups(objective, {"names.": p.names_lr})
+    engine = _engine(w, objective, groups, p.lr, p.weight_decay, p.grad_clip)
+    w.log(
+        f"phase1: model and ZeRO-{engine.zero_optimization_stage()} engine ready; features {cache or 'online'}"
+    )
+    batches = _batches(w, cache, seed=w.cfg.run.seed * 1000 + 1)
+    run_steps(
+        engine, batches, _spec(w, "phase1", p.steps), rank=w.rank, finalize=lambda s: _model_keys(model, s)
+    )
+    w.log("phase1: done")
+
+
+def phase2(loop: dict[str, Any]) -> None:
+    """Train function of phase 2 (reconstruction + semantic projection on real + synthetic features)."""
+    train_phase2(worker(loop))
+
+
+def train_phase2(w: Worker) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
+    """Phase 2 on this worker: (the final whole-model state on rank 0, None elsewhere; last metrics)."""
+    p = w.cfg.phase2
+    phase1_state = load_model_state(w.inp.phase1_checkpoint)
+    model = build_model(w.cfg, len(w.manifest.classes))
+    load_trained(model, phase1_state, PHASE1_KEYS)
+    model.to(w.device)
+    objective = Phase2Objective(model, w.class_counts, p)
+    groups = param_groups(objective)
+    engine = _engine(w, objective, groups, p.lr, p.weight_decay, p.grad_clip)
+    cache = feature_source(w.cfg, w.data_uri, w.manifest, allow=p.pseudo_anomaly == "feature")
+    w.log(
+        f"phase2: model and ZeRO-{engine.zero_optimization_stage()} engine ready; features {cache or 'online'}"
+    )
+    batches = _batches(w, cache, seed=w.cfg.run.seed * 1000 + 2)
+    final: dict[str, dict[str, torch.Tensor]] = {}
+
+    def finalize(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        full = build_model(w.cfg, len(w.manifest.classes))
+        load_trained(full, phase1_state, PHASE1_KEYS)
+        load_trained(full, state, PHASE2_KEYS)
+        full.to(w.device).eval()
+        full.cache_text()
+        full.fit_standardisation(_sample_batches(w, full, cache, w.cfg.phase2.stats_samples, seed=3))
+        w.log(f"phase2: standardisation fitted on {w.cfg.phase2.stats_samples} training samples")
+        final["state"] = trained_state(full)
+        return final["state"]
+
+    metrics = run_steps(engine, batches, _spec(w, "phase2", p.steps), rank=w.rank, finalize=finalize)
+    w.log("phase2: done")
+    return final.get("state"), metrics
+
+
+def _engine(w: Worker, objective, groups, lr: float, weight_decay: float, grad_clip: float):
+    ds = deepspeed_config(
+        w.inp.deepspeed,
+        w.cfg.scaling,
+        batch_size=w.cfg.data.batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+    )
+    return build_engine(objective, groups, ds)
+
+
+def _spec(w: Worker, phase: str, steps: int) -> LoopSpec:
+    return LoopSpec(phase, steps, w.cfg.run.log_every, w.cfg.run.checkpoint_every, w.cfg.run.seed)
+
+
+def _batches(w: Worker, cache: str | None, seed: int):
+    def make(start: int):
+        return training_batches(
+            w.cfg,
+            w.data_uri,
+            w.manifest,
+            cache,
+            seed=seed,
+            rank=w.rank,
+            world_size=w.world_size,
+            start_step=start,
+        )
+
+    return make
+
+
+def _model_keys(model: LTAD, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    own = model.state_dict()
+    return {k: v for k, v in state.items() if k in own}
+
+
+def _sample_batches(w: Worker, model: LTAD, cache: str | None, samples: int, seed: int):
+    """(raw patches, class ids) of `samples` training samples, read on this worker alone."""
+    bs = w.cfg.data.batch_size
+    n = math.ceil(samples / bs)
+    stream = training_batches(
+        w.cfg,
+        w.data_uri,
+        w.manifest,
+        cache,
+        seed=w.cfg.run.seed * 1000 + seed,
+        rank=0,
+        world_size=1,
+        start_step=0,
+        epoch_steps=n,
+    )
+    for _, batch in zip(range(n), stream):
+        batch = {k: v.to(w.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        patches, _, y = features(model, batch)
+        yield patches, y
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(loop: dict[str, Any]) -> None:
+    """Train function of the evaluation run (see the module docstring)."""
+    w = worker(loop)
+    evaluate_state(w, load_model_state(w.inp.phase2_checkpoint))
+
+
+def phase2_and_evaluate(loop: dict[str, Any]) -> None:
+    """Train function: phase 2, then the exactly-once evaluation of its final model, in one worker group."""
+    w = worker(loop)
+    state, metrics = train_phase2(w)
+    state = broadcast_from_rank0(state, w.world_size)
+    if state is None:
+        raise RuntimeError("phase 2 ended without a final model state on rank 0")
+    evaluate_state(w, state, extra=metrics)
+
+
+def evaluate_state(w: Worker, state: dict[str, torch.Tensor], extra: dict[str, float] | None = None) -> None:
+    """Score the test set with the model in `state` (every rank); rank 0 reports the evaluation checkpoint
+    with the summary metrics and `extra` (e.g. the last phase-2 metrics of a combined stage)."""
+    import ray.train
+
+    model = build_model(w.cfg, len(w.manifest.classes))
+    load_trained(model, state)
+    model.to(w.device).eval()
+    cache = feature_source(w.cfg, w.data_uri, w.manifest)
+    w.log(f"evaluate: scoring this worker's test shards ({cache or 'images encoded online'})")
+    share = score_share(w, model, cache)
+    w.log(f"evaluate: scored {len(share.samples)} samples on rank 0")
+    gathered = gather_to_rank0(share, w.rank, w.world_size)
+    if gathered is None:
+        ray.train.report({EVALUATED: len(share.samples)})
+        return
+    with tempfile.TemporaryDirectory(prefix="ltad-eval-") as tmp:
+        metrics = write_evaluation(w, model, gathered, Path(tmp), cache=cache)
+        w.log(f"evaluate: {metrics['n_evaluated']} test samples, each exactly once; outputs written")
+        ray.train.report(
+            {**(extra or {}), **summary(metrics), EVALUATED: metrics["n_evaluated"]},
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name="evaluation",
+        )
+
+
+def write_evaluation(w: Worker, model: LTAD, shares: list, out: Path, *, cache: str | None) -> dict[str, Any]:
+    """Rank 0: exactly-once check, metrics.json, scores.csv, overlays, report and export under `out`."""
+    merged = merge_shares(shares)
+    check_exactly_once(merged.samples, w.manifest.samples("test"))
+    classes = list(w.manifest.classes)
+    metrics = evaluation_metrics(merged, classes, w.manifest.counts["train"], w.inp.training)
+    threshold = metrics["threshold"]["image_score"]
+    metrics["provenance"] = provenance(w, model, cache)
+    (out / "metrics.json").write_text(to_json(metrics))
+    write_scores(out / "scores.csv", merged.samples, classes, threshold)
+    chosen = choose_overlays(merged.candidates, len(classes), w.cfg.eval.overlays_per_class)
+    images = overlay_images(w, [c for cs in chosen.values() for c in cs])
+    overlays = render_overlays(chosen, images, classes, threshold, out / "overlays")
+    scores = np.array([s.pred_score for s in merged.samples], dtype=np.float64)
+    write_export(out / "model", model, w.cfg, classes, scores, threshold, metrics["provenance"])
+    write_report(out / "report.md", metrics, overlays)
+    return metrics
+
+
+def provenance(w: Worker, model: LTAD, cache: str | None) -> dict[str, Any]:
+    """What a result rests on: code, config, split, data, feature cache, weights, seed, world size."""
+    split = w.manifest.split
+    return {
+        "git_commit": w.inp.git_commit,
+        "config": w.cfg.to_dict(),
+        "split_sha256": split.sha256,
+        "split": {"profile": split.profile, "ratio": split.ratio, "seed": split.seed},
+        "dataset": w.manifest.dataset,
+        "data_uri": w.data_uri,
+        "feature_cache": cache,
+        "weights": model.encoder.weights_provenance(),
+        "seed": w.cfg.run.seed,
+        "world_size": w.world_size,
+    }

@@ -1,0 +1,65 @@
+"""Rank 0's evaluation outputs (ltad/eval/outputs.py): merging worker shares, overlay choice, scores.csv."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from ltad.eval.metrics import PixelMetricAccumulator, pixel_auroc
+from ltad.eval.outputs import (
+    SCORES_COLUMNS,
+    OverlayCandidate,
+    ScoredSample,
+    ShareScores,
+    choose_overlays,
+    evaluation_metrics,
+    merge_shares,
+    write_scores,
+)
+
+
+def _share(rng, keys, class_id=0):
+    maps = rng.random((len(keys), 8, 8)).astype(np.float32)
+    masks = np.zeros_like(maps, dtype=bool)
+    masks[:, 2:5, 2:5] = True
+    maps[masks] += 0.5
+    acc = PixelMetricAccumulator(200, 0.3, value_range=(0.0, 1.5))
+    acc.update(maps, masks)
+    samples = [
+        ScoredSample(k, class_id, i % 2, float(i) + 0.5 * (i % 2), class_id) for i, k in enumerate(keys)
+    ]
+    return ShareScores(samples, [acc]), maps, masks
+
+
+def test_merged_shares_give_the_metrics_of_all_samples_at_once():
+    rng = np.random.default_rng(0)
+    a, maps_a, masks_a = _share(rng, ["a0", "a1", "a2", "a3"])
+    b, maps_b, masks_b = _share(rng, ["b0", "b1", "b2", "b3"])
+    merged = merge_shares([a, b])
+    assert [s.key for s in merged.samples] == ["a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3"]
+    exact = pixel_auroc(np.concatenate([maps_a, maps_b]), np.concatenate([masks_a, masks_b]))
+    metrics = evaluation_metrics(merged, ["only"], {"only": 5})
+    assert metrics["n_evaluated"] == 8 and metrics["class_prediction_accuracy"] == 1.0
+    assert metrics["per_class"]["only"]["pixel_AUROC"] == pytest.approx(exact, abs=1e-2)
+    assert metrics["threshold"]["rule"].startswith("F1-max")
+
+
+def test_overlays_take_anomalous_samples_first_then_normal_ones():
+    def cand(key, label):
+        return OverlayCandidate(key, "s3://b/test/t-000000.tar", label, np.zeros((2, 2), np.float16))
+
+    candidates = {(0, 1): [cand("d2", 1), cand("d1", 1), cand("d3", 1)], (0, 0): [cand("n1", 0)]}
+    chosen = choose_overlays(candidates, num_classes=2, per_class=4)
+    assert [c.key for c in chosen[0]] == ["d1", "d2", "d3", "n1"] and chosen[1] == []
+    chosen = choose_overlays({(0, 1): [cand("d1", 1)], (0, 0): [cand("n2", 0), cand("n1", 0)]}, 1, 2)
+    assert [c.key for c in chosen[0]] == ["d1", "n1"]
+
+
+def test_scores_csv_is_sorted_with_the_decision_at_the_threshold(tmp_path):
+    samples = [ScoredSample("b", 1, 1, 0.9, 1), ScoredSample("a", 0, 0, 0.2, 1)]
+    write_scores(tmp_path / "scores.csv", samples, ["c0", "c1"], threshold=0.5)
+    rows = list(csv.reader((tmp_path / "scores.csv").open()))
+    assert tuple(rows[0]) == SCORES_COLUMNS
+    assert rows[1] == ["a", "c0", "0", "0.2", "0", "c1"] and rows[2] == ["b", "c1", "1", "0.9", "1", "c1"]
