@@ -116,13 +116,13 @@ def test_every_node_type_names_an_ami_instead_of_rays_old_default():
 
 
 def test_head_has_no_gpu_and_the_gpu_workers_fit_the_cluster_run():
-    from ltad.training.pipeline import load_config
+    from ltad.config import load_run_config
 
     types = _cluster()["available_node_types"]
     assert types["head"]["resources"].get("GPU", 0) == 0
     gpu_types = {t: n for t, n in types.items() if n["resources"].get("GPU", 0) >= 1}
     assert gpu_types and "head" not in gpu_types
-    cfg = load_config(str(ROOT / "configs" / "mvtec.yaml"), data=None, output=None, overrides=[])
+    cfg = load_run_config(str(ROOT / "configs" / "mvtec.yaml"), data=None, output=None, overrides=[])
     assert cfg.scaling.use_gpu
     for name, node in gpu_types.items():
         assert cfg.scaling.cpus_per_worker <= node["resources"]["CPU"], name
