@@ -106,13 +106,17 @@ def test_head_is_cpu_only_and_workers_have_gpu_limits():
         assert w["minReplicas"] <= w["replicas"] <= w["maxReplicas"]
 
 
-def test_image_is_the_project_image_built_on_ray_2_60_gpu():
+def test_image_is_the_project_image_that_cluster_yaml_runs():
     images = {c["image"] for pod in pods() for c in pod["containers"]}
     assert len(images) == 1
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    assert images == {cluster["docker"]["image"]}  # one image, built from docker/Dockerfile
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
-    assert re.search(r"^FROM rayproject/ray:2\.60\.0-py311-gpu$", dockerfile, re.M)
+    assert re.search(r"^FROM nvidia/cuda:\S+$", dockerfile, re.M)  # its CUDA: test_cluster_config.py
     workdir = re.search(r"^WORKDIR (\S+)$", dockerfile, re.M).group(1)
     assert yaml.safe_load(RAYJOB["spec"]["runtimeEnvYAML"])["working_dir"] == workdir
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'"ray[default,train,tune]=={CLUSTER["rayVersion"]}"' in pyproject  # the Ray the image installs
 
 
 def test_s3_access_through_an_irsa_service_account_and_no_credentials():
