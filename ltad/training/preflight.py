@@ -111,7 +111,7 @@ def cluster_is_multi_node(scaling: ScalingConfig) -> bool:
 
     alive = [n for n in ray.nodes() if n.get("Alive")]
     here = ray.get_runtime_context().get_node_id()
-    resources = next((n.get("Resources", {}) for n in alive if n.get("NodeID") == here), {})
+    resources: dict[str, float] = next((n.get("Resources", {}) for n in alive if n.get("NodeID") == here), {})
     return is_multi_node(len(alive), resources, scaling)
 
 
