@@ -144,3 +144,24 @@ def test_two_processes_fetching_at_once_download_once(s3_server, tmp_path, cache
     assert {r["sha256"] for r in results} == {sha}
     assert Path(results[0]["path"]).read_bytes() == data
     assert _leftovers(cache) == []
+
+
+def test_feature_cache_fingerprint_follows_the_checkpoint_content(tmp_path, cache):
+    """A replaced checkpoint at the same path gets a new feature cache; bundled keeps its fingerprint."""
+    from types import SimpleNamespace
+
+    from ltad.training.feature_cache import fingerprint
+
+    man = SimpleNamespace(
+        shards={"train": [SimpleNamespace(name="train/a-000000.tar", sha256="1")], "test": []}
+    )
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"one")
+    first = fingerprint(EncoderConfig(pretrained=str(path)), man)
+    path.write_bytes(b"two")
+    os.utime(path, ns=(time.time_ns() + 10**9,) * 2)  # a new mtime even on coarse clocks
+    assert fingerprint(EncoderConfig(pretrained=str(path)), man) != first
+    assert fingerprint(EncoderConfig(), man) == fingerprint(EncoderConfig(), man)
+    path.unlink()
+    with pytest.raises(StorageError, match=f"model.encoder.pretrained '{path}': no file at {path}"):
+        fingerprint(EncoderConfig(pretrained=str(path)), man)
