@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from ltad.config import LTADConfig
 
 # Variables a worker needs that must not depend on how its node was started.
-WORKER_ENV = ("HF_HUB_OFFLINE", "DS_ACCELERATOR", "RAY_AUTH_MODE", "OMP_NUM_THREADS")
+WORKER_ENV = ("HF_HUB_OFFLINE", "DS_ACCELERATOR", "RAY_AUTH_MODE", "OMP_NUM_THREADS", "LTAD_CACHE_DIR")
 
 
 def s3_filesystem():

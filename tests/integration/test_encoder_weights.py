@@ -162,3 +162,32 @@ def test_export_without_its_copy_uses_the_recorded_source_when_unchanged(tmp_pat
     (tmp_path / "model" / "encoder.pt").unlink()
     loaded, _ = load_export(tmp_path / "model")
     assert loaded.encoder.weights.file == str(local)
+
+
+@pytest.mark.slow
+def test_ray_workers_encode_with_weights_from_s3(ray_local, tiny_data, s3_server, tmp_path, cache):
+    """The encode stage on 2 Ray Train workers (in Ray's own working dirs) builds the encoder from an
+    s3:// checkpoint: the feature cache is keyed by its sha256 and records it."""
+    from ltad.data import storage
+    from ltad.data.manifest import manifest_uri, read_manifest
+    from ltad.training.feature_cache import cache_uri, find_cache
+    from ltad.training.pipeline import run_pipeline
+    from tests.integration.conftest import tiny_config
+
+    local = _checkpoint(tmp_path / "clip.pt")
+    uri = f"s3://{s3_server.bucket}/weights-test/ray/clip.pt"
+    storage.upload_file(local, uri)
+    encoder = {**TINY_MODEL["encoder"], "pretrained": uri}
+    cfg = tiny_config(
+        tmp_path, tiny_data, model={"encoder": encoder}, data={"use_feature_cache": True}, run={"name": "w"}
+    )
+    assert run_pipeline(cfg, stages=()) == {}
+    manifest = read_manifest(tiny_data)
+    found = find_cache(tiny_data, cfg.model.encoder, manifest)
+    assert found is not None
+    assert found != cache_uri(tiny_data, EncoderConfig(**TINY_MODEL["encoder"]), manifest)
+    weights = read_manifest(found).extra["weights"]
+    sha = hashlib.sha256(local.read_bytes()).hexdigest()
+    assert weights["source"] == uri and weights["sha256"] == sha
+    assert [p.name for p in (cache / "blobs").iterdir()] == [f"{sha}.pt"]  # one node, one copy
+    assert storage.exists(manifest_uri(found))
