@@ -7,8 +7,9 @@ normalisation and provenance). When the encoder's weights are a checkpoint file 
 the directory also holds a copy, `encoder.<suffix>`, named in `export.json` `encoder_weights` with its
 sha256 and source, so the folder predicts on a machine that has neither the file nor the bucket
 ('bundled' and 'none' need nothing: the wheel and the seed rebuild them; a hub tag needs the hub).
-Older exports without `encoder_weights` keep using the configured path. Normalised score: 0.5 at the threshold, 0 and 1 at the lowest and
-highest test scores (clipped), so a decision is `normalised >= 0.5` whatever the raw scale.
+Older exports without `encoder_weights` keep using the configured path. Normalised score: 0.5 at the
+threshold, 0 and 1 at the lowest and highest test scores (clipped), so a decision is
+`normalised >= 0.5` whatever the raw scale.
 """
 
 from __future__ import annotations
