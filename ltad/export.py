@@ -3,13 +3,21 @@
 A model directory holds `weights.pt` (consolidated fp32 state of everything trained, loaded with
 `weights_only=True`; the frozen encoder is rebuilt from the config), `config.yaml` (the resolved run
 config) and `export.json` (class names, image size, the F1-adaptive image threshold, the score
-normalisation and provenance). Normalised score: 0.5 at the threshold, 0 and 1 at the lowest and
-highest test scores (clipped), so a decision is `normalised >= 0.5` whatever the raw scale.
+normalisation and provenance). When the encoder's weights are a checkpoint file or an s3:// object,
+the directory also holds a copy, `encoder.<suffix>`, named in `export.json` `encoder_weights` with its
+sha256 and source, so the folder predicts on a machine that has neither the file nor the bucket
+('bundled' and 'none' need nothing: the wheel and the seed rebuild them; a hub tag needs the hub).
+Older exports without `encoder_weights` keep using the configured path. Normalised score: 0.5 at the
+threshold, 0 and 1 at the lowest and highest test scores (clipped), so a decision is
+`normalised >= 0.5` whatever the raw scale.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,11 +26,14 @@ import torch
 import yaml
 
 from ltad.config import LTADConfig
-from ltad.errors import DataError
+from ltad.data import blobs
+from ltad.errors import DataError, UserError
 from ltad.models.ltad import LTAD
 from ltad.models.state import build_model, load_trained, trained_state
 
 WEIGHTS, CONFIG, META = "weights.pt", "config.yaml", "export.json"
+ENCODER = "encoder"
+"""Stem of the copy of the encoder's checkpoint file (the suffix is the source's)."""
 FORMAT = "ltad-model/1"
 Scores = TypeVar("Scores", np.ndarray, np.floating, torch.Tensor)
 
@@ -60,8 +71,39 @@ def write_export(
         "threshold_rule": "F1-max of the image score over the evaluation set",
         "provenance": {k: v for k, v in provenance.items() if k != "config"},
     }
+    encoder = model.encoder.weights
+    if encoder.file is not None:
+        meta["encoder_weights"] = _copy_encoder(out, encoder.file, encoder.sha256, encoder.source)
     (out / META).write_text(json.dumps(meta, indent=2))
     return out
+
+
+def _copy_encoder(out: Path, file: str, sha256: str | None, source: str) -> dict[str, str]:
+    """Copy the encoder checkpoint into the export (temp name + rename); its export.json record."""
+    name = ENCODER + (Path(file).suffix or ".pt")
+    tmp = out / f".{name}.part"
+    shutil.copyfile(file, tmp)
+    os.replace(tmp, out / name)
+    return {"file": name, "sha256": sha256 or blobs.file_sha256(out / name), "source": source}
+
+
+def _encoder_file(directory: Path, record: dict[str, str]) -> str:
+    """The export's encoder checkpoint, checked against its sha256; without the copy, its source
+    (a path or s3:// URI) when that still has the same content."""
+    local = directory / record["file"]
+    where = local if local.is_file() else record["source"]
+    try:
+        found = blobs.resolve(str(where))
+    except UserError as exc:
+        raise DataError(
+            f"'{directory}' lacks its encoder weights {record['file']} and their source is unusable: {exc}"
+        ) from None
+    if found.sha256 != record["sha256"]:
+        raise DataError(
+            f"encoder weights {where} of '{directory}' are corrupt or changed: sha256 "
+            f"{found.sha256[:16]}..., export.json says {record['sha256'][:16]}..."
+        )
+    return str(found.path)
 
 
 def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tuple[LTAD, dict[str, Any]]:
@@ -74,6 +116,11 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tu
     if meta.get("format") != FORMAT:
         raise DataError(f"'{directory / META}' has format {meta.get('format')!r}, expected {FORMAT!r}")
     cfg = LTADConfig.from_dict(yaml.safe_load((directory / CONFIG).read_text()))
+    if meta.get("encoder_weights"):
+        encoder = dataclasses.replace(
+            cfg.model.encoder, pretrained=_encoder_file(directory, meta["encoder_weights"])
+        )
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder))
     model = build_model(cfg, len(meta["classes"]))
     load_trained(model, torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
     return model.to(device).eval(), meta

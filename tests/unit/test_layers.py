@@ -30,6 +30,11 @@ ALLOWED: dict[str, set[str]] = {
     "ltad.sweep": BASE | {"ltad.data", "ltad.models", "ltad.eval", "ltad.export", "ltad.training"},
     "ltad.study": BASE | {"ltad.data", "ltad.models", "ltad.eval", "ltad.baselines", "ltad.training"},
 }
+EXCEPTIONS = {
+    # the encoder's weights fetcher: every place that builds an Encoder (driver, workers, predict) reads
+    # the same bytes from a file or s3:// object through one per-node, content-addressed cache
+    ("ltad.models.encoder", "ltad.data.blobs"),
+}
 TOP = {"ltad.commands", "ltad.cli", "ltad"}  # the command surface may import any layer
 FORBIDDEN_THIRD_PARTY = {
     # layer -> packages it must not import: models are plain torch, eval is pure
@@ -82,6 +87,8 @@ def test_layers_import_only_the_layers_below_them():
             if not name.startswith("ltad.") and name != "ltad":
                 continue
             target = _layer(name)
+            if (module, name) in EXCEPTIONS or (module, name.rsplit(".", 1)[0]) in EXCEPTIONS:
+                continue
             if target != layer and target not in ALLOWED[layer] and target in ALLOWED | dict.fromkeys(TOP):
                 violations.append(f"{module} imports {name}")
     assert not violations, "layer rule broken:\n" + "\n".join(sorted(violations))
@@ -92,7 +99,7 @@ def test_no_import_cycle_between_layers():
         (_layer(m), _layer(n))
         for m, ns in _graph().items()
         for n in ns
-        if n.startswith("ltad.") and _layer(n) != _layer(m)
+        if n.startswith("ltad.") and _layer(n) != _layer(m) and (m, n) not in EXCEPTIONS
     }
     cycles = sorted(f"{a} <-> {b}" for a, b in edges if (b, a) in edges and a < b)
     assert not cycles, f"import cycles between layers: {cycles}"
