@@ -95,7 +95,7 @@ def test_export_carries_the_encoder_weights(where, s3_server, tmp_path, cache, m
     from ltad.data import storage
     from ltad.data.synth import synthesize
     from ltad.export import load_export, write_export
-    from ltad.training.weights import build_model
+    from ltad.models.state import build_model
 
     root = synthesize(
         tmp_path / "synth", classes=2, image_size=64, train_per_class=4, test_per_class=2, seed=3
@@ -152,7 +152,7 @@ def test_export_without_its_copy_uses_the_recorded_source_when_unchanged(tmp_pat
     """A folder whose encoder copy was dropped (to save space) resolves its recorded source, hash-checked."""
     from ltad.config import LTADConfig
     from ltad.export import load_export, write_export
-    from ltad.training.weights import build_model
+    from ltad.models.state import build_model
 
     local = _checkpoint(tmp_path / "clip.pt")
     model_cfg = {**TINY_MODEL, "encoder": {**TINY_MODEL["encoder"], "pretrained": str(local)}}
