@@ -144,6 +144,7 @@ def evaluate_state(
             cache=cache,
             git_commit=config.get("git_commit", "unknown"),
             training=config.get("training", {}),
+            identity=config.get("identity", {}),
         )
         w.log(f"evaluate: {metrics['n_evaluated']} test samples, each exactly once; outputs written")
         summary = {k: metrics[k] for k in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1max")}
@@ -163,6 +164,7 @@ def finish(
     cache: str | None,
     git_commit: str,
     training: dict | None = None,
+    identity: dict | None = None,
 ) -> dict:
     """Rank 0: exactly-once check, metrics.json, scores.csv, overlays, report and export under `out`."""
     rows = [r for g in gathered for r in g["rows"]]
@@ -201,6 +203,8 @@ def finish(
         "weights": model.encoder.weights_provenance(),
         "seed": w.cfg.run.seed,
         "world_size": w.world_size,
+        # per stage: the fingerprint of its inputs and the commits that ran it (ltad/training/identity.py)
+        "identity": dict(identity or {}),
     }
     (out / "metrics.json").write_text(to_json(metrics))
     _write_scores(out / "scores.csv", rows, classes, threshold)

@@ -19,7 +19,18 @@ from ltad.data import storage
 from ltad.errors import ConfigError
 from ltad.eval.summary import PARAM_KEYS, level_label
 
-KEYS = ("name", "config", "set", "levels", "prompt_lengths", "synthesis_ratios", "root", "reuse", "asha")
+KEYS = (
+    "name",
+    "config",
+    "set",
+    "levels",
+    "prompt_lengths",
+    "synthesis_ratios",
+    "root",
+    "reuse",
+    "asha",
+    "max_concurrent",
+)
 ASHA_KEYS = ("metric", "mode", "grace_period", "reduction_factor", "max_t")
 
 
@@ -74,6 +85,9 @@ class Space:
     """Phase 1 once per (level, prompt length) and the feature cache; False = the naive sweep (benchmark)."""
     asha: dict[str, Any] | None = field(default=None)
     """ASHA settings (metric, mode, grace_period, reduction_factor, max_t); None = run every trial fully."""
+    max_concurrent: int | None = None
+    """At most this many trials at once; None = as many as the cluster places (it may grow). Applies
+    when an experiment starts: a restored one keeps its limit."""
 
     def trials(self) -> list[Trial]:
         return [
@@ -132,8 +146,11 @@ def _level(item: Any, i: int, where: str) -> Level:
     return Level(str(item.get("name") or level_label(profile, ratio)), profile, ratio, data)
 
 
-def load_space(path: str | Path, *, overrides=(), root: str | None = None) -> Space:
-    """Read a space file; `overrides` are `--set` keys of the base run config, `root` replaces `root`."""
+def load_space(
+    path: str | Path, *, overrides=(), root: str | None = None, max_concurrent: int | None = None
+) -> Space:
+    """Read a space file; `overrides` are `--set` keys of the base run config, `root` replaces `root`,
+    `max_concurrent` replaces `max_concurrent`."""
     where = str(path)
     try:
         data = yaml.safe_load(Path(path).read_text())
@@ -168,6 +185,9 @@ def load_space(path: str | Path, *, overrides=(), root: str | None = None) -> Sp
             f"{where}: 'asha' must be null or a mapping with metric and {', '.join(ASHA_KEYS[1:])}"
         )
     root = root or _need(data, "root", where, "the sweep root (s3://bucket/prefix or a directory)", bool)
+    limit = max_concurrent if max_concurrent is not None else data.get("max_concurrent")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ConfigError(f"{where}: 'max_concurrent' must be null or an int >= 1, got {limit!r}")
     return Space(
         name=str(data.get("name") or Path(path).stem),
         base=base,
@@ -177,6 +197,7 @@ def load_space(path: str | Path, *, overrides=(), root: str | None = None) -> Sp
         root=root if storage.is_s3(root) else str(Path(root).resolve()),
         reuse=bool(data.get("reuse", True)),
         asha=asha,
+        max_concurrent=limit,
     )
 
 

@@ -23,6 +23,7 @@ from ltad.data.manifest import read_manifest
 from ltad.errors import ConfigError
 from ltad.training.engine import load_zero_config
 from ltad.training.feature_cache import cache_uri, encode_shards, find_cache, write_cache_manifest
+from ltad.training.identity import RunIdentities, run_root
 from ltad.training.ray_run import fit
 
 Log = Callable[[str], None]
@@ -99,9 +100,7 @@ def stage_checkpoint(cfg: LTADConfig, stage: str, uri: str | None = None):
     from ltad.training.ray_run import resolve_storage
 
     if uri is None:
-        root = storage.join(
-            cfg.run.storage_path or storage.join(cfg.run.output, "ray"), f"{cfg.run.name}-{stage}"
-        )
+        root = run_root(cfg, stage)
         finals = sorted(
             {u.rsplit("/", 1)[0] for u in storage.list(root) if u.endswith(f"-final/{MODEL_FILE}")}
         )
@@ -128,7 +127,9 @@ def run_pipeline(
     """Run the stages on the cluster Ray is connected to; returns the evaluation metrics.
 
     `checkpoints` supplies the results of stages that are not run ({'phase2': Checkpoint} to only
-    evaluate).
+    evaluate); a needed stage that is neither run nor supplied is the run's own finished one. Every
+    stage resumed or found by run name must have been made from the same inputs (`identity.py`):
+    checked before any stage runs.
     """
     from ltad.eval.evaluate import evaluate
     from ltad.training.phases import phase1, phase2
@@ -140,7 +141,9 @@ def run_pipeline(
         )
     manifest = read_manifest(data_uri)
     ds_base = load_zero_config(cfg.scaling.zero_stage)
-    base = {"config": cfg.to_dict(), "data_uri": data_uri, "deepspeed": ds_base, "git_commit": git_commit()}
+    commit = git_commit()
+    identities = RunIdentities(cfg, manifest, commit, stages=stages, supplied=checkpoints, log=log)
+    base = {"config": cfg.to_dict(), "data_uri": data_uri, "deepspeed": ds_base, "git_commit": commit}
     log(
         f"{manifest.dataset}: {len(manifest.classes)} classes, {manifest.samples('train')} train / "
         f"{manifest.samples('test')} test images; {cfg.scaling.num_workers} workers, ZeRO-{cfg.scaling.zero_stage}"
@@ -157,11 +160,15 @@ def run_pipeline(
     ):
         if stage not in stages:
             continue
+        if needs and needs not in done:
+            done[needs] = stage_checkpoint(cfg, needs)  # its identity was checked above
         extra = {f"{needs}_checkpoint": done[needs]} if needs else {}
         log(f"{stage}: starting")
         tic = time.monotonic()
+        identities.claim(stage)
         if stage == "evaluate":
             extra["training"] = training
+            extra["identity"] = identities.provenance()
         result = fit(fn, {**base, **extra}, cfg, name=f"{cfg.run.name}-{stage}")
         done[stage] = result.checkpoint
         if stage != "evaluate":
