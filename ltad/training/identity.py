@@ -178,10 +178,11 @@ def decide(recorded: Mapping[str, Any] | None, has_files: bool, expected: Identi
     if recorded.get("format") != FORMAT or "fingerprint" not in recorded:
         return Decision("unrecorded")
     if recorded["fingerprint"] != expected.fingerprint:
-        old = recorded.get("inputs") or {}
-        keys = sorted(set(old) | set(expected.inputs))
-        differs = tuple(k for k in keys if old.get(k, "<absent>") != expected.inputs.get(k, "<absent>"))
-        return Decision("mismatch", differs or ("fingerprint",))
+        old, new = recorded.get("inputs") or {}, expected.inputs
+        differs = [k for k in sorted(set(old) & set(new)) if old[k] != new[k]]
+        named = [k for k in differs if not k.endswith(".fingerprint")]  # the inputs behind a chained one
+        one_sided = sorted(set(old) ^ set(new))
+        return Decision("mismatch", tuple(named or differs or one_sided or ["fingerprint"]))
     commits = list(recorded.get("commits") or [])
     warning = None
     if commits and commit not in commits:

@@ -238,3 +238,11 @@ def test_identity_is_frozen_and_inputs_are_flat():
         ident.fingerprint = "x"  # type: ignore[misc]
     assert all(not isinstance(v, dict) for v in ident.inputs.values())
     assert "phase1.fingerprint" in ident.inputs and "phase1.steps" in ident.inputs  # chain explained
+
+
+def test_a_mismatch_names_the_inputs_behind_an_upstream_fingerprint():
+    expected = stage_identities(_cfg(), _manifest())["evaluate"]
+    recorded = _recorded(_cfg("phase2.steps=9"), stage="evaluate")
+    assert decide(recorded, True, expected, "c1").differs == ("phase2.steps",)
+    given = stage_identities(_cfg(), _manifest(), upstream={"phase2": "0" * 16})["evaluate"]
+    assert decide(identity.record(given, ["c1"]), True, expected, "c1").differs == ("phase2.fingerprint",)
