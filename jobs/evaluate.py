@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_run_config(args.config, data=args.data, output=args.output, overrides=args.set)
         connect()
-        checkpoint = stage_checkpoint(cfg, "phase2", args.checkpoint)
-        metrics = run_pipeline(cfg, stages=("evaluate",), checkpoints={"phase2": checkpoint})
+        # a checkpoint given by path is taken as given; the run's own one is checked against the config
+        given = {"phase2": stage_checkpoint(cfg, "phase2", args.checkpoint)} if args.checkpoint else None
+        metrics = run_pipeline(cfg, stages=("evaluate",), checkpoints=given)
         print(text_table(metrics), flush=True)
         return 0
     except UserError as exc:

@@ -25,8 +25,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, data=args.data, output=args.output, overrides=args.set)
     connect()
     try:
-        ckpt = stage_checkpoint(cfg, "phase2", args.checkpoint)
-        metrics = run_pipeline(cfg, stages=("evaluate",), checkpoints={"phase2": ckpt})
+        # a checkpoint given by path is taken as given; the run's own one is checked against the config
+        ckpt = {"phase2": stage_checkpoint(cfg, "phase2", args.checkpoint)} if args.checkpoint else None
+        metrics = run_pipeline(cfg, stages=("evaluate",), checkpoints=ckpt)
     finally:
         ray.shutdown()
     print(text_table(metrics))

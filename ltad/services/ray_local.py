@@ -5,6 +5,7 @@ environment it is started from, so the AWS_* variables of `scripts/s3 env` reach
 set explicitly (RAY_AUTH_MODE=disabled on loopback) because a token file left by an earlier
 `ray.init` otherwise breaks clients that disagree on the mode. Stopping terminates only the processes
 of this instance (found by its temp dir), never every Ray process on the machine like `ray stop`.
+Like the head in cluster.yaml it declares the custom resource `ltad_driver` (sweep trial drivers).
 
 CLI: `python -m ltad.services.ray_local start|stop|status|env` (wrapped by `scripts/ray-local`).
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from ltad.errors import UserError
 from ltad.services.ports import free_base
+from ltad.training.cluster import DRIVER_RESOURCE, LOCAL_DRIVER_SLOTS
 
 AUTH_MODE = "disabled"
 OBJECT_STORE_BYTES = 1_000_000_000
@@ -158,6 +160,7 @@ class RayHead:
             f"--runtime-env-agent-port={ports['runtime_env_agent']}", f"--metrics-export-port={ports['metrics']}",
             f"--min-worker-port={base + len(NAMED)}", f"--max-worker-port={base + len(NAMED) + WORKER_PORTS - 1}",
             f"--num-cpus={self.num_cpus or os.cpu_count() or 1}", f"--object-store-memory={OBJECT_STORE_BYTES}",
+            f"--resources={json.dumps({DRIVER_RESOURCE: LOCAL_DRIVER_SLOTS})}",
             f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
         ]  # fmt: skip
         # Jobs run `python` from PATH: make it this venv's, whatever shell started the head.

@@ -1,8 +1,8 @@
-"""The sweep on Ray Tune: function trainables (0.01 CPU drivers) that each fit `TorchTrainer` runs.
+"""The sweep on Ray Tune: function trainables (trial drivers) that each fit `TorchTrainer` runs.
 
 Order of work, each step skipped when its result is already in storage (so a restarted sweep resumes):
-1. the feature cache of every level (one `encode` run per level, from the job driver, on as many
-   workers as the cluster holds: nothing else runs yet);
+1. the feature cache of every level (one `encode` run per level, from the job driver, on
+   `scaling.num_workers` workers);
 2. Tune experiment `phase1`: one trial per (level, prompt length) training phase 1 under the
    deterministic run name `{level}-L{length}-phase1`; a finished checkpoint there is reused;
 3. Tune experiment `trials`: one trial per (level, length, synthesis ratio) that loads that phase-1
@@ -13,6 +13,20 @@ Both experiments live under `<root>/tune/` and are restored with `Tuner.restore`
 finished trials are never re-run. Every stage a trial launches leaves `<root>/launches/<stage>/...`.
 With `reuse: false` (the naive baseline of benchmarks/sweep_reuse.py) steps 1-2 are skipped and every
 trial encodes images online and trains its own phase 1.
+
+Nothing is reused by name alone: every phase-1 run and trial stage records its run identity
+(ltad/training/identity.py) and is resumed, reused or republished only when the current space gives
+the same one; before Tune starts, the driver checks every stage already under the root and refuses a
+mismatch in one sentence (start under another --root, or delete the root).
+
+On a cluster that grows (an autoscaler adding GPU nodes as trials wait), trial drivers hold no CPU:
+they ask for one unit of the custom resource `ltad_driver`, which only the head declares (cluster.yaml,
+`scripts/ray-local`), so they never take a GPU node's CPUs, and Tune starts every trial at once (or
+`max_concurrent`): each trial's TorchTrainer waits for its workers' placement group, which is the
+demand the autoscaler scales on. Without `ltad_driver` on the cluster the drivers take 0.01 CPU
+wherever Ray puts them and concurrency is fixed from the resources at start (a fixed cluster).
+A trial whose driver dies (a preempted node) is retried up to `run.max_failures` times (Tune's
+FailureConfig); it resumes its stage from the stage's checkpoints.
 """
 
 from __future__ import annotations
@@ -28,7 +42,8 @@ from ltad.eval.outputs import summary
 from ltad.eval.summary import write_sweep
 from ltad.log import get_logger
 from ltad.sweep.space import Space, Trial
-from ltad.training import preflight
+from ltad.training import identity, preflight
+from ltad.training.cluster import DRIVER_RESOURCE
 from ltad.training.feature_cache import find_cache
 from ltad.training.inputs import StageInput, git_commit, stage_input
 from ltad.training.pipeline import publish, stage_checkpoint
@@ -36,7 +51,8 @@ from ltad.training.ray_run import fit, resolve_storage
 from ltad.training.stages import EVALUATED, encode_stage, phase1, phase2_and_evaluate
 
 DRIVER_CPU = 0.01
-"""CPU of a trial's driver function; its TorchTrainer workers hold the real resources."""
+"""CPU of a trial's driver where no node declares `ltad_driver`; its TorchTrainer workers hold the
+real resources."""
 TUNE_STATUS = {"PENDING": "pending", "PAUSED": "pending", "RUNNING": "running", "ERROR": "error"}
 TRIAL_STAGE = "phase2-evaluate"
 """The stage of a sweep trial: phase 2 and its evaluation in one worker group."""
@@ -55,6 +71,40 @@ def launches(space: Space, stage: str) -> list[str]:
     """Run names of the `stage` launches recorded so far (one entry per launch)."""
     prefix = storage.join(space.root, "launches", stage)
     return sorted(u.rsplit("/", 1)[1].rsplit("-", 1)[0] for u in storage.list(prefix))
+
+
+def _identities(cfg) -> dict[str, identity.Identity]:
+    return identity.stage_identities(cfg, read_manifest(cfg.data.uri))
+
+
+def _remedy(space: Space) -> str:
+    return f"start the sweep under another root (--root) or delete {space.root} to start it over"
+
+
+def _phase1_root(space: Space, trial: Trial) -> str:
+    return identity.run_root(space.run_config(trial, phase1=True), "phase1")
+
+
+def check_identities(space: Space, commit: str) -> None:
+    """Before Tune starts: every phase-1 run and trial stage already under the root was made from the
+    inputs the space gives now (else one RunIdentityError sentence; nothing has run yet)."""
+    manifests = {lv.name: read_manifest(lv.data) for lv in space.levels}
+    checked: set[str] = set()
+    for trial in space.trials():
+        cfg = space.run_config(trial)
+        ids = identity.stage_identities(cfg, manifests[trial.level.name])
+        for root, stage, ident in (
+            (_phase1_root(space, trial), "phase1", ids["phase1"]),
+            (identity.run_root(cfg, TRIAL_STAGE), TRIAL_STAGE, ids["evaluate"]),
+        ):
+            if root not in checked:
+                identity.check(root, ident, commit, stage=stage, remedy=_remedy(space))
+                checked.add(root)
+
+
+def _claim(space: Space, cfg, stage: str, ident: identity.Identity, commit: str) -> identity.Decision:
+    root = identity.run_root(cfg, stage)
+    return identity.claim(root, ident, commit, stage=stage, remedy=_remedy(space), log=log)
 
 
 def _finished(cfg, stage: str):
@@ -88,17 +138,12 @@ def _fits(cpus: float, gpus: int) -> int:
     return n
 
 
-def cluster_workers(space: Space, shards: int) -> int:
-    """Workers of the trial's size that the whole cluster holds now (at most `shards`, at least 1)."""
-    sc = space.base.scaling
-    return max(1, min(_fits(sc.cpus_per_worker, 1 if sc.use_gpu else 0), shards))
-
-
 def phase1_trial(config: dict[str, Any], space: Space, commit: str) -> None:
     """Tune trial: phase 1 of one (level, prompt length), unless its final checkpoint already exists."""
     from ray import tune
 
     cfg = space.run_config(_trial(space, config), phase1=True)
+    _claim(space, cfg, "phase1", _identities(cfg)["phase1"], commit)  # same inputs, or refused
     reused = _finished(cfg, "phase1") is not None
     if not reused:
         _launch(space, "phase1", cfg.run.name, phase1, stage_input(cfg, commit=commit))
@@ -135,9 +180,14 @@ def phase2_reports_class():
 
 
 def _phase1_checkpoint(space: Space, trial: Trial, cfg, commit: str):
-    """The phase-1 checkpoint a trial starts from: the shared one, or (naive sweep) its own."""
+    """The phase-1 checkpoint a trial starts from: the shared one (made from the same inputs), or
+    (naive sweep) its own."""
+    ident = _identities(cfg)["phase1"]
     if space.reuse:
-        return stage_checkpoint(space.run_config(trial, phase1=True), "phase1")
+        shared = space.run_config(trial, phase1=True)
+        identity.check(_phase1_root(space, trial), ident, commit, stage="phase1", remedy=_remedy(space))
+        return stage_checkpoint(shared, "phase1")
+    _claim(space, cfg, "phase1", ident, commit)
     done = _finished(cfg, "phase1")
     if done is not None:
         return done
@@ -149,16 +199,22 @@ def sweep_trial(config: dict[str, Any], space: Space, commit: str) -> None:
 
     A trial whose evaluation is already in storage (it finished after Tune's last experiment
     snapshot, then was restored as unfinished) only republishes it. An interrupted phase-2 stage
-    resumes from its latest checkpoint (same run name).
+    resumes from its latest checkpoint (same run name). Both only when the stage's recorded run
+    identity is the one this trial's config gives.
     """
     from ray import tune
 
     trial = _trial(space, config)
     cfg = space.run_config(trial)
     last: dict[str, Any] = {}
+    ids = _identities(cfg)
+    _claim(space, cfg, TRIAL_STAGE, ids["evaluate"], commit)  # same inputs, or refused
     evaluation = _evaluation(cfg)
     if evaluation is None:
-        inp = stage_input(cfg, commit=commit, phase1_checkpoint=_phase1_checkpoint(space, trial, cfg, commit))
+        start = _phase1_checkpoint(space, trial, cfg, commit)
+        inp = stage_input(
+            cfg, commit=commit, phase1_checkpoint=start, identity=_provenance(space, trial, cfg, ids)
+        )
         # every phase-2 report (each run.log_every steps) reaches Tune as one result: ASHA's time axis
         callbacks = [phase2_reports_class()()]
         result = _launch(space, TRIAL_STAGE, cfg.run.name, phase2_and_evaluate, inp, callbacks=callbacks)
@@ -169,6 +225,16 @@ def sweep_trial(config: dict[str, Any], space: Space, commit: str) -> None:
     publish(evaluation, space.trial_dir(trial))
     metrics = storage.read_json(storage.join(space.trial_dir(trial), "metrics.json"))
     tune.report({**last, **summary(metrics), "published": space.trial_dir(trial)})
+
+
+def _provenance(space: Space, trial: Trial, cfg, ids: dict[str, identity.Identity]) -> dict[str, Any]:
+    """metrics.json's `identity`: fingerprints, and the commits recorded by the phase-1 run and the
+    trial stage (phase 2 and the evaluation)."""
+    p1 = _phase1_root(space, trial) if space.reuse else identity.run_root(cfg, "phase1")
+    p1_commits = (identity.read(p1) or {}).get("commits") or []
+    trial_commits = (identity.read(identity.run_root(cfg, TRIAL_STAGE)) or {}).get("commits") or []
+    commits = {"phase1": p1_commits, "phase2": trial_commits, "evaluate": trial_commits}
+    return identity.provenance(ids, commits)
 
 
 def write_status(space: Space, statuses: dict[str, str]) -> str:
@@ -215,6 +281,25 @@ def _recorder(space: Space):
     return SweepRecorder()
 
 
+def driver_resources(cluster: dict[str, float]) -> dict[str, float]:
+    """A trial driver's resources on a cluster holding `cluster` (ray.cluster_resources()): one
+    `ltad_driver` unit and no CPU where a node declares that resource, else 0.01 CPU."""
+    if cluster.get(DRIVER_RESOURCE, 0) >= 1:
+        return {"CPU": 0, DRIVER_RESOURCE: 1}
+    return {"CPU": DRIVER_CPU}
+
+
+def max_concurrent(space: Space, drivers: dict[str, float]) -> int | None:
+    """Tune's max_concurrent_trials: the space's `max_concurrent` when set; None (Tune starts every
+    trial and each waits for its workers, which is what an autoscaler scales on) when the drivers sit
+    on `ltad_driver`; else what the cluster holds now (a cluster without `ltad_driver` is taken as fixed)."""
+    if space.max_concurrent:
+        return space.max_concurrent
+    if DRIVER_RESOURCE in drivers:
+        return None
+    return concurrency(space)
+
+
 def concurrency(space: Space) -> int:
     """Trials that fit the cluster at once: its CPUs (and GPUs) over one trial's workers + driver."""
     sc = space.base.scaling
@@ -226,11 +311,21 @@ def concurrency(space: Space) -> int:
     return max(n, 1)
 
 
-def _tuner(space: Space, name: str, fn, trials: list[str], commit: str, *, callbacks=(), scheduler=None):
+def _tuner(
+    space: Space,
+    name: str,
+    fn,
+    trials: list[str],
+    commit: str,
+    drivers: dict[str, float],
+    *,
+    callbacks=(),
+    scheduler=None,
+):
     from ray import tune
 
     path, fs = resolve_storage(storage.join(space.root, "tune"), "")
-    trainable = tune.with_resources(tune.with_parameters(fn, space=space, commit=commit), {"CPU": DRIVER_CPU})
+    trainable = tune.with_resources(tune.with_parameters(fn, space=space, commit=commit), drivers)
     experiment = f"{path.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(experiment, storage_filesystem=fs):
         log(f"{name}: restoring the experiment in {space.root}/tune/{name} (finished trials are kept)")
@@ -240,12 +335,16 @@ def _tuner(space: Space, name: str, fn, trials: list[str], commit: str, *, callb
     return tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=concurrency(space)),
+        tune_config=tune.TuneConfig(
+            scheduler=scheduler, max_concurrent_trials=max_concurrent(space, drivers)
+        ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=path,
             storage_filesystem=fs,
             callbacks=list(callbacks),
+            # a trial whose driver died (e.g. its node was preempted) runs again and resumes its stage
+            failure_config=tune.FailureConfig(max_failures=space.base.run.max_failures),
             verbose=1,
             # experiment snapshots reach storage within ~15 s (Tune's default is 5 min)
             sync_config=tune.SyncConfig(sync_period=15),
@@ -267,38 +366,44 @@ def encode_levels(space: Space, commit: str) -> None:
         cfg = space.run_config(trial, phase1=True)
         manifest = read_manifest(cfg.data.uri)
         if find_cache(cfg.data.uri, cfg.model.encoder, manifest) is None:
-            n = cluster_workers(space, sum(len(v) for v in manifest.shards.values()))
-            log(f"{trial.level.name}: building the feature cache on {n} workers")
-            _launch(
-                space,
-                "encode",
-                trial.level.name,
-                encode_stage,
-                stage_input(cfg, commit=commit),
-                num_workers=n,
-            )
+            log(f"{trial.level.name}: building the feature cache on {cfg.scaling.num_workers} workers")
+            _launch(space, "encode", trial.level.name, encode_stage, stage_input(cfg, commit=commit))
 
 
 def run_sweep(space: Space) -> dict[str, Any]:
     """Run (or resume) the whole sweep on the connected Ray cluster; returns the final sweep.json."""
     # A restored trial whose phase 2 had finished reports evaluation metrics without the ASHA metric.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    import ray
+
     space = preflight.check_sweep(space, log)  # before any stage: locations every node can reach
     commit = git_commit()
     for level in space.levels:
         read_manifest(level.data)  # fail here, in one sentence, on a level that was never prepared
+    check_identities(space, commit)  # and here, before anything runs, on a root made from other inputs
     names = [t.name for t in space.trials()]
     log(f"{space.name}: {len(names)} trials over {len(space.levels)} levels -> {space.root}")
+    drivers = driver_resources(ray.cluster_resources())
+    limit = max_concurrent(space, drivers)
+    fixed = "" if DRIVER_RESOURCE in drivers else f" (no node declares '{DRIVER_RESOURCE}': a fixed cluster)"
+    log(f"trial drivers take {drivers}; at most {limit or 'all'} trials at once{fixed}")
     if space.reuse:
         encode_levels(space, commit)
         runs = [t.phase1_name for t in space.phase1_runs()]
-        results = _tuner(space, "phase1", phase1_trial, runs, commit).fit()
+        results = _tuner(space, "phase1", phase1_trial, runs, commit, drivers).fit()
         failed = [r.config["trial"] for r in results if r.error]
         if failed:
             raise RuntimeError(f"phase 1 failed for {failed}: see the trial errors above")
     write_status(space, {})
     results = _tuner(
-        space, "trials", sweep_trial, names, commit, callbacks=[_recorder(space)], scheduler=_asha(space)
+        space,
+        "trials",
+        sweep_trial,
+        names,
+        commit,
+        drivers,
+        callbacks=[_recorder(space)],
+        scheduler=_asha(space),
     ).fit()
     statuses = {r.config["trial"]: "ERROR" if r.error else "TERMINATED" for r in results}
     write_status(space, statuses)

@@ -8,7 +8,7 @@ of a (level, prompt length) pair is the run `{level}-L{length}`, a trial is `{le
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,9 +70,13 @@ class SpaceFile:
     """Phase 1 once per (level, prompt length) and the feature cache; False = the naive sweep (benchmark)."""
     asha: AshaSpec | None = None
     """ASHA early stopping; null runs every trial fully."""
+    max_concurrent: int | None = None
+    """At most this many trials at once (default: as the cluster allows; see ltad/sweep/driver.py)."""
 
     def __post_init__(self) -> None:
         check(bool(self.levels), "levels", "a non-empty list", list(self.levels))
+        ok = self.max_concurrent is None or self.max_concurrent >= 1
+        check(ok, "max_concurrent", "null or an int >= 1", self.max_concurrent)
         check(
             bool(self.prompt_lengths), "prompt_lengths", "a non-empty list of ints", list(self.prompt_lengths)
         )
@@ -131,6 +135,9 @@ class Space:
     """Phase 1 once per (level, prompt length) and the feature cache; False = the naive sweep (benchmark)."""
     asha: dict[str, Any] | None = field(default=None)
     """ASHA settings (metric, mode, grace_period, reduction_factor, max_t); None = run every trial fully."""
+    max_concurrent: int | None = None
+    """At most this many trials at once; None = as many as the cluster places (it may grow). Applies
+    when an experiment starts: a restored one keeps its limit."""
 
     def trials(self) -> list[Trial]:
         return [
@@ -166,10 +173,15 @@ class Space:
         )
 
 
-def load_space(path: str | Path, *, overrides=(), root: str | None = None) -> Space:
-    """Read a space file; `overrides` are `--set` keys of the base run config, `root` replaces `root`."""
+def load_space(
+    path: str | Path, *, overrides=(), root: str | None = None, max_concurrent: int | None = None
+) -> Space:
+    """Read a space file; `overrides` are `--set` keys of the base run config, `root` replaces `root`,
+    `max_concurrent` replaces `max_concurrent`."""
     try:
         spec = load_yaml(SpaceFile, path)
+        if max_concurrent is not None:
+            spec = replace(spec, max_concurrent=max_concurrent)
         base = LTADConfig.from_yaml(spec.config) if spec.config else LTADConfig()
         base = base.with_overrides([*spec.set, *overrides])
         for value in spec.prompt_lengths:  # validated by the run config itself
@@ -198,4 +210,5 @@ def load_space(path: str | Path, *, overrides=(), root: str | None = None) -> Sp
         root=root if storage.is_s3(root) else str(Path(root).resolve()),
         reuse=spec.reuse,
         asha=None if spec.asha is None else asdict(spec.asha),
+        max_concurrent=spec.max_concurrent,
     )

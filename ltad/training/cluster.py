@@ -11,6 +11,9 @@ them (e.g. one with only an instance role) then reads the job's store, not AWS. 
 passed on. Ray merges `ray.init(runtime_env=...)` with the runtime env of a `ray job submit` per
 environment variable and refuses a variable set in both, so a variable the submitter already set is
 left to the submitter's value.
+
+A local cluster declares `ltad_driver` like the head in cluster.yaml, so sweep trial drivers are
+placed as on a real cluster (ltad/sweep/driver.py).
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ def travelling_env() -> dict[str, str]:
     return {k: v for k, v in s3_settings().items() if k not in taken}
 
 
+DRIVER_RESOURCE = "ltad_driver"
+"""Custom resource of the node(s) that host sweep trial drivers (the head): one unit per driver."""
+LOCAL_DRIVER_SLOTS = 8
+"""`ltad_driver` units of a local head: trial drivers (idle processes while their trial trains) at once."""
+
+
 def connect(**kwargs: Any) -> None:
     """`ray.init` for a driver: the cluster in RAY_ADDRESS, else a local one (no-op if connected)."""
     import ray
@@ -57,4 +66,5 @@ def connect(**kwargs: Any) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**kwargs)
     else:
+        kwargs.setdefault("resources", {DRIVER_RESOURCE: LOCAL_DRIVER_SLOTS})
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)

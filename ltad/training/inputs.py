@@ -33,6 +33,8 @@ class StageInput:
     """`ray.train.Checkpoint` of a finished phase 2 (evaluation needs it)."""
     training: dict[str, float | None] = field(default_factory=dict)
     """What evaluation records about training: corrupt samples skipped per phase."""
+    identity: dict[str, Any] = field(default_factory=dict)
+    """Per stage: the fingerprint of its inputs and the commits that ran it (ltad/training/identity.py)."""
 
     @property
     def data_uri(self) -> str:

@@ -22,6 +22,7 @@ from ltad.errors import ConfigError
 from ltad.log import get_logger
 from ltad.training import preflight
 from ltad.training.feature_cache import find_cache
+from ltad.training.identity import RunIdentities, run_root
 from ltad.training.inputs import stage_input
 from ltad.training.ray_run import fit
 
@@ -52,9 +53,7 @@ def stage_checkpoint(cfg: LTADConfig, stage: str, uri: str | None = None):
     from ltad.training.ray_run import resolve_storage
 
     if uri is None:
-        root = storage.join(
-            cfg.run.storage_path or storage.join(cfg.run.output, "ray"), f"{cfg.run.name}-{stage}"
-        )
+        root = run_root(cfg, stage)
         finals = sorted(
             {u.rsplit("/", 1)[0] for u in storage.list(root) if u.endswith(f"-final/{MODEL_FILE}")}
         )
@@ -81,7 +80,9 @@ def run_pipeline(
     """Run the stages on the cluster Ray is connected to; returns the evaluation metrics.
 
     `checkpoints` supplies the results of stages that are not run ({'phase2': Checkpoint} to only
-    evaluate).
+    evaluate); a needed stage that is neither run nor supplied is the run's own finished one. Every
+    stage resumed or found by run name must have been made from the same inputs (`identity.py`):
+    checked before any stage runs.
     """
     from ltad.training.stages import encode_stage, evaluate, phase1, phase2
 
@@ -93,6 +94,7 @@ def run_pipeline(
         )
     manifest = read_manifest(data_uri)
     base = stage_input(cfg)
+    identities = RunIdentities(cfg, manifest, base.git_commit, stages=stages, supplied=checkpoints, log=log)
     log(
         f"{manifest.dataset}: {len(manifest.classes)} classes, {manifest.samples('train')} train / "
         f"{manifest.samples('test')} test images; {cfg.scaling.num_workers} workers, ZeRO-{cfg.scaling.zero_stage}"
@@ -109,11 +111,14 @@ def run_pipeline(
     ):
         if stage not in stages:
             continue
+        if needs and needs not in done:
+            done[needs] = stage_checkpoint(cfg, needs)  # its identity was checked above
         inp = replace(base, **({f"{needs}_checkpoint": done[needs]} if needs else {}))
-        if stage == "evaluate":
-            inp = replace(inp, training=training)
         log(f"{stage}: starting")
         tic = time.monotonic()
+        identities.claim(stage)
+        if stage == "evaluate":
+            inp = replace(inp, training=training, identity=identities.provenance())
         result = fit(fn, inp, name=f"{cfg.run.name}-{stage}")
         done[stage] = result.checkpoint
         if stage != "evaluate":

@@ -19,7 +19,14 @@ from ltad.training.inputs import StageInput
 
 # Variables a worker needs that must not depend on how its node was started (the S3 endpoint and
 # region too: a trial driver that fits a stage passes on what its job gave it; never credentials).
-WORKER_ENV = ("HF_HUB_OFFLINE", "DS_ACCELERATOR", "RAY_AUTH_MODE", "OMP_NUM_THREADS", "LTAD_CACHE_DIR", *S3_SETTINGS)
+WORKER_ENV = (
+    "HF_HUB_OFFLINE",
+    "DS_ACCELERATOR",
+    "RAY_AUTH_MODE",
+    "OMP_NUM_THREADS",
+    "LTAD_CACHE_DIR",
+    *S3_SETTINGS,
+)
 
 
 def s3_filesystem():

@@ -331,4 +331,6 @@ def provenance(w: Worker, model: LTAD, cache: str | None) -> dict[str, Any]:
         "weights": model.encoder.weights_provenance(),
         "seed": w.cfg.run.seed,
         "world_size": w.world_size,
+        # per stage: the fingerprint of its inputs and the commits that ran it (ltad/training/identity.py)
+        "identity": dict(w.inp.identity),
     }

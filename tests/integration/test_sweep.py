@@ -3,12 +3,12 @@
 One sweep (1 level x 2 prompt lengths x 2 synthesis ratios, tiny model, 1 worker per trial so two
 trials run at once on 2 CPUs) is submitted, stopped as soon as its first trial has published its
 metrics, and submitted again. The tests check the finished sweep (sweep.json, 4 metrics.json, phase 1
-exactly once per prompt length, the cache built once) and that the restore kept the finished trials.
+exactly once per prompt length, the cache built once), that the restore kept the finished trials, and
+that a third submission with another `--set` under the same root is refused before anything runs.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import time
 
@@ -86,7 +86,13 @@ def killed_and_restored(ray_head, tiny_data, s3_server, tmp_path_factory):
         entrypoint=f"python tune/sweep.py --space {space_file} --resume", runtime_env=env
     )
     assert _wait(client, second, 600) == JobStatus.SUCCEEDED, client.get_job_logs(second)[-6000:]
-    return load_space(space_file), done_before, first_log, client.get_job_logs(second)
+    return (
+        load_space(space_file),
+        done_before,
+        first_log,
+        client.get_job_logs(second),
+        (client, space_file, env),
+    )
 
 
 def test_four_trials_finish_with_sweep_json_and_phase1_once_per_length(killed_and_restored):
@@ -94,7 +100,7 @@ def test_four_trials_finish_with_sweep_json_and_phase1_once_per_length(killed_an
     from ltad.eval.summary import collect, read_sweep
     from ltad.sweep.driver import launches
 
-    space, _, first_log, log = killed_and_restored
+    space, _, first_log, log, _ = killed_and_restored
     sweep = read_sweep(space.root)
     names = sorted(t.name for t in space.trials())
     assert sorted(t["name"] for t in sweep["trials"]) == names and len(names) == 4
@@ -109,9 +115,10 @@ def test_four_trials_finish_with_sweep_json_and_phase1_once_per_length(killed_an
     # phase 1 ran exactly once per prompt length, the cache once for the level, across both jobs
     assert launches(space, "phase1") == ["exp4-L1", "exp4-L2"]
     assert len(launches(space, "encode")) == 1
-    # the cache is built before any trial runs, so it gets more workers than a trial (1 here)
-    built = re.findall(r"building the feature cache on (\d+) workers", first_log)
-    assert len(built) == 1 and int(built[0]) >= min(2, os.cpu_count() or 1)
+    # the cache is built on the configured workers (scaling.num_workers), not what the cluster holds
+    assert re.findall(r"building the feature cache on (\d+) workers", first_log) == ["1"]
+    # the local head declares `ltad_driver` like cluster.yaml's: drivers hold no CPU, Tune queues all
+    assert "trial drivers take {'CPU': 0, 'ltad_driver': 1}; at most all trials at once" in first_log
     assert "sweep test: {'finished': 4}" in log
 
 
@@ -119,10 +126,29 @@ def test_restore_keeps_finished_trials_and_completes_the_rest(killed_and_restore
     from ltad.data import storage
     from ltad.sweep.driver import TRIAL_STAGE, launches
 
-    space, done_before, _, log = killed_and_restored
+    space, done_before, _, log, _ = killed_and_restored
     assert done_before and "restoring the experiment" in log
     evaluated = launches(space, TRIAL_STAGE)  # phase 2 + evaluation: one stage per trial
     for name, metrics in done_before.items():
         assert evaluated.count(name) == 1
         assert storage.read_bytes(f"{space.root}/trials/{name}/metrics.json") == metrics
     assert sorted(set(evaluated)) == sorted(t.name for t in space.trials())
+
+
+def test_rerun_with_other_settings_under_the_same_root_is_refused(killed_and_restored):
+    """A re-run with another --set would have republished the old evaluations: now one sentence, exit 2."""
+    from ray.job_submission import JobStatus
+
+    from ltad.sweep.driver import TRIAL_STAGE, launches
+
+    space, _, _, _, (client, space_file, env) = killed_and_restored
+    evaluated = launches(space, TRIAL_STAGE)
+    job = client.submit_job(
+        entrypoint=f"python tune/sweep.py --space {space_file} --set phase2.steps=7", runtime_env=env
+    )
+    assert _wait(client, job, 300) == JobStatus.FAILED
+    errors = [line for line in client.get_job_logs(job).splitlines() if "tune/sweep.py: error:" in line]
+    assert len(errors) == 1, client.get_job_logs(job)[-4000:]
+    assert "already holds a phase2-evaluate run made from other inputs (phase2.steps differs)" in errors[0]
+    assert f"another root (--root) or delete {space.root}" in errors[0]
+    assert launches(space, TRIAL_STAGE) == evaluated  # nothing ran

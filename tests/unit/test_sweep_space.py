@@ -85,25 +85,59 @@ def test_bad_space_is_one_clear_error(tmp_path, space, message):
 
 
 @pytest.mark.parametrize(
-    "resources, overrides, shards, want",
+    "resources, want",
     [
-        ({"CPU": 2.0}, ["scaling.cpus_per_worker=0.99"], 14, 2),  # the dev machine: both cores
-        ({"CPU": 2.0}, ["scaling.cpus_per_worker=0.99"], 1, 1),  # no idle rank without a shard
-        ({"CPU": 64.0, "GPU": 8.0}, ["scaling.use_gpu=true", "scaling.cpus_per_worker=4"], 40, 8),
-        ({"CPU": 8.0, "GPU": 8.0}, ["scaling.use_gpu=true", "scaling.cpus_per_worker=4"], 40, 2),
-        ({"CPU": 0.5}, ["scaling.cpus_per_worker=1"], 10, 1),  # an autoscaler adds nodes: still one
+        ({"CPU": 0.0, "ltad_driver": 16.0}, {"CPU": 0, "ltad_driver": 1}),  # the head in cluster.yaml
+        ({"CPU": 2.0, "ltad_driver": 8.0}, {"CPU": 0, "ltad_driver": 1}),  # scripts/ray-local
+        ({"CPU": 2.0}, {"CPU": 0.01}),  # a cluster that does not declare it: today's driver
+        ({"CPU": 8.0, "ltad_driver": 0.5}, {"CPU": 0.01}),  # not one whole unit anywhere
     ],
 )
-def test_cache_build_uses_every_worker_the_cluster_holds(
-    monkeypatch, tmp_path, resources, overrides, shards, want
+def test_trial_drivers_sit_on_ltad_driver_when_the_cluster_declares_it(resources, want):
+    from ltad.sweep.driver import driver_resources
+
+    assert driver_resources(resources) == want
+
+
+@pytest.mark.parametrize(
+    "resources, overrides, limit, want",
+    [
+        ({"CPU": 0.0, "ltad_driver": 16.0}, [], None, None),  # autoscaling: Tune queues every trial
+        ({"CPU": 0.0, "ltad_driver": 16.0}, [], 3, 3),  # --max-concurrent 3
+        ({"CPU": 2.0}, ["scaling.cpus_per_worker=0.99"], None, 2),  # fixed: what fits now
+        ({"CPU": 2.0}, ["scaling.cpus_per_worker=1"], None, 1),  # 1 + 0.01 driver: one at a time
+        ({"CPU": 64.0, "GPU": 8.0}, ["scaling.use_gpu=true", "scaling.cpus_per_worker=4"], None, 8),
+        ({"CPU": 0.5}, [], 5, 5),
+    ],
+)
+def test_concurrency_follows_the_cluster_unless_fixed(
+    monkeypatch, tmp_path, resources, overrides, limit, want
 ):
     import ray
 
-    from ltad.sweep.driver import cluster_workers
+    from ltad.sweep.driver import driver_resources, max_concurrent
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
-    space = load_space(_write(tmp_path), overrides=overrides)
-    assert cluster_workers(space, shards) == want
+    space = load_space(_write(tmp_path), overrides=overrides, max_concurrent=limit)
+    assert max_concurrent(space, driver_resources(resources)) == want
+
+
+def test_max_concurrent_from_the_space_file_and_bad_values(tmp_path):
+    assert load_space(_write(tmp_path, max_concurrent=4)).max_concurrent == 4
+    assert load_space(_write(tmp_path, max_concurrent=4), max_concurrent=2).max_concurrent == 2
+    assert load_space(_write(tmp_path)).max_concurrent is None
+    with pytest.raises(ConfigError, match="'max_concurrent' must be null or an int >= 1, got 0"):
+        load_space(_write(tmp_path), max_concurrent=0)
+
+
+def test_sweep_cli_passes_max_concurrent():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tune_sweep", REPO / "tune" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = module.build_parser().parse_args(["--space", "x.yaml", "--max-concurrent", "3"])
+    assert args.max_concurrent == 3
 
 
 def test_trial_stage_forwards_phase2_reports_to_tune_but_not_its_evaluation():
