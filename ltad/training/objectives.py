@@ -111,6 +111,9 @@ class Phase1Objective(nn.Module):
 class Phase2Objective(nn.Module):
     """Reconstruction MSE + semantic classifier CE on real + VAE-synthesised features."""
 
+    LOGS = ("loss", "rec_mse", "sem_ce", "synthetic", "pseudo_image_level")
+    """The names `forward` logs (reported as `phase2/<name>`; a sweep's ASHA metric may be one)."""
+
     def __init__(self, model: LTAD, class_counts, cfg: Phase2Config) -> None:
         super().__init__()
         self._model = (model,)
