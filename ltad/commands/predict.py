@@ -36,8 +36,15 @@ def download_model(uri: str, folder: Path) -> Path:
     """Copy the exported model at an s3:// prefix into `folder` (load_export then checks its files)."""
     from ltad.data import storage
 
+    from ltad.errors import DataError
+
     prefix = uri.rstrip("/")
-    for obj in storage.list(prefix):
+    objects = storage.list(prefix)
+    names = {obj.rsplit("/", 1)[-1] for obj in objects}
+    missing = [n for n in ("weights.pt", "config.yaml", "export.json") if n not in names]
+    if missing:
+        raise DataError(f"'{uri}' is not an exported ltad model: {', '.join(missing)} missing")
+    for obj in objects:
         rel = obj[len(prefix) + 1 :]
         target = folder / rel
         target.parent.mkdir(parents=True, exist_ok=True)

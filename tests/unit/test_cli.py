@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ltad import cli
+from ltad.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = {
@@ -101,3 +102,26 @@ def test_train_job_checks_stages_before_anything_else(capsys):
 def test_summary_needs_a_sweep_or_a_run(tmp_path, capsys):
     assert cli.main(["summary", "--out", str(tmp_path)]) == 2
     assert "give at least one --sweep or --run" in capsys.readouterr().err
+
+
+def test_predict_downloads_an_s3_model_into_a_folder(tmp_path, monkeypatch):
+    from ltad.commands.predict import download_model
+    from ltad.data import storage
+
+    objects = {
+        "s3://b/run/model/weights.pt": b"w",
+        "s3://b/run/model/config.yaml": b"c",
+        "s3://b/run/model/export.json": b"{}",
+    }
+    monkeypatch.setattr(
+        storage, "list", lambda prefix: sorted(u for u in objects if u.startswith(prefix + "/"))
+    )
+    monkeypatch.setattr(storage, "read_bytes", lambda u: objects[u])
+    folder = download_model("s3://b/run/model/", tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "export.json", "weights.pt"]
+    assert (folder / "weights.pt").read_bytes() == b"w"
+    del objects["s3://b/run/model/weights.pt"]
+    with pytest.raises(
+        UserError, match="'s3://b/run/model' is not an exported ltad model: weights.pt missing"
+    ):
+        download_model("s3://b/run/model", tmp_path / "again")
