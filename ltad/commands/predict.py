@@ -35,7 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def download_model(uri: str, folder: Path) -> Path:
     """Copy the exported model at an s3:// prefix into `folder` (load_export then checks its files)."""
     from ltad.data import storage
-
     from ltad.errors import DataError
 
     prefix = uri.rstrip("/")
