@@ -485,7 +485,8 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
             raise ConfigError(f"override '{item}' must look like key=value (e.g. phase2.steps=100)")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
-        cls, node = type(cfg), data
+        cls: Any = type(cfg)
+        node = data
         for i, part in enumerate(parts):
             hints, here, so_far = _hints(cls), ".".join(parts[:i]), ".".join(parts[: i + 1])
             if part not in hints:

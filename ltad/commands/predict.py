@@ -38,7 +38,7 @@ def download_model(uri: str, folder: Path) -> Path:
     from ltad.errors import DataError
 
     prefix = uri.rstrip("/")
-    objects = storage.list(prefix)
+    objects: list[str] = storage.list(prefix)  # type: ignore[valid-type]
     names = {obj.rsplit("/", 1)[-1] for obj in objects}
     missing = [n for n in ("weights.pt", "config.yaml", "export.json") if n not in names]
     if missing:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ltad.data.datasets import DATASETS
 from ltad.data.splits import PROFILES
@@ -31,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _number(flag: str, raw: str | None, kind: type) -> int | float | None:
+def _number(flag: str, raw: str | None, kind: type) -> Any:
     """Parse a numeric flag here, so a bad value is one ConfigError line naming the flag."""
     if raw is None:
         return None
