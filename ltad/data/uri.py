@@ -72,8 +72,8 @@ def scheme(value: str, what: str = "location") -> str:
 
 
 def is_s3(value: str) -> bool:
-    """True for a valid `s3://bucket/...`, False for a local path; a ConfigError for anything else."""
-    return scheme(value) == S3
+    """True for a valid `s3://bucket/...`, False for a local path (or ''); a ConfigError for anything else."""
+    return bool(str(value)) and scheme(value) == S3
 
 
 def resolve(value: str, what: str = "location", *, local_only: bool = False) -> str:

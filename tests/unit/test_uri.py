@@ -67,7 +67,7 @@ def test_storage_never_treats_an_unknown_scheme_as_a_local_folder(tmp_path, monk
         with pytest.raises(ConfigError):
             storage.list(bad)
     assert not any(tmp_path.iterdir()), "a bad URI created a local folder"
-    assert storage.is_s3("s3://b/x") and not storage.is_s3(str(tmp_path))
+    assert storage.is_s3("s3://b/x") and not storage.is_s3(str(tmp_path)) and not storage.is_s3("")
 
 
 def test_run_config_locations_name_the_flag_or_the_key(tmp_path):
