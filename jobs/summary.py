@@ -1,6 +1,7 @@
-"""Summarize a sweep and single runs: results.csv, report.md and plots/*.png under --out.
+"""Summarize a sweep and single runs: results.csv, report.md and plots/*.png (= `ltad summary`).
 
 python jobs/summary.py --sweep s3://bucket/sweeps/mvtec --run runs/baseline --out runs/summary
+The flags, defaults and errors are those of `ltad summary` (ltad/commands/summary.py).
 """
 
 from __future__ import annotations
@@ -11,32 +12,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir's `ltad` package
 
-from ltad.errors import UserError  # noqa: E402
-from ltad.eval.summary import summarize  # noqa: E402
+from ltad.cli import job_main, job_parser  # noqa: E402
+
+PROG = "jobs/summary.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jobs/summary.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", action="append", default=[], metavar="URI",
-                        help="sweep root holding sweep.json (local or s3://); repeatable")  # fmt: skip
-    parser.add_argument("--run", action="append", default=[], metavar="URI",
-                        help="run folder holding metrics.json (local or s3://); repeatable")  # fmt: skip
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (local or s3://)")
-    return parser
+    return job_parser("summary", PROG)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.sweep and not args.run:
-        parser.error("give at least one --sweep or --run")
-    try:
-        results = summarize(args.sweep, args.run, args.out)
-    except UserError as exc:
-        print(f"summary: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"summary: {len(results)} runs -> {args.out}/report.md, results.csv, plots/")
-    return 0
+    return job_main("summary", argv, PROG)
 
 
 if __name__ == "__main__":

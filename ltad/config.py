@@ -8,7 +8,9 @@ Every default of the method lives here as a field of a frozen dataclass, so a ru
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -352,17 +354,28 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def _hints(cls: type) -> dict[str, Any]:
+    """Field name -> declared type of the config dataclass `cls`, in field order."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _known(prefix: str, names: Any) -> str:
+    """'known keys of phase2: steps, lr, ...' (or 'known top-level keys: ...')."""
+    where = f"of {prefix}" if prefix else "at the top level"
+    return f"known keys {where}: {', '.join(names)}"
+
+
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     """Build the dataclass `cls` from plain data; unknown keys and wrong types raise ConfigError."""
     where = prefix or "the config"
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{where}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    hints = _hints(cls)
+    unknown = sorted(set(map(str, data)) - set(hints))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
-        raise ConfigError(f"unknown config key '{key}' (known keys here: {', '.join(fields)})")
+        raise ConfigError(f"unknown config key '{key}' ({_known(prefix, hints)})")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -370,7 +383,12 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+_INT = re.compile(r"^[+-]?[0-9]+$")
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """`value` as the declared type `tp`: a string from `--set` or a YAML scalar YAML left a string
+    (`1e-3`) is converted when it spells a value of that type; anything else is a ConfigError."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
@@ -387,19 +405,72 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         check(isinstance(value, (list, tuple)), key, "a list", value)
         return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is bool:
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
         check(isinstance(value, bool), key, "true or false", value)
         return value
     if tp is int:
+        if isinstance(value, str) and _INT.match(value.strip()):
+            return int(value)
         check(isinstance(value, int) and not isinstance(value, bool), key, "an int", value)
         return value
     if tp is float:
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            check(math.isfinite(number), key, "a number", value)
+            return number
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         check(ok, key, "a number", value)
         return float(value)
     if tp is str:
-        check(isinstance(value, str), key, "a string", value)
+        check(isinstance(value, str), key, "a string (quote it in YAML)", value)
         return value
     return value
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML as config files mean it: only true/false are booleans (`name: off` stays the string 'off';
+    the field's type decides the rest, so `lr: 1e-4`, which YAML reads as a string, is a float)."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text read with ConfigLoader."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_value(tp: Any, raw: str, key: str) -> Any:
+    """The `--set` text `raw` as the declared type `tp`: strings and choices are taken as written,
+    numbers and booleans are parsed, lists as YAML (`[1, 2]`) or comma-separated (`1,2`)."""
+    raw = raw.strip()
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if raw.lower() in ("", "null", "none", "~") and type(None) in typing.get_args(tp):
+            return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        origin = typing.get_origin(tp)
+    if tp is str or origin is Literal:
+        return raw
+    if origin is tuple:
+        if raw.startswith("["):
+            try:
+                return parse_yaml(raw)
+            except yaml.YAMLError:
+                raise ConfigError(f"config key '{key}' must be a list such as [1, 2], got {raw!r}") from None
+        return [v.strip() for v in raw.split(",") if v.strip()]
+    if tp in (bool, int, float):
+        return raw
+    return parse_yaml(raw) if raw else ""
 
 
 def load_yaml(cls: type, path: str | Path) -> Any:
@@ -407,7 +478,7 @@ def load_yaml(cls: type, path: str | Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -417,19 +488,31 @@ def load_yaml(cls: type, path: str | Path) -> Any:
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
-    """Apply `a.b.c=value` strings (values parsed as YAML scalars) and re-validate."""
+    """Apply `a.b.c=value` strings, each value parsed by its field's declared type, and re-validate."""
     data = to_dict(cfg)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value (e.g. phase2.steps=100)")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
+        cls: Any = type(cfg)
         node = data
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"unknown config key '{'.'.join(parts[: i + 1])}' in override '{item}'")
-            node = node[part]
-        if parts[-1] not in node or isinstance(node[parts[-1]], dict):
-            raise ConfigError(f"unknown config key '{key.strip()}' in override '{item}'")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        for i, part in enumerate(parts):
+            hints, here, so_far = _hints(cls), ".".join(parts[:i]), ".".join(parts[: i + 1])
+            if part not in hints:
+                raise ConfigError(
+                    f"unknown config key '{so_far}' in override '{item}' ({_known(here, hints)})"
+                )
+            tp, last = hints[part], i == len(parts) - 1
+            if dataclasses.is_dataclass(tp):
+                if last:
+                    raise ConfigError(
+                        f"config key '{so_far}' is a section, not a value, in override '{item}' "
+                        f"(set one of its keys: {', '.join(_hints(tp))})"  # type: ignore[arg-type]
+                    )
+                cls, node = tp, node[part]
+            elif not last:
+                raise ConfigError(f"config key '{so_far}' is a value, not a section, in override '{item}'")
+            else:
+                node[part] = parse_value(tp, raw, so_far)
     return from_dict(type(cfg), data)

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import argparse
 
-from ltad.commands.common import add_run_arguments
+from ltad.commands.common import add_run_arguments, load_config
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_run_arguments(p)
+    p.add_argument("--force", action="store_true", help="re-encode even when a complete cache exists")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("encode", help="cache encoder features beside the image shards")
-    add_run_arguments(p)
-    p.add_argument("--force", action="store_true", help="re-encode even when a complete cache exists")
+    p = subparsers.add_parser(
+        "encode", help="cache encoder features beside the image shards", description=__doc__
+    )
+    add_arguments(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from ltad.config import load_run_config
     from ltad.data.manifest import read_manifest
     from ltad.errors import ConfigError
     from ltad.models.encoder import Encoder
     from ltad.training.feature_cache import encode
 
-    cfg = load_run_config(args.config, data=args.data, overrides=args.set)
+    cfg = load_config(args)
     if not cfg.data.uri:
         raise ConfigError(
             "data.uri is empty: pass --data s3://bucket/prefix (a prefix holding manifest.json)"

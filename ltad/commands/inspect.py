@@ -5,16 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 
-from ltad.data.inspect import inspect
+from ltad.data.uri import resolve
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("uri", help="shard prefix holding manifest.json: s3://bucket/prefix or a local directory")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("inspect", help="check prepared shards against their manifest (JSON)")
-    p.add_argument("uri", help="shard prefix holding manifest.json: s3://bucket/prefix or a local directory")
+    p = subparsers.add_parser(
+        "inspect", help="check prepared shards against their manifest (JSON)", description=__doc__
+    )
+    add_arguments(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    report = inspect(args.uri)
+    from ltad.data.inspect import inspect
+
+    report = inspect(resolve(args.uri, "URI"))
     print(json.dumps(report, indent=2))
     return 0 if report["matches_manifest"] else 1

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ltad.data import uri as _uri
 from ltad.errors import StorageError
 
 BUFFER = 1 << 20
@@ -39,7 +40,9 @@ _client_pid: int | None = None
 
 
 def is_s3(uri: str) -> bool:
-    return str(uri).startswith("s3://")
+    """True for s3://, False for a local path; a ConfigError for any other scheme or a malformed URI
+    (ltad/data/uri.py), so `gs://b/x` never becomes a local folder."""
+    return _uri.is_s3(uri)
 
 
 def split_s3(uri: str) -> tuple[str, str]:

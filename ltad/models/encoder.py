@@ -9,10 +9,10 @@ small randomly initialised text tower): real image features, no zero-shot text a
 
 from __future__ import annotations
 
-import json
+import contextlib
+import logging
 import os
 import socket
-import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -27,11 +27,8 @@ from ltad.config import EncoderConfig
 from ltad.errors import ConfigError, StorageError
 
 HYBRID = "ltad-effnet-lite0"
-HYBRID_CFG = {
-    "embed_dim": 256,
-    "vision_cfg": {"timm_model_name": "efficientnet_lite0", "timm_pool": "avg", "timm_proj": "linear"},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 4},
-}
+MODEL_CONFIGS = Path(__file__).parent / "configs"
+"""open_clip model configs shipped as package data (`ltad-effnet-lite0.json`: the hybrid's towers)."""
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PLACEHOLDER = "X"
 
@@ -44,10 +41,30 @@ class EncodedImages:
 
 @cache
 def register_hybrid() -> None:
-    """Make `ltad-effnet-lite0` an ordinary open_clip model name (config file in a temp dir)."""
-    folder = Path(tempfile.mkdtemp(prefix="ltad-openclip-"))
-    (folder / f"{HYBRID}.json").write_text(json.dumps(HYBRID_CFG))
-    open_clip.add_model_config(folder)
+    """Make `ltad-effnet-lite0` an ordinary open_clip model name (its config is package data)."""
+    open_clip.add_model_config(MODEL_CONFIGS)
+
+
+class _NoPretrainedWarning(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded" warning while ltad loads the weights itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _own_weights(silence: bool):
+    """Silence that one warning (open_clip logs it on the root logger) for one create_model call."""
+    if not silence:
+        yield
+        return
+    flt = _NoPretrainedWarning()
+    root = logging.getLogger()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
 
 
 def load_bundled_trunk(trunk: nn.Module) -> None:
@@ -136,9 +153,10 @@ def create_clip(cfg: EncoderConfig) -> tuple[nn.Module, Weights]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.text_seed)
         try:
-            model = open_clip.create_model(
-                name, pretrained=checkpoint, force_image_size=cfg.image_size, pretrained_text=False
-            )
+            with _own_weights(pre == "bundled"):  # the trunk's weights are loaded below
+                model = open_clip.create_model(
+                    name, pretrained=checkpoint, force_image_size=cfg.image_size, pretrained_text=False
+                )
         except Exception as exc:  # open_clip raises RuntimeError for download failures
             if checkpoint is None:
                 raise

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from ltad.config import LTADConfig, check, load_yaml
 from ltad.data import storage
 from ltad.data.levels import Level
+from ltad.data.uri import resolve, resolve_run_locations
 from ltad.errors import ConfigError
 from ltad.eval.summary import PARAM_KEYS
 
@@ -48,7 +49,23 @@ class AshaSpec:
     max_t: int = 100
 
     def __post_init__(self) -> None:
-        check(bool(self.metric), "asha.metric", "the reported metric ASHA ranks trials by", self.metric)
+        known = reported_metrics()
+        check(
+            self.metric in known,
+            "asha.metric",
+            f"a metric the trials report ({', '.join(known)})",
+            self.metric,
+        )
+
+
+def reported_metrics() -> tuple[str, ...]:
+    """What a sweep trial reports to Tune: phase 2's logs every `run.log_every` steps (the objective's
+    and the loop's), then the evaluation's headline metrics: the names ASHA may rank trials by."""
+    from ltad.eval.aggregate import METRICS
+    from ltad.training.loop import LOOP_LOGS
+    from ltad.training.objectives import Phase2Objective
+
+    return (*(f"phase2/{name}" for name in (*Phase2Objective.LOGS, *LOOP_LOGS)), *METRICS)
 
 
 @dataclass(frozen=True)
@@ -188,15 +205,21 @@ def load_space(
             base.with_overrides([f"model.prompts.length={value}"])
         for value in spec.synthesis_ratios:
             base.with_overrides([f"phase2.synthesis_ratio={value}"])
+        levels = tuple(
+            SweepLevel(
+                lv.name or Level(lv.profile, lv.ratio).name,
+                lv.profile,
+                float(lv.ratio),
+                resolve(lv.data, f"levels[{i}].data"),
+            )
+            for i, lv in enumerate(spec.levels)
+        )
+        base = resolve_run_locations(base)
+        root = resolve(root, "--root") if root else resolve(spec.root, "root") if spec.root else ""
     except ConfigError as exc:
         raise ConfigError(f"search space '{path}': {exc}") from None
-    levels = tuple(
-        SweepLevel(lv.name or Level(lv.profile, lv.ratio).name, lv.profile, float(lv.ratio), lv.data)
-        for lv in spec.levels
-    )
     if len({lv.name for lv in levels}) != len(levels):
         raise ConfigError(f"search space '{path}': level names {[lv.name for lv in levels]} must be distinct")
-    root = root or spec.root
     if not root:
         raise ConfigError(
             f"search space '{path}': key 'root' must be the sweep root (s3://bucket/prefix or a directory)"
@@ -207,7 +230,7 @@ def load_space(
         levels=levels,
         prompt_lengths=spec.prompt_lengths,
         synthesis_ratios=spec.synthesis_ratios,
-        root=root if storage.is_s3(root) else str(Path(root).resolve()),
+        root=root,
         reuse=spec.reuse,
         asha=None if spec.asha is None else asdict(spec.asha),
         max_concurrent=spec.max_concurrent,

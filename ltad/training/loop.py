@@ -31,6 +31,10 @@ class LoopSpec:
     seed: int = 0
 
 
+LOOP_LOGS = ("bad_samples", "steps_per_s")
+"""What the loop reports beside the objective's logs (as `<phase>/<name>`)."""
+
+
 def run_steps(
     engine,
     batches: Callable[[int], Iterator[dict[str, Any]]],

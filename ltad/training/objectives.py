@@ -113,6 +113,8 @@ class Phase1Objective(nn.Module):
 class Phase2Objective(nn.Module):
     """Reconstruction MSE + semantic classifier CE on real + VAE-synthesised features."""
 
+    LOGS = ("loss", "rec_mse", "sem_ce", "synthetic", "pseudo_image_level")
+    """The names `forward` logs (reported as `phase2/<name>`; a sweep's ASHA metric may be one)."""
     class_counts: torch.Tensor  # buffers, registered in __init__
     seen: torch.Tensor
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.reliability.conftest import run_cli
+from tests.reliability.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -252,6 +252,27 @@ def predict_batch_size_zero(c: Ctx) -> Case:
     return _with(c.predict(c.root, None, "--batch-size", "0"), "--batch-size", ">= 1")
 
 
+def prepare_unknown_scheme(c: Ctx) -> Case:
+    """`gs://` is no local folder: one error naming the flag, nothing written under ./gs:/ (cwd = repo)."""
+    case = c.prepare(c.root, c.split, out="gs://ltad-rel/x")
+    case.absent = [REPO / "gs:"]
+    return _with(case, "--out 'gs://ltad-rel/x'", "scheme 'gs' is not supported")
+
+
+def prepare_s3_case_typo(c: Ctx) -> Case:
+    case = c.prepare(c.root, c.split, out="S3://ltad-rel/x")
+    case.absent = [REPO / "S3:"]
+    return _with(case, "--out 'S3://ltad-rel/x'", "lower-case")
+
+
+def predict_malformed_model_uri(c: Ctx) -> Case:
+    return _with(c.predict(c.root, Path("s3:/ltad-rel/model")), "--model 's3:/ltad-rel/model'", "s3://bucket")
+
+
+def train_unknown_set_key_lists_known_keys(c: Ctx) -> Case:
+    return _with(c.train("--set", "phase2.lrr=1e-3"), "phase2.lrr", "known keys of phase2", "lr")
+
+
 def incompatible_checkpoint(c: Ctx) -> Case:
     """Weights of one model size under a config of another: the mismatch is named, nothing scored."""
     model = c.tmp / "model"
@@ -298,6 +319,10 @@ CASES: dict[str, Callable[[Ctx], Case]] = {
         predict_not_a_model,
         predict_batch_size_zero,
         incompatible_checkpoint,
+        prepare_unknown_scheme,
+        prepare_s3_case_typo,
+        predict_malformed_model_uri,
+        train_unknown_set_key_lists_known_keys,
     )
 }
 

@@ -129,3 +129,31 @@ def test_real_vit_b16_architecture_with_random_weights():
     assert text.shape == (3, 2, 512) and enc.token_width == 512
     text.sum().backward()
     assert names.grad.abs().sum() > 0 and all(p.grad is None for p in enc.parameters())
+
+
+def test_hybrid_config_is_package_data_and_no_temp_folder_is_made(monkeypatch):
+    import json
+
+    import open_clip
+
+    path = encoder_mod.MODEL_CONFIGS / f"{encoder_mod.HYBRID}.json"
+    cfg = json.loads(path.read_text())
+    assert cfg["vision_cfg"]["timm_model_name"] == "efficientnet_lite0"
+
+    def no_temp(*args, **kwargs):
+        raise AssertionError("register_hybrid must not write a temp folder")
+
+    monkeypatch.setattr("tempfile.mkdtemp", no_temp)
+    encoder_mod.register_hybrid.__wrapped__()
+    assert encoder_mod.HYBRID in open_clip.list_models()
+
+
+def test_no_misleading_pretrained_warning_when_ltad_loads_the_weights(caplog):
+    with caplog.at_level("WARNING"):
+        encoder_mod.create_clip(EncoderConfig(**SMALL))
+    assert not [r for r in caplog.records if "No pretrained weights loaded" in r.getMessage()]
+    with caplog.at_level(
+        "WARNING"
+    ):  # random weights on purpose: open_clip's warning stays (not silenced globally)
+        encoder_mod.create_clip(EncoderConfig(pretrained="none", **SMALL))
+    assert [r for r in caplog.records if "No pretrained weights loaded" in r.getMessage()]

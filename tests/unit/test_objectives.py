@@ -93,6 +93,7 @@ def test_phase2_trains_exactly_reconstruction_and_semantic(batches, mode):
     assert bool(model.text_ready)  # frozen names' text embeddings were computed when phase 2 started
     loss, logs = objective(batches[0])
     assert logs["synthetic"] == 4.0 and logs["pseudo_image_level"] == float(mode == "image")
+    assert tuple(logs) == Phase2Objective.LOGS  # the names a sweep's ASHA metric is checked against
     loss.backward()
     assert_gradients(objective, model)
     assert objective.seen.sum() == 8  # 4 real + 4 synthetic

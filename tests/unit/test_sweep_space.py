@@ -70,7 +70,7 @@ def test_naive_space_trains_phase1_per_trial_without_cache(tmp_path):
         ),
         ({"levels": []}, "config key 'levels' must be a non-empty list"),
         ({"grid": 1}, "unknown config key 'grid'"),
-        ({"asha": {"mode": "min"}}, "config key 'asha.metric' must be the reported metric"),
+        ({"asha": {"mode": "min"}}, "config key 'asha.metric' must be a metric the trials report"),
         (
             {"asha": {"metric": "phase2/loss", "mode": "lowest"}},
             "config key 'asha.mode' must be one of 'min', 'max'",
@@ -152,3 +152,29 @@ def test_trial_stage_forwards_phase2_reports_to_tune_but_not_its_evaluation():
         None, [{"phase2/loss": 0.4, "image_AUROC": 0.8, EVALUATED: 96}, {EVALUATED: 90}], None
     )
     assert forwarded == [{"phase2/loss": 0.5, "step": 10}]
+
+
+def test_asha_metric_must_be_one_the_trials_report(tmp_path):
+    from ltad.sweep.space import reported_metrics
+
+    known = reported_metrics()
+    assert {"phase2/loss", "phase2/rec_mse", "phase2/sem_ce", "phase2/steps_per_s", "image_AUROC"} <= set(
+        known
+    )
+    with pytest.raises(ConfigError) as info:
+        load_space(_write(tmp_path, asha={"metric": "phase2/los", "mode": "min"}))
+    assert "'asha.metric' must be a metric the trials report (phase2/loss," in str(info.value)
+    assert "'phase2/los'" in str(info.value)
+    assert load_space(_write(tmp_path, asha={"metric": "phase2/sem_ce"})).asha["metric"] == "phase2/sem_ce"
+
+
+def test_space_locations_are_resolved_and_checked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = load_space(
+        _write(tmp_path, root="sweeps/t", levels=[{"profile": "exp", "ratio": 10, "data": "shards"}])
+    )
+    assert space.root == str(tmp_path / "sweeps" / "t") and space.levels[0].data == str(tmp_path / "shards")
+    with pytest.raises(ConfigError, match="levels\\[0\\].data 'gs://b/x': scheme 'gs' is not supported"):
+        load_space(_write(tmp_path, levels=[{"profile": "exp", "ratio": 10, "data": "gs://b/x"}]))
+    with pytest.raises(ConfigError, match="--root 'S3://b/x'"):
+        load_space(_write(tmp_path), root="S3://b/x")
