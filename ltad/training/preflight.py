@@ -66,12 +66,6 @@ def check_locations(locations: Iterable[tuple[str, str]], *, multi_node: bool, s
     if not multi_node or shared_fs:
         return
     for key, value in locations:
-        if value and not storage.is_s3(value) and key == "model.encoder.pretrained":
-            raise ConfigError(
-                f"{key} '{value}' is a local file, but this Ray cluster has several nodes that share no "
-                "disk: put it on a filesystem mounted at the same path on every node and set "
-                "run.shared_fs=true (weights load from files only), or use 'bundled' or a hub tag"
-            )
         if value and not storage.is_s3(value):
             raise ConfigError(
                 f"{key} '{value}' is a local path, but this Ray cluster has several nodes that share no "
