@@ -31,12 +31,13 @@ def run(args: argparse.Namespace) -> int:
     from ltad.training.cluster import connect
     from ltad.training.pipeline import run_pipeline, stage_checkpoint
 
-    connect()
+    started = connect()
     try:
         # a checkpoint given by path is taken as given; the run's own one is checked against the config
         given = {"phase2": stage_checkpoint(cfg, "phase2", checkpoint)} if checkpoint else None
         metrics = run_pipeline(cfg, stages=("evaluate",), checkpoints=given)
     finally:
-        ray.shutdown()
+        if started:  # a caller's own Ray (a notebook, a test) stays up
+            ray.shutdown()
     print(text_table(metrics), flush=True)
     return 0

@@ -45,11 +45,12 @@ def run(args: argparse.Namespace) -> int:
     from ltad.training.cluster import connect
     from ltad.training.pipeline import run_pipeline
 
-    connect()
+    started = connect()
     try:
         metrics = run_pipeline(cfg, stages=stages)
     finally:
-        ray.shutdown()
+        if started:  # a caller's own Ray (a notebook, a test) stays up
+            ray.shutdown()
     if metrics:
         print(text_table(metrics), flush=True)
     return 0

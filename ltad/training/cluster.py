@@ -52,12 +52,13 @@ LOCAL_DRIVER_SLOTS = 8
 """`ltad_driver` units of a local head: trial drivers (idle processes while their trial trains) at once."""
 
 
-def connect(**kwargs: Any) -> None:
-    """`ray.init` for a driver: the cluster in RAY_ADDRESS, else a local one (no-op if connected)."""
+def connect(**kwargs: Any) -> bool:
+    """`ray.init` for a driver: the cluster in RAY_ADDRESS, else a local one. False (and nothing done)
+    when this process is connected already: then the caller must not shut Ray down either."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     env = travelling_env()
     if env:
         runtime_env = dict(kwargs.pop("runtime_env", None) or {})
@@ -68,3 +69,4 @@ def connect(**kwargs: Any) -> None:
     else:
         kwargs.setdefault("resources", {DRIVER_RESOURCE: LOCAL_DRIVER_SLOTS})
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
+    return True

@@ -2,8 +2,8 @@
 
 The head (1 CPU) is a `scripts/ray-local` head started with the test's S3 environment. Node B (1 CPU)
 runs in its own mount namespace with an empty tmpfs over the pytest temp folders (local data, outputs,
-SeaweedFS's files), over the head's Ray temp dir and, when the venv lives elsewhere, over this
-checkout; its environment has the S3 credentials but no AWS_ENDPOINT_URL, like a cluster node that
+SeaweedFS's files), over the head's Ray temp dir and over this checkout (only its runs/ and .local/
+when the venv lives in it); its environment has the S3 credentials but no AWS_ENDPOINT_URL, like a cluster node that
 has only an instance role. With `scaling.num_workers=2, cpus_per_worker=1` a job gets one Ray Train
 worker on each node. Module-scoped; never at the same time as the integration suite's Ray.
 """
@@ -36,8 +36,12 @@ def two_nodes(s3_server, tmp_path_factory):
     # node B's own state (and Ray temp dir) outside every folder hidden from it
     node_state = Path(tempfile.mkdtemp(prefix="ltad-nb-", dir="/tmp"))
     hidden = [tmp_path_factory.getbasetemp(), head.temp_dir]
-    if not Path(sys.executable).resolve().is_relative_to(REPO):
+    if not Path(sys.prefix).is_relative_to(REPO):
         hidden.append(REPO)
+    else:  # node B needs the checkout's venv: hide the folders local runs write instead
+        for folder in (REPO / "runs", REPO / ".local"):
+            folder.mkdir(exist_ok=True)
+            hidden.append(folder)
     node = RayWorkerNode(node_state, head, num_cpus=1, hidden=tuple(hidden), drop_env=NO_ENDPOINT)
     head.start()
     try:

@@ -21,9 +21,12 @@ RAY = str(Path(sys.executable).parent / "ray")
 PYTHON = str(Path(sys.executable))
 
 
-def _submit(env: dict, *args: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess, float]:
+def _submit(
+    env: dict, *args: str, timeout: float = 900, job_env: dict | None = None
+) -> tuple[subprocess.CompletedProcess, float]:
+    env_vars = {"LTAD_GIT_COMMIT": "test-commit", **(job_env or {})}
     cmd = [RAY, "job", "submit", "--address", env["RAY_ADDRESS"], "--working-dir", "."]
-    cmd += ["--runtime-env-json", json.dumps({"env_vars": {"LTAD_GIT_COMMIT": "test-commit"}}), "--", *args]
+    cmd += ["--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", *args]
     tic = time.monotonic()
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     took = time.monotonic() - tic
@@ -61,17 +64,58 @@ def _config(tmp: Path, data: str, **sections) -> Path:
     return path
 
 
+def _encoder_checkpoint(path: Path) -> Path:
+    """An open_clip checkpoint of the offline hybrid at the tiny size, seeded random weights."""
+    import open_clip
+    import torch
+
+    from ltad.models.encoder import HYBRID, register_hybrid
+
+    register_hybrid()
+    torch.manual_seed(7)
+    torch.save(open_clip.create_model(HYBRID, force_image_size=64).state_dict(), path)
+    return path
+
+
+def _other_data(s3_server, tmp_path: Path) -> str:
+    """Shards of another synthetic dataset (another seed): the same run name must refuse them."""
+    from ltad.data.datasets import read_dataset
+    from ltad.data.prepare import prepare
+    from ltad.data.splits import make_split
+    from ltad.data.synth import synthesize
+
+    root = synthesize(
+        tmp_path / "other", classes=3, image_size=64, train_per_class=8, test_per_class=6, seed=5
+    )
+    split = make_split(read_dataset("synth", root), "exp", ratio=4, seed=5).save(tmp_path / "other.json")
+    uri = f"s3://{s3_server.bucket}/cluster-other-{tmp_path.name}"
+    prepare("synth", root, split, uri, test_shard_samples=5, log=lambda _msg: None)
+    return uri
+
+
 def test_job_runs_on_both_nodes_with_everything_on_s3(two_nodes, tiny_data, s3_server, tmp_path):
+    """The job on both nodes, encoder weights from s3:// (each node fetches its own copy into its own
+    cache), data, output and checkpoints on S3; then the same run name with other data is refused."""
+    import hashlib
+
     from ltad.data import storage
     from ltad.data.manifest import read_manifest
 
     head, node, env = two_nodes
     assert len(node.head_alive_nodes()) == 2
     prefix = f"s3://{s3_server.bucket}/cluster-{tmp_path.name}"
-    proc, took = _submit(
-        env, "python", "jobs/train.py", "--config", str(_config(tmp_path, tiny_data)), "--data", tiny_data,
+    weights = _encoder_checkpoint(tmp_path / "clip.pt")
+    storage.upload_file(weights, f"{prefix}/weights/clip.pt")
+    # a cache dir under the pytest folders: node B sees its own empty tmpfs there, so it downloads itself
+    job_env = {"LTAD_CACHE_DIR": str(tmp_path / "cache")}
+    run = [
         "--output", f"{prefix}/out", "--set", f"run.storage_path={prefix}/ray", "--set", f"run.name={tmp_path.name}",
-    )  # fmt: skip
+        "--set", f"model.encoder.pretrained={prefix}/weights/clip.pt",
+    ]  # fmt: skip
+    config = str(_config(tmp_path, tiny_data))
+    proc, took = _submit(
+        env, "python", "jobs/train.py", "--config", config, "--data", tiny_data, *run, job_env=job_env
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "preflight: multi-node cluster; data manifest readable on 1 other node(s)" in log
@@ -79,11 +123,29 @@ def test_job_runs_on_both_nodes_with_everything_on_s3(two_nodes, tiny_data, s3_s
     assert metrics["n_evaluated"] == read_manifest(tiny_data).samples("test")
     assert metrics["provenance"]["world_size"] == 2
     assert metrics["provenance"]["git_commit"] == "test-commit"
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert metrics["provenance"]["weights"]["sha256"] == sha
+    assert metrics["provenance"]["weights"]["source"] == f"{prefix}/weights/clip.pt"
+    assert any(p.name == sha or sha in p.name for p in (tmp_path / "cache").rglob("*")), "head's cached copy"
     # every stage's two workers: one on the head, one on node B
     nodes = _train_worker_nodes(env, _job_id(env, tmp_path.name))
     assert len(nodes) >= 6 and len(nodes) % 2 == 0, nodes  # phase1, phase2, evaluate x 2 workers
     assert len(set(nodes)) == 2
     assert took < 600
+
+    other = _other_data(s3_server, tmp_path)
+    proc, took = _submit(
+        env, "python", "jobs/train.py", "--config", config, "--data", other, *run, job_env=job_env
+    )
+    log = proc.stdout + proc.stderr
+    line = next((x for x in log.splitlines() if x.startswith("jobs/train.py: error: ")), "")
+    assert "already holds a phase1 run made from other inputs (data.manifest_sha256 differs)" in line, log[
+        -3000:
+    ]
+    print(f"[cluster] {line}", flush=True)
+    assert "exit code 2" in log and "Traceback" not in log and "phase1: starting" not in log
+    assert storage.read_json(f"{prefix}/out/metrics.json") == metrics  # the finished run is untouched
+    assert took < 90
 
 
 def test_local_output_is_refused_before_any_stage(two_nodes, tiny_data, tmp_path):
