@@ -445,8 +445,12 @@ ConfigLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|
 
 
 def parse_yaml(text: str) -> Any:
-    """YAML text read with ConfigLoader."""
-    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    """YAML text read with ConfigLoader (a SafeLoader: plain data only, never Python objects)."""
+    loader = ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def parse_value(tp: Any, raw: str, key: str) -> Any:

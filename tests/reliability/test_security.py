@@ -51,6 +51,18 @@ def test_no_pickle_or_eval_of_stored_data(name):
     assert [f"{p}:{c.lineno}" for p, c in _calls(name)] == []
 
 
+def test_the_config_yaml_loader_is_a_safe_loader():
+    """Configs are read by ltad.config's own loader (typed booleans): it must build plain data only."""
+    import yaml
+
+    from ltad.config import ConfigLoader, parse_yaml
+
+    assert issubclass(ConfigLoader, yaml.SafeLoader)
+    with pytest.raises(yaml.YAMLError):
+        parse_yaml("!!python/object/apply:os.system ['echo pwned']")
+    assert parse_yaml("a: off\nb: true\nc: 1e-3") == {"a": "off", "b": True, "c": "1e-3"}
+
+
 def test_numpy_never_loads_pickles():
     for path, call in _calls("np.load"):
         kw = {k.arg: ast.unparse(k.value) for k in call.keywords}
