@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ltad.commands.split import _number, describe, make_split_from_args
+    from ltad.commands.split import describe, make_split_from_args, parse_number
     from ltad.data import storage
     from ltad.data.prepare import prepare
     from ltad.log import get_logger
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         from ltad.data.synth import synthesize
 
         log(f"generating the synthetic dataset at {root}")
-        seed = _number("--seed", args.seed, int)
+        seed = parse_number("--seed", args.seed, int)
         synthesize(
             root,
             args.synth_classes,

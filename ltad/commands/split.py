@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _number(flag: str, raw: str | None, kind: Callable[[str], T]) -> T | None:
+def parse_number(flag: str, raw: str | None, kind: Callable[[str], T]) -> T | None:
     """Parse a numeric flag here, so a bad value is one ConfigError line naming the flag."""
     if raw is None:
         return None
@@ -50,9 +50,9 @@ def make_split_from_args(args: argparse.Namespace, root: str):
     from ltad.data.datasets import read_dataset
     from ltad.data.splits import make_split
 
-    ratio = _number("--ratio", args.ratio, float)
-    seed = _number("--seed", args.seed, int)
-    n_max = _number("--n-max", args.n_max, int)
+    ratio = parse_number("--ratio", args.ratio, float)
+    seed = parse_number("--seed", args.seed, int)
+    n_max = parse_number("--n-max", args.n_max, int)
     assert seed is not None, "--seed has a default"
     if args.profile != "full" and ratio is None:
         raise ConfigError(f"--ratio is required for profile '{args.profile}' (a number > 1)")
