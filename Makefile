@@ -5,16 +5,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ltad-installed
 
-.PHONY: setup test lint format demo sweep-demo clean
+.PHONY: setup constraints test lint format demo sweep-demo clean
 
 setup: $(STAMP)
 
-# Re-installs only when pyproject.toml changes; a second `make setup` is a no-op.
-$(STAMP): pyproject.toml
+# Re-installs only when pyproject.toml or constraints.txt changes; a second `make setup` is a no-op.
+# constraints.txt holds the exact tested versions; pyproject.toml only ranges (see its comment).
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
+
+# After changing dependencies in pyproject.toml: install them, then record the exact set that was tested.
+constraints: setup
+	@{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^ltad=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 # ruff (lint + format check) and mypy on ltad/ (settings in pyproject.toml); .pre-commit-config.yaml runs the same.
 lint: setup

@@ -68,12 +68,41 @@ def job_parser(name: str, prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+EXTRAS = {
+    "ray": "train",
+    "deepspeed": "train",
+    "mlflow": "tracking",
+    "tensorboard": "tracking",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "seaweedfs": "local",
+}
+"""Top-level module -> the pyproject.toml extra that installs it (the core install lacks them)."""
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """One line naming the extra to install when `exc` is a module of an optional extra, else None."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    return f"this command needs the '{extra}' extra ({top} is not installed): pip install 'ltad[{extra}]'"
+
+
 def run_parsed(args: argparse.Namespace) -> int:
-    """Run a parsed command: a UserError is one line '<prog>: error: ...' and exit 2."""
+    """Run a parsed command: a UserError, or a module of an extra that is not installed, is one line
+    '<prog>: error: ...' and exit 2."""
     try:
         return int(args._run(args) or 0)
     except UserError as exc:
         print(f"{args._prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        line = missing_extra(exc)
+        if line is None:
+            raise
+        print(f"{args._prog}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{args._prog}: interrupted", file=sys.stderr)

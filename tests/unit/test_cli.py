@@ -125,3 +125,30 @@ def test_predict_downloads_an_s3_model_into_a_folder(tmp_path, monkeypatch):
         UserError, match="'s3://b/run/model' is not an exported ltad model: weights.pt missing"
     ):
         download_model("s3://b/run/model", tmp_path / "again")
+
+
+def test_a_module_of_a_missing_extra_is_one_line_naming_the_extra(capsys):
+    from argparse import Namespace
+
+    from ltad.cli import run_parsed
+
+    def needs_ray(args):
+        raise ModuleNotFoundError("No module named 'ray'", name="ray")
+
+    assert run_parsed(Namespace(_run=needs_ray, _prog="ltad train")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "ltad train: error: this command needs the 'train' extra (ray is not installed): pip install 'ltad[train]'"
+    )
+
+
+def test_a_missing_module_of_no_extra_keeps_its_traceback():
+    from argparse import Namespace
+
+    from ltad.cli import run_parsed
+
+    def broken(args):
+        raise ModuleNotFoundError("No module named 'nonexistent_pkg'", name="nonexistent_pkg")
+
+    with pytest.raises(ModuleNotFoundError):
+        run_parsed(Namespace(_run=broken, _prog="ltad x"))

@@ -32,12 +32,12 @@ def _prepared() -> dict:
 
 
 def pinned(name: str) -> str:
-    """The exact version pyproject.toml pins for `name` ('torch==2.14.1' -> '2.14.1')."""
-    for dep in PYPROJECT["project"]["dependencies"]:
-        m = re.fullmatch(rf"{re.escape(name)}(\[[^\]]*\])?==(\S+)", dep)
+    """The exact version constraints.txt pins for `name` ('torch==2.14.1' -> '2.14.1')."""
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        m = re.fullmatch(rf"{re.escape(name)}==(\S+)", line.strip(), re.I)
         if m:
-            return m.group(2)
-    raise AssertionError(f"pyproject.toml does not pin {name}")
+            return m.group(1)
+    raise AssertionError(f"constraints.txt does not pin {name}")
 
 
 def torch_cuda_version() -> str:
@@ -76,14 +76,21 @@ def test_the_dockerfile_installs_the_project_from_pyproject_on_python_3_11():
     assert re.search(r"apt-get install[^\n]*\\\n(?:[^\n]*\\\n)*[^\n]*python3\.11-venv", DOCKERFILE)
     assert "python3.11 -m venv" in DOCKERFILE
     assert PYPROJECT["project"]["requires-python"] == ">=3.11"
-    # dependencies exactly as pyproject.toml pins them, then the project itself, never editable
-    assert "tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']" in DOCKERFILE
-    assert re.search(r"pip install -r /tmp/requirements\.txt", DOCKERFILE)
+    # the core + train + tracking dependencies of pyproject.toml at the versions of constraints.txt,
+    # then the project itself, never editable
+    assert "tomllib.load(open('pyproject.toml', 'rb'))['project']" in DOCKERFILE
+    for part in (
+        "p['dependencies']",
+        "['optional-dependencies']['train']",
+        "['optional-dependencies']['tracking']",
+    ):
+        assert part in DOCKERFILE, part
+    assert re.search(r"pip install -c constraints\.txt -r /tmp/requirements\.txt", DOCKERFILE)
     assert re.search(r"pip install --no-deps \.(\s|$)", DOCKERFILE)
     assert not re.search(r"pip install[^\n]*\s-e\s", DOCKERFILE)
     copied = re.findall(r"^COPY\s+(?:--\S+\s+)*(.+?)\s+\S+$", DOCKERFILE, re.M)
     sources = {s for line in copied for s in line.split()}
-    assert {"pyproject.toml", "ltad", "jobs", "tune", "configs"} <= sources
+    assert {"pyproject.toml", "constraints.txt", "ltad", "jobs", "tune", "configs"} <= sources
 
 
 def test_every_node_runs_our_image_and_nothing_is_installed_at_boot():
