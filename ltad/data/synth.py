@@ -5,10 +5,15 @@ real pixel masks. Each class is one bundled source image (all CC0 / public domai
 wheel, never downloaded); normal views are random crops, flips and brightness changes of it; test
 defects are Perlin-shaped foreign texture, scratches, CutPaste and stains, each with its mask.
 Everything is drawn from per-image seeds, so the same arguments give byte-identical files.
+
+Beyond the 17 bundled sources, class k is a procedural variant of source k mod 17 (its own zoomed
+crop, quarter turn, channel order and gamma, fixed by k alone so a class looks the same under every
+seed), named `<source>-v<NN>`: hundreds of distinct classes for testing scale behaviour offline.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -30,19 +35,48 @@ SOURCES = (
 DEFECTS = ("texture", "scratch", "cutpaste", "stain")
 SHIFT = 0.15  # normal views shift by up to this share of the side
 SYNTH_FORMAT = "ltad-synth/1"
+MAX_CLASSES = 1000  # procedural variants of the sources beyond len(SOURCES)
 Defect = tuple[np.ndarray, np.ndarray]  # (image HxWx3 float, mask HxW bool)
 
 
-def _source(name: str, side: int) -> tuple[np.ndarray, bool]:
-    """Centre square of a bundled image resized to `side`: float32 HxWx3 in [0, 1], and is-grayscale."""
-    arr = np.asarray(getattr(skimage.data, name)())
+def class_name(k: int) -> str:
+    """Name of class k: the bundled source's name, with a variant suffix beyond the first len(SOURCES)."""
+    base = SOURCES[k % len(SOURCES)]
+    return base if k < len(SOURCES) else f"{base}-v{k // len(SOURCES):02d}"
+
+
+@functools.lru_cache(maxsize=len(SOURCES))
+def _bundled(name: str) -> np.ndarray:
+    return np.asarray(getattr(skimage.data, name)())
+
+
+def _source(k: int, side: int) -> tuple[np.ndarray, bool]:
+    """Class k's source square resized to `side`: float32 HxWx3 in [0, 1], and is-grayscale.
+
+    The bundled classes use the image's centre square; a variant crops a random square of 55-90 % of
+    the short side, turns it by a multiple of 90 degrees, reorders the colour channels and applies a
+    gamma, all drawn from a generator seeded by k alone.
+    """
+    arr = _bundled(SOURCES[k % len(SOURCES)])
     gray = arr.ndim == 2
     img = Image.fromarray(arr if gray else arr[..., :3])
     h, w = arr.shape[:2]
     s = min(h, w)
-    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).convert("RGB")
-    img = img.resize((side, side), Image.Resampling.LANCZOS)
-    return np.asarray(img, dtype=np.float32) / 255.0, gray
+    if k < len(SOURCES):
+        box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+    else:
+        rng = np.random.default_rng([7919, k])
+        c = int(s * rng.uniform(0.55, 0.9))
+        x, y = int(rng.integers(0, w - c + 1)), int(rng.integers(0, h - c + 1))
+        box = (x, y, x + c, y + c)
+    img = img.crop(box).convert("RGB").resize((side, side), Image.Resampling.LANCZOS)
+    out = np.asarray(img, dtype=np.float32) / 255.0
+    if k >= len(SOURCES):
+        out = np.rot90(out, int(rng.integers(0, 4)))
+        if not gray:
+            out = out[..., rng.permutation(3)]
+        out = np.ascontiguousarray(out ** rng.uniform(0.7, 1.4), dtype=np.float32)
+    return out, gray
 
 
 def _view(src: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -145,8 +179,10 @@ def _save(path: Path, img: np.ndarray, gray: bool) -> None:
 
 
 def _check(classes: int, image_size: int, train_per_class: int, test_per_class: int) -> None:
-    if not 2 <= classes <= len(SOURCES):
-        raise ConfigError(f"--classes must be in [2, {len(SOURCES)}] (bundled source images), got {classes}")
+    if not 2 <= classes <= MAX_CLASSES:
+        raise ConfigError(
+            f"--classes must be in [2, {MAX_CLASSES}] ({len(SOURCES)} bundled sources, then variants), got {classes}"
+        )
     if image_size < 32:
         raise ConfigError(f"--image-size must be at least 32 pixels, got {image_size}")
     if train_per_class < 1:
@@ -157,7 +193,7 @@ def _check(classes: int, image_size: int, train_per_class: int, test_per_class: 
 
 def _write_class(tmp: Path, k: int, sources: list, size: int, n_train: int, n_test: int, seed: int) -> None:
     src, gray = sources[k]
-    base = tmp / SOURCES[k]
+    base = tmp / class_name(k)
     for sub in ["train/good", "test/good"] + [f"{d}/{t}" for d in ("test", "ground_truth") for t in DEFECTS]:
         (base / sub).mkdir(parents=True)
     for i in range(n_train):
@@ -199,7 +235,7 @@ def synthesize(
     out = Path(out)
     info = {
         "format": SYNTH_FORMAT,
-        "classes": list(SOURCES[:classes]),
+        "classes": [class_name(k) for k in range(classes)],
         "image_size": image_size,
         "train_per_class": train_per_class,
         "test_per_class": test_per_class,
@@ -213,7 +249,7 @@ def synthesize(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"output directory '{out}' exists and is not empty (or holds another synth dataset)")
     side = int(round(image_size * (1 + SHIFT)))
-    sources = [_source(name, side) for name in SOURCES[:classes]]
+    sources = [_source(k, side) for k in range(classes)]
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ltad.cli import main
 from ltad.data.datasets import read_dataset
-from ltad.data.synth import DEFECT_FNS, SOURCES, _source, _view, synthesize
+from ltad.data.synth import DEFECT_FNS, MAX_CLASSES, SOURCES, _source, _view, class_name, synthesize
 from ltad.errors import ConfigError, DataError
 
 SMALL = {"classes": 6, "image_size": 48, "train_per_class": 3, "test_per_class": 8}
@@ -64,8 +64,8 @@ def test_deterministic_by_seed(tmp_path):
 
 @pytest.mark.parametrize("defect", sorted(DEFECT_FNS))
 def test_defects_visible_inside_mask_only(defect):
-    src, _ = _source("camera", 74)
-    other, _ = _source("brick", 74)
+    src, _ = _source(SOURCES.index("camera"), 74)
+    other, _ = _source(SOURCES.index("brick"), 74)
     for i in range(5):
         rng = np.random.default_rng(i)
         clean = _view(src, rng, 64)
@@ -77,9 +77,27 @@ def test_defects_visible_inside_mask_only(defect):
 
 def test_every_source_is_bundled_offline():
     assert len(SOURCES) >= 12
-    for name in SOURCES:
-        img, _ = _source(name, 40)
+    for k, name in enumerate(SOURCES):
+        img, _ = _source(k, 40)
         assert img.shape == (40, 40, 3) and img.std() > 0.02, name
+
+
+def test_hundreds_of_distinct_classes_from_procedural_variants(tmp_path):
+    """Classes beyond the bundled sources are variants: named apart, deterministic, visibly different."""
+    names = [class_name(k) for k in range(300)]
+    assert len(set(names)) == 300 and names[: len(SOURCES)] == list(SOURCES)
+    assert names[len(SOURCES)] == f"{SOURCES[0]}-v01"
+    base = _source(0, 32)[0]
+    variants = [_source(k, 32)[0] for k in range(len(SOURCES), 6 * len(SOURCES), len(SOURCES))]
+    for v in variants:  # every variant of source 0 differs from it and from the others
+        assert np.abs(v - base).mean() > 0.03
+    for i, a in enumerate(variants):
+        for b in variants[i + 1 :]:
+            assert np.abs(a - b).mean() > 0.03
+    assert np.array_equal(_source(40, 32)[0], _source(40, 32)[0])
+    root = synthesize(tmp_path / "many", classes=40, image_size=32, train_per_class=1, test_per_class=2)
+    ds = read_dataset("synth", root)
+    assert len(ds.classes) == 40 and f"{SOURCES[5]}-v02" in ds.classes
 
 
 def test_reuse_and_refusals(tmp_path):
@@ -89,7 +107,7 @@ def test_reuse_and_refusals(tmp_path):
     with pytest.raises(DataError, match=r"'.*/s' exists and is not empty"):
         synthesize(tmp_path / "s", seed=1, **SMALL)
     with pytest.raises(ConfigError, match="--classes"):
-        synthesize(tmp_path / "t", classes=len(SOURCES) + 1)
+        synthesize(tmp_path / "t", classes=MAX_CLASSES + 1)
     assert not (tmp_path / "t").exists() and not list(tmp_path.glob(".t.tmp-*"))
 
 
