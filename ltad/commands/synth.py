@@ -16,7 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_synth_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """The generator's size flags (`ltad prepare` takes them as --synth-*)."""
     p.add_argument(
-        f"--{prefix}classes", type=int, default=8, help="number of classes (17 bundled sources, then procedural variants; up to 1000)"
+        f"--{prefix}classes",
+        type=int,
+        default=8,
+        help="number of classes (17 bundled sources, then procedural variants; up to 1000)",
     )
     p.add_argument(f"--{prefix}image-size", type=int, default=128, help="side of every image in pixels")
     p.add_argument(
