@@ -8,6 +8,7 @@ modules, which the next phase and the export read with `weights_only=True`.
 
 from __future__ import annotations
 
+import io
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -50,13 +51,19 @@ def save_and_report(
 
 
 def restore(engine) -> int:
-    """Load the latest reported checkpoint of this run into `engine`; the step to resume from (0)."""
+    """Load the latest reported checkpoint of this run into `engine`; the step to resume from (0).
+
+    Each worker downloads the checkpoint into its own temporary directory: `Checkpoint.as_directory`
+    shares one download among the processes of a node, and a reader of that shared copy once met a
+    half-written file (docs/RELIABILITY.md, "Limits").
+    """
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
         return 0
-    with ckpt.as_directory() as directory:
+    with tempfile.TemporaryDirectory(prefix="ltad-restore-") as directory:
+        ckpt.to_directory(directory)
         _, client_state = engine.load_checkpoint(directory, tag=TAG)
     if client_state is None:
         raise DataError(f"checkpoint '{ckpt.path}' holds no DeepSpeed state under tag '{TAG}'")
@@ -64,9 +71,16 @@ def restore(engine) -> int:
 
 
 def load_model_state(checkpoint) -> dict[str, torch.Tensor]:
-    """The consolidated fp32 state dict saved with a phase's final checkpoint."""
-    with checkpoint.as_directory() as directory:
-        path = Path(directory) / MODEL_FILE
-        if not path.is_file():
-            raise DataError(f"checkpoint '{checkpoint.path}' has no {MODEL_FILE}: the phase did not finish")
-        return torch.load(path, map_location="cpu", weights_only=True)
+    """The consolidated fp32 state dict saved with a phase's final checkpoint.
+
+    Reads `model.pt` alone, straight from the checkpoint's filesystem into this process's memory: no
+    shared local copy that another worker of the node could be writing or deleting meanwhile.
+    """
+    import pyarrow.fs
+
+    fs, path = checkpoint.filesystem, f"{str(checkpoint.path).rstrip('/')}/{MODEL_FILE}"
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        raise DataError(f"checkpoint '{checkpoint.path}' has no {MODEL_FILE}: the phase did not finish")
+    with fs.open_input_stream(path) as stream:
+        data = stream.read()
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
