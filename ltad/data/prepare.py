@@ -223,6 +223,27 @@ def prepare(
     if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
         raise ConfigError(f"--max-size must be an int >= 1 (pixels), got {max_size!r}")
     run = executor if executor is not None else processes(workers)
+    try:
+        return _prepare(
+            dataset_name, root, split_path, out_uri, shard_size_mb, test_shard_samples, log, max_size, run
+        )
+    finally:
+        close = getattr(run, "close", None)
+        if close is not None and executor is None:
+            close()
+
+
+def _prepare(
+    dataset_name: str,
+    root: str | Path,
+    split_path: str | Path,
+    out_uri: str,
+    shard_size_mb: float,
+    test_shard_samples: int,
+    log: Callable[[str], None],
+    max_size: int | None,
+    run: Executor,
+) -> Manifest:
 
     listing = Progress("scan", unit="files", log=log)
     tree = scan(root, on_file=listing.add)
