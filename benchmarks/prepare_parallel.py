@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "command": "python benchmarks/prepare_parallel.py --out docs/results/prepare-parallel.json",
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",
+        "load_average_1min_at_end": round(os.getloadavg()[0], 1),
         "throughput": {
             "tree": f"ltad synth: {args.classes} classes, {args.image_size} px PNG, split full, {images} images",
             "workers": rates,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -293,6 +294,7 @@ def _prepare(
         assert result is not None
         entries[result.entry.name.split("/", 1)[0]].append(result.entry)
     _delete_stale(out_uri, {r.entry.name for r in results if r is not None})
+    test_counts = Counter(r.class_name for r in test)
     manifest = Manifest(
         dataset=dataset.name,
         classes=dataset.classes,
@@ -300,7 +302,7 @@ def _prepare(
         shards={k: tuple(v) for k, v in entries.items()},
         counts={
             "train": {c: split.counts.get(c, 0) for c in dataset.classes},
-            "test": {c: sum(r.class_name == c for r in test) for c in dataset.classes},
+            "test": {c: test_counts.get(c, 0) for c in dataset.classes},
         },
         image_sizes={c: [list(wh) for wh in sorted(v)] for c, v in sizes.items()},
     )

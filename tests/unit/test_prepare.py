@@ -201,3 +201,35 @@ def test_progress_lines_have_count_rate_and_eta():
     progress.add(50)
     progress.finish()
     assert lines[-1] == "check: 100/100 images, 5.0/s, 20s elapsed"
+
+
+def test_a_submitted_prepare_job_runs_on_ray_unless_told_otherwise(monkeypatch):
+    from ltad.commands.prepare import job_argv
+    from ltad.training.cluster import JOB_CONFIG_VAR
+
+    monkeypatch.delenv(JOB_CONFIG_VAR, raising=False)
+    assert job_argv(["--dataset", "mvtec"]) == ["--dataset", "mvtec"]
+    monkeypatch.setenv(JOB_CONFIG_VAR, "{}")
+    assert job_argv(["--dataset", "mvtec"]) == ["--dataset", "mvtec", "--ray"]
+    assert job_argv(["--workers", "4"]) == ["--workers", "4"]
+    assert job_argv(["--workers=4"]) == ["--workers=4"]
+
+
+def test_workers_and_max_size_flags_are_checked(tmp_path, capsys):
+    from ltad import cli
+
+    base = [
+        "prepare",
+        "--dataset",
+        "mvtec",
+        "--root",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+        "--split",
+        "s",
+    ]
+    assert cli.main([*base, "--workers", "0"]) == 2
+    assert "--workers must be an int >= 1, got '0'" in capsys.readouterr().err
+    assert cli.main([*base, "--max-size", "big"]) == 2
+    assert "--max-size" in capsys.readouterr().err
