@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     workers = parse_number("--workers", args.workers, int)
     if workers is None or workers < 1:
         raise ConfigError(f"--workers must be an int >= 1, got {args.workers!r}")
+    if args.ray and workers != 1:
+        raise ConfigError("give either --ray (Ray tasks) or --workers N (local processes), not both")
     root = resolve(args.root, "--root")
     out = resolve(args.out, "--out")
     split_file = resolve(args.split, "--split", local_only=True) if args.split else None
@@ -106,11 +108,12 @@ def run(args: argparse.Namespace) -> int:
             split = make_split_from_args(args, root)
             split_file = str(split.save(Path(tmp) / "split.json"))
             log(f"split {describe(split)}")
-        options = {"max_size": max_size, "workers": workers}
         if args.ray:
             manifest = _prepare_on_ray(args.dataset, root, split_file, out, size, per_test, max_size)
         else:
-            manifest = prepare(args.dataset, root, split_file, out, size, per_test, **options)
+            manifest = prepare(
+                args.dataset, root, split_file, out, size, per_test, max_size=max_size, workers=workers
+            )
         storage.upload_file(split_file, storage.join(out, "split.json"))
     summary = {
         s: {"shards": len(manifest.shards[s]), "samples": manifest.samples(s)} for s in ("train", "test")

@@ -131,9 +131,8 @@ def _read(root: str, rel: str) -> bytes:
 
 def _decoded_size(root: str, rel: str) -> tuple[int, int]:
     """Size of a fully decoded image (a truncated or corrupt file fails here), or a DataError naming it."""
-    data = _read(root, rel)
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(_read(root, rel))) as im:
             im.load()
             return im.size
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
