@@ -6,6 +6,8 @@
 With `--dataset synth` a missing root is generated first (--synth-* flags). The split file is stored
 beside the shards as `{out}/split.json`. The flags, defaults and errors are those of `ltad prepare`
 (ltad/commands/prepare.py): without --split, --profile (and --ratio unless 'full') are required.
+Submitted with `ray job submit`, the work runs as Ray tasks across the cluster (as with `--ray`; give
+s3:// --root and --out) unless --workers is given.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir's `ltad` package
 
 from ltad.cli import job_main, job_parser  # noqa: E402
+from ltad.commands.prepare import job_argv  # noqa: E402
 
 PROG = "jobs/prepare.py"
 
@@ -26,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return job_main("prepare", argv, PROG)
+    return job_main("prepare", job_argv(argv), PROG)
 
 
 if __name__ == "__main__":

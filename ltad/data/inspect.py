@@ -10,14 +10,14 @@ from PIL import Image
 
 from ltad.data import storage
 from ltad.data.manifest import SPLITS, read_manifest
-from ltad.data.shards import iterate_shard
+from ltad.data.shards import IMAGE_MEMBERS, iterate_shard
 from ltad.errors import UserError
 
 
 def _check_sample(sample: dict[str, Any]) -> tuple[str, str]:
     """(class_name, split) of a raw sample after fully decoding its image and mask."""
     meta = json.loads(sample["json"])
-    for ext in ("png", "mask.png"):
+    for ext in (*IMAGE_MEMBERS, "mask.png"):
         if ext in sample:
             with Image.open(io.BytesIO(sample[ext])) as im:
                 im.load()

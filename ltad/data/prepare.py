@@ -1,23 +1,37 @@
-"""Dataset + split -> WebDataset shards + manifest at a prefix (`ltad prepare`).
+"""Dataset + split -> WebDataset shards + manifest at a prefix (`ltad prepare`), in parallel.
 
-Constant memory: records are encoded one at a time into one local shard, which is uploaded and
-deleted before the next one is opened. The old manifest is deleted before any shard is replaced and
-the new one is written last, so an interrupted run never leaves a manifest describing missing or
-half-written shards. A shard whose object already holds the same bytes (sha256 in the object's
-metadata or in the previous manifest) is not uploaded again.
+Phases, each with progress lines (count, rate, ETA):
+1. scan: one listing of the root (a local tree or an s3:// prefix; `ltad.data.tree`), parsed by the
+   dataset's layout reader; the split is applied.
+2. plan (pure, `plan`): one work item per shard, train shards by (class, chunk), test shards by
+   chunks of `test_shard_samples`, cut by the source files' listed sizes, so shard names and contents
+   are fixed before any work runs and `--workers 1` and `--workers 8` write identical shards.
+3. check: every image and mask is read and fully decoded (truncation shows here), masks against their
+   image's size; the first unreadable file stops prepare with its path, before anything is written.
+4. write/upload: each work item becomes one finished shard (`write_item`), uploaded by the process or
+   Ray task that wrote it unless the object already holds the same bytes (sha256 in its metadata or in
+   the previous manifest).
+The previous manifest is deleted after the check and the new one written last (atomically), so an
+interrupted run leaves the previous manifest (died before writing) or none, never one naming missing
+or half-written shards. Image bytes are kept as they are (JPEG stays JPEG, PNG stays PNG; see
+`shards.encode_record`), optionally resized to `max_size` px on the longer side.
 """
 
 from __future__ import annotations
 
+import io
 import tempfile
-import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
 
 from ltad.data import storage
 from ltad.data.datasets import read_dataset
+from ltad.data.executor import Executor, processes
 from ltad.data.manifest import (
     Manifest,
     ShardEntry,
@@ -26,13 +40,162 @@ from ltad.data.manifest import (
     try_read_manifest,
     write_manifest,
 )
+from ltad.data.progress import Progress
 from ltad.data.records import Record
-from ltad.data.shards import ShardInfo, ShardWriter, encode_record, sample_key
+from ltad.data.shards import ShardInfo, ShardWriter, encode_record, fitted_size, sample_key
 from ltad.data.splits import read_split
+from ltad.data.tree import scan
 from ltad.errors import ConfigError, DataError
 from ltad.log import get_logger
 
 _log = get_logger("prepare").info
+
+CHECK_BATCH = 32
+"""Images per check task: small enough for a steady progress line, large enough to amortise a task."""
+SAMPLE_OVERHEAD = 3 * 512 + 2 * 512  # tar headers of image, cls and json, and the two small members
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One shard to write: its name relative to the prefix and its records, in order."""
+
+    name: str  # e.g. "train/bottle-000003.tar"
+    records: tuple[Record, ...]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What every worker needs besides its item: where to read, where to write, how."""
+
+    root: str
+    out_uri: str
+    max_size: int | None = None
+    known: dict[str, str] = field(default_factory=dict)  # shard name -> sha256 in the previous manifest
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    entry: ShardEntry
+    uploaded: bool
+    source_bytes: int  # the images' and masks' bytes as read, for the stored/source ratio
+
+
+def _estimate(record: Record, sizes: dict[str, int]) -> int:
+    """Tar bytes of a record from its listed source sizes (an upper bound under --max-size)."""
+    total = SAMPLE_OVERHEAD + -(-sizes.get(record.path, 0) // 512) * 512
+    if record.mask_path is not None:
+        total += 512 + -(-sizes.get(record.mask_path, 0) // 512) * 512
+    return total
+
+
+def _chunks(records: Sequence[Record], sizes: dict[str, int], max_bytes: int, max_samples: int | None):
+    chunk: list[Record] = []
+    used = 0
+    for record in records:
+        size = _estimate(record, sizes)
+        full = max_samples is not None and len(chunk) >= max_samples
+        if chunk and (full or used + size > max_bytes):
+            yield tuple(chunk)
+            chunk, used = [], 0
+        chunk.append(record)
+        used += size
+    if chunk:
+        yield tuple(chunk)
+
+
+def plan(
+    classes: Sequence[str],
+    train: Sequence[Record],
+    test: Sequence[Record],
+    sizes: dict[str, int],
+    max_bytes: int,
+    test_shard_samples: int,
+) -> list[WorkItem]:
+    """Work items: `train/{class}-NNNNNN.tar` per class (classes in id order, records in split order),
+    then `test/test-NNNNNN.tar` (the whole test set in dataset order). Pure and deterministic."""
+    by_class: dict[str, list[Record]] = {c: [] for c in classes}
+    for record in train:  # one pass: no per-class filter over every record
+        by_class[record.class_name].append(record)
+    items = []
+    for cls in classes:
+        for i, chunk in enumerate(_chunks(by_class[cls], sizes, max_bytes, None)):
+            items.append(WorkItem(f"train/{cls}-{i:06d}.tar", chunk))
+    for i, chunk in enumerate(_chunks(test, sizes, max_bytes, test_shard_samples)):
+        items.append(WorkItem(f"test/test-{i:06d}.tar", chunk))
+    return items
+
+
+def _read(root: str, rel: str) -> bytes:
+    return storage.read_bytes(storage.join(root, rel))
+
+
+def _decoded_size(root: str, rel: str) -> tuple[int, int]:
+    """Size of a fully decoded image (a truncated or corrupt file fails here), or a DataError naming it."""
+    try:
+        with Image.open(io.BytesIO(_read(root, rel))) as im:
+            im.load()
+            return im.size
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(
+            f"cannot read image '{rel}' under '{root}': {exc or type(exc).__name__} (expected a PNG, JPEG, "
+            "BMP or TIFF image)"
+        ) from None
+
+
+def check_batch(root: str, max_size: int | None, records: Sequence[Record]) -> list[tuple[int, int]]:
+    """Decode every image and mask of `records`; their stored sizes (after `max_size`), in order."""
+    out = []
+    for record in records:
+        size = _decoded_size(root, record.path)
+        if record.mask_path is not None:
+            mask = _decoded_size(root, record.mask_path)
+            if mask != size:
+                raise DataError(
+                    f"mask '{record.mask_path}' is {mask[0]}x{mask[1]} but image '{record.path}' is "
+                    f"{size[0]}x{size[1]} (under '{root}'): expected the same size"
+                )
+        out.append(fitted_size(*size, max_size))
+    return out
+
+
+def write_item(target: Target, item: WorkItem) -> ShardResult:
+    """Turn one work item into a finished shard at `{out_uri}/{item.name}`: read the sources, write the
+    tar locally, hash it, upload it unless the object already holds the same bytes. Runs in this
+    process, a local worker process or a Ray task on any node (reads and writes by URI only)."""
+    split, base = item.name.split("/", 1)
+    part, index = base.removesuffix(".tar").rsplit("-", 1)
+    finished: list[tuple[Path, ShardInfo]] = []
+    source_bytes = 0
+    with tempfile.TemporaryDirectory(prefix="ltad-prepare-") as tmp:
+        writer = ShardWriter(tmp, split, part, lambda p, i: finished.append((p, i)), max_bytes=1 << 62)
+        writer.index = int(index)
+        for record in item.records:
+            image = _read(target.root, record.path)
+            mask = _read(target.root, record.mask_path) if record.mask_path is not None else None
+            source_bytes += len(image) + (len(mask) if mask is not None else 0)
+            key, files, _ = encode_record(record, image, mask, target.max_size, target.root)
+            writer.write(key, files, record.class_name)
+        writer.close()
+        ((path, info),) = finished
+        assert info.name == item.name, (info.name, item.name)
+        # The shard is complete here (`path`, `info`): the one place to derive per-shard sidecars.
+        uploaded = _publish_shard(target, path, info)
+    entry = ShardEntry(info.name, info.samples, info.bytes, info.sha256, info.per_class)
+    return ShardResult(entry, uploaded, source_bytes)
+
+
+def _publish_shard(target: Target, path: Path, info: ShardInfo) -> bool:
+    """Upload a finished shard unless the object holds the same bytes already; True when uploaded."""
+    uri = storage.join(target.out_uri, info.name)
+    existing = storage.head(uri)
+    same = (
+        existing is not None
+        and existing["size"] == info.bytes
+        and info.sha256 in (existing["metadata"].get("sha256"), target.known.get(info.name))
+    )
+    if not same:
+        storage.upload_file(path, uri, metadata={"sha256": info.sha256})
+    return not same
 
 
 def prepare(
@@ -43,112 +206,112 @@ def prepare(
     shard_size_mb: float = 256,
     test_shard_samples: int = 64,
     log: Callable[[str], None] = _log,
+    *,
+    max_size: int | None = None,
+    workers: int = 1,
+    executor: Executor | None = None,
 ) -> Manifest:
-    """Write train shards grouped by class and test shards (the full test set), then the manifest."""
+    """Write train shards by (class, chunk) and test shards (the full test set), then the manifest.
+
+    `root` is a local directory or an s3:// prefix. Work runs on `executor` when given (e.g. Ray tasks,
+    ltad/training/ray_map.py), else on `workers` local processes (1: this process).
+    """
     if shard_size_mb <= 0:
         raise ConfigError(f"--shard-size-mb must be a positive number, got {shard_size_mb}")
     if test_shard_samples < 1:
         raise ConfigError(f"--test-shard-samples must be an int >= 1, got {test_shard_samples}")
-    dataset = read_dataset(dataset_name, root)
+    if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
+        raise ConfigError(f"--max-size must be an int >= 1 (pixels), got {max_size!r}")
+    run = executor if executor is not None else processes(workers)
+    try:
+        return _prepare(
+            dataset_name, root, split_path, out_uri, shard_size_mb, test_shard_samples, log, max_size, run
+        )
+    finally:
+        close = getattr(run, "close", None)
+        if close is not None and executor is None:
+            close()
+
+
+def _prepare(
+    dataset_name: str,
+    root: str | Path,
+    split_path: str | Path,
+    out_uri: str,
+    shard_size_mb: float,
+    test_shard_samples: int,
+    log: Callable[[str], None],
+    max_size: int | None,
+    run: Executor,
+) -> Manifest:
+
+    listing = Progress("scan", unit="files", log=log)
+    tree = scan(root, on_file=listing.add)
+    listing.finish()
+    root = tree.root
+    dataset = read_dataset(dataset_name, tree)
     split = read_split(split_path, dataset)
     train = split.train_records(dataset)
     test = dataset.select("test")
     if not test:
         raise DataError(f"dataset '{dataset_name}' at '{root}' has no test images")
-    _check_unique_keys(train + test)
-    _check_images(train + test, root)
-
+    records = train + test
+    _check_unique_keys(records)
     previous = try_read_manifest(out_uri)  # also fails early on a bad bucket or credentials
+    items = plan(dataset.classes, train, test, tree.files, int(shard_size_mb * (1 << 20)), test_shard_samples)
+
+    sizes: dict[str, set[tuple[int, int]]] = {c: set() for c in dataset.classes}
+    batches = [tuple(records[i : i + CHECK_BATCH]) for i in range(0, len(records), CHECK_BATCH)]
+    check = Progress("check", total=len(records), unit="images", log=log)
+    for index, batch_sizes in run(partial(check_batch, root, max_size), batches):
+        for record, size in zip(batches[index], batch_sizes):
+            sizes[record.class_name].add(size)
+        check.add(len(batches[index]))
+    check.finish()
+
+    # Every image decoded: from here on the output changes, so the old manifest goes first.
     known = {} if previous is None else {e.name: e.sha256 for s in previous.shards.values() for e in s}
     storage.delete(manifest_uri(out_uri))
+    target = Target(root, out_uri, max_size, known)
+    results: list[ShardResult | None] = [None] * len(items)
+    counts = {"uploaded": 0, "unchanged": 0, "bytes": 0, "source": 0}
+    write = Progress("write/upload", total=len(records), unit="images", log=log)
+    for index, result in run(partial(write_item, target), items):
+        results[index] = result
+        counts["uploaded" if result.uploaded else "unchanged"] += 1
+        counts["bytes"] += result.entry.bytes
+        counts["source"] += result.source_bytes
+        write.note = (
+            f"{counts['uploaded'] + counts['unchanged']}/{len(items)} shards: {counts['uploaded']} uploaded, "
+            f"{counts['unchanged']} unchanged, {counts['bytes'] / 1e6:.1f} MB"
+        )
+        write.add(len(items[index].records))
+    write.finish()
 
     entries: dict[str, list[ShardEntry]] = {"train": [], "test": []}
-    sizes: dict[str, set[tuple[int, int]]] = {c: set() for c in dataset.classes}
-    stats = {"uploaded": 0, "skipped": 0, "done": 0}
-    total = len(train) + len(test)
-    started = time.monotonic()
-
-    def on_done(path: Path, info: ShardInfo) -> None:
-        uri = storage.join(out_uri, info.name)
-        existing = storage.head(uri)
-        same = (
-            existing is not None
-            and existing["size"] == info.bytes
-            and info.sha256 in (existing["metadata"].get("sha256"), known.get(info.name))
-        )
-        if same:
-            stats["skipped"] += 1
-        else:
-            storage.upload_file(path, uri, metadata={"sha256": info.sha256})
-            stats["uploaded"] += 1
-        path.unlink()
-        entries[info.name.split("/", 1)[0]].append(
-            ShardEntry(info.name, info.samples, info.bytes, info.sha256, info.per_class)
-        )
-        stats["done"] += info.samples
-        rate = stats["done"] / max(1e-6, time.monotonic() - started)
-        verb = "unchanged, skipped" if same else "uploaded"
-        log(
-            f"{info.name}: {info.samples} samples, {info.bytes / 1e6:.1f} MB {verb} ({stats['done']}/{total}, {rate:.0f}/s)"
-        )
-
-    max_bytes = int(shard_size_mb * (1 << 20))
-    with tempfile.TemporaryDirectory(prefix="ltad-prepare-") as tmp:
-        for cls in dataset.classes:
-            records = [r for r in train if r.class_name == cls]
-            if records:
-                _write(ShardWriter(tmp, "train", cls, on_done, max_bytes), records, root, sizes)
-        _write(ShardWriter(tmp, "test", "test", on_done, max_bytes, test_shard_samples), test, root, sizes)
-
-    _delete_stale(out_uri, {e.name for split_entries in entries.values() for e in split_entries})
-    counts = {
-        "train": {c: split.counts.get(c, 0) for c in dataset.classes},
-        "test": {c: sum(r.class_name == c for r in test) for c in dataset.classes},
-    }
+    for result in results:
+        assert result is not None
+        entries[result.entry.name.split("/", 1)[0]].append(result.entry)
+    _delete_stale(out_uri, {r.entry.name for r in results if r is not None})
+    test_counts = Counter(r.class_name for r in test)
     manifest = Manifest(
         dataset=dataset.name,
         classes=dataset.classes,
         split=SplitProvenance(split.sha256, split.profile, split.ratio, split.seed, tuple(split.class_order)),
         shards={k: tuple(v) for k, v in entries.items()},
-        counts=counts,
+        counts={
+            "train": {c: split.counts.get(c, 0) for c in dataset.classes},
+            "test": {c: test_counts.get(c, 0) for c in dataset.classes},
+        },
         image_sizes={c: [list(wh) for wh in sorted(v)] for c, v in sizes.items()},
     )
     uri = write_manifest(out_uri, manifest)
-    log(f"wrote {uri}: {stats['uploaded']} shards uploaded, {stats['skipped']} unchanged")
+    ratio = counts["bytes"] / max(1, counts["source"])
+    log(
+        f"wrote {uri}: {counts['uploaded']} shards uploaded, {counts['unchanged']} unchanged; shards are "
+        f"{ratio:.2f}x the source bytes"
+    )
     return manifest
-
-
-def _write(writer: ShardWriter, records: list[Record], root: str | Path, sizes: dict) -> None:
-    for record in records:
-        key, files, size = encode_record(record, root)
-        sizes[record.class_name].add(size)
-        writer.write(key, files, record.class_name)
-    writer.close()
-
-
-def _check_images(records: list[Record], root: str | Path) -> None:
-    """Every image and mask opens as an image and masks match their image's size: read from the
-    headers only (~0.1 ms a file), so bad input fails before the first shard is uploaded."""
-    for record in records:
-        size = _image_size(root, record.path)
-        if record.mask_path is not None:
-            mask = _image_size(root, record.mask_path)
-            if mask != size:
-                raise DataError(
-                    f"mask '{record.mask_path}' is {mask[0]}x{mask[1]} but image '{record.path}' is "
-                    f"{size[0]}x{size[1]}: expected the same size"
-                )
-
-
-def _image_size(root: str | Path, rel: str) -> tuple[int, int]:
-    try:
-        with Image.open(Path(root, rel)) as im:
-            return im.size
-    except (OSError, ValueError) as exc:
-        raise DataError(
-            f"cannot read image '{rel}' under '{root}': {exc or type(exc).__name__} (expected a PNG, JPEG, "
-            "BMP or TIFF image)"
-        ) from None
 
 
 def _check_unique_keys(records: list[Record]) -> None:

@@ -34,30 +34,75 @@ def sample_key(record: Record) -> str:
     return stem.replace(".", "_")
 
 
+IMAGE_MEMBERS = ("png", "jpg")
+"""A sample's image member: the source's own bytes when it is a PNG or a JPEG (`prepare` keeps them as
+they are), a PNG otherwise (BMP, TIFF, ... are re-encoded) or after a `--max-size` resize."""
+KEPT_FORMATS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg"}  # MPO: a camera JPEG with extra frames
+JPEG_QUALITY = 95
+
+
+def image_member(sample: dict[str, Any]) -> bytes:
+    """The encoded image of a raw sample, whichever format it was kept in (see IMAGE_MEMBERS)."""
+    for ext in IMAGE_MEMBERS:
+        if ext in sample:
+            return sample[ext]
+    raise DataError(
+        f"sample '{sample['__key__']}' of shard {sample['__url__']} has no image member (expected "
+        f"{' or '.join(f'key.{e}' for e in IMAGE_MEMBERS)}): re-run ltad prepare"
+    )
+
+
 def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
-def encode_record(record: Record, root: str | Path) -> tuple[str, dict[str, bytes], tuple[int, int]]:
-    """(key, {ext: bytes}, (width, height)) of one record: RGB PNG, binary L mask PNG, class id, JSON."""
-    path = Path(root, record.path)
+def fitted_size(width: int, height: int, max_size: int | None) -> tuple[int, int]:
+    """(width, height) with the longer side at most `max_size` (aspect kept; unchanged when None or
+    already small enough)."""
+    longest = max(width, height)
+    if max_size is None or longest <= max_size:
+        return width, height
+    scale = max_size / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def encode_record(
+    record: Record, image: bytes, mask: bytes | None, max_size: int | None = None, where: str = ""
+) -> tuple[str, dict[str, bytes], tuple[int, int]]:
+    """(key, {ext: bytes}, (width, height)) of one record from its source bytes: the image kept as it is
+    (PNG, JPEG) or as a PNG, resized when its longer side exceeds `max_size` (re-encoded in its own
+    format, JPEG at quality 95); the mask binarised to an L PNG (resized NEAREST); class id; JSON."""
     try:
-        with Image.open(path) as im:
-            image = im.convert("RGB")
-        mask = None
-        if record.mask_path is not None:
-            with Image.open(Path(root, record.mask_path)) as m:
-                mask = (np.asarray(m.convert("L")) > 0).astype(np.uint8) * 255
+        with Image.open(io.BytesIO(image)) as im:
+            ext = KEPT_FORMATS.get(im.format or "")
+            source = im.size
+            size = fitted_size(*source, max_size)
+            if ext is not None and size == source:
+                data = image
+            else:
+                rgb = im.convert("L" if im.mode == "L" else "RGB")
+                if size != source:
+                    rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+                if ext == "jpg":
+                    buf = io.BytesIO()
+                    rgb.save(buf, format="JPEG", quality=JPEG_QUALITY)
+                    data = buf.getvalue()
+                else:
+                    ext, data = "png", _png(rgb)
+        binary = None
+        if mask is not None:
+            with Image.open(io.BytesIO(mask)) as m:
+                binary = (np.asarray(m.convert("L")) > 0).astype(np.uint8) * 255
     except (OSError, ValueError) as exc:
         raise DataError(
-            f"cannot read image or mask of '{record.path}' under '{root}': {exc or type(exc).__name__}"
+            f"cannot read image or mask of '{record.path}' under '{where}': {exc or type(exc).__name__}"
         ) from None
-    if mask is not None and mask.shape != (image.height, image.width):
+    if binary is not None and binary.shape != (source[1], source[0]):
         raise DataError(
-            f"mask '{record.mask_path}' is {mask.shape[1]}x{mask.shape[0]} but image '{record.path}' is "
-            f"{image.width}x{image.height}"
+            f"mask '{record.mask_path}' is {binary.shape[1]}x{binary.shape[0]} but image '{record.path}' is "
+            f"{source[0]}x{source[1]}"
         )
     meta = {
         "path": record.path,
@@ -66,14 +111,17 @@ def encode_record(record: Record, root: str | Path) -> tuple[str, dict[str, byte
         "label": record.label,
         "defect_type": record.defect_type,
         "split": record.split,
-        "width": image.width,
-        "height": image.height,
-        "mask": mask is not None,  # lets readers tell a lost mask member from a defect without one
+        "width": size[0],
+        "height": size[1],
+        "mask": binary is not None,  # lets readers tell a lost mask member from a defect without one
     }
-    files = {"png": _png(image), "cls": str(record.class_id).encode(), "json": json.dumps(meta).encode()}
-    if mask is not None:
-        files["mask.png"] = _png(Image.fromarray(mask, mode="L"))
-    return sample_key(record), files, (image.width, image.height)
+    files = {ext: data, "cls": str(record.class_id).encode(), "json": json.dumps(meta).encode()}
+    if binary is not None:
+        mask_image = Image.fromarray(binary, mode="L")
+        if size != source:
+            mask_image = mask_image.resize(size, Image.Resampling.NEAREST)
+        files["mask.png"] = _png(mask_image)
+    return sample_key(record), files, size
 
 
 @dataclass

@@ -384,6 +384,22 @@ def list(prefix: str) -> builtins.list[str]:
     return sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
 
 
+def list_sizes(prefix: str) -> builtins.list[tuple[str, int]]:
+    """(URI, size in bytes) of every object/file under `prefix` (recursive, sorted): one listing."""
+    if is_s3(prefix):
+        bucket, key = split_s3(prefix)
+        key = key.rstrip("/") + "/" if key else ""
+        out = []
+        paginator = client().get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=bucket, Prefix=key):
+                out += [(f"s3://{bucket}/{obj['Key']}", int(obj["Size"])) for obj in page.get("Contents", [])]
+        except Exception as exc:
+            raise _error(prefix, exc) from None
+        return sorted(out)
+    return [(uri, Path(uri).stat().st_size) for uri in list(prefix)]
+
+
 def read_json(uri: str) -> Any:
     data = read_bytes(uri)
     try:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from ltad.data import storage
 from ltad.data.manifest import Manifest, ShardEntry
-from ltad.data.shards import decode_sample, iterate_shard
+from ltad.data.shards import decode_sample, image_member, iterate_shard
 from ltad.errors import ConfigError, DataError
 from ltad.log import ALL_RANKS, get_logger
 
@@ -35,7 +35,7 @@ K = TypeVar("K")  # a class key: its name, or its id in the study
 
 def decode_image_sample(sample: dict[str, Any], image_size: int, with_mask: bool) -> dict[str, Any]:
     """Raw shard sample -> `image` 3xHxW float32 in [0, 1] (+ `gt_mask` 1xHxW, `gt_label` for evaluation)."""
-    with Image.open(io.BytesIO(sample["png"])) as im:
+    with Image.open(io.BytesIO(image_member(sample))) as im:
         image = im.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
     # HWC -> CHW and scaling in numpy: torch's intra-op thread pool costs ~5 ms per small tensor on a
     # busy machine (measured), more than the PNG decode itself.

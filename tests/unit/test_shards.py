@@ -38,11 +38,16 @@ def records(tmp_path):
     return root, out
 
 
+def _encode(record, root, max_size=None):
+    mask = (root / record.mask_path).read_bytes() if record.mask_path else None
+    return encode_record(record, (root / record.path).read_bytes(), mask, max_size, str(root))
+
+
 def _write(tmp_path, root, records, name, **kw):
     done = []
     writer = ShardWriter(tmp_path / name, "test", "test", lambda path, info: done.append((path, info)), **kw)
     for r in records:
-        key, files, _ = encode_record(r, root)
+        key, files, _ = _encode(r, root)
         writer.write(key, files, r.class_name)
     writer.close()
     return done
@@ -50,16 +55,16 @@ def _write(tmp_path, root, records, name, **kw):
 
 def test_encode_record(records):
     root, recs = records
-    key, files, size = encode_record(recs[0], root)
+    key, files, size = _encode(recs[0], root)
     assert key == "a/test/cut/000" == sample_key(recs[0])
     assert size == (16, 12)
     assert sorted(files) == ["cls", "json", "mask.png", "png"]
-    assert Image.open(io.BytesIO(files["png"])).mode == "RGB"
+    assert files["png"] == (root / recs[0].path).read_bytes()  # the source PNG kept as it is
     mask = np.asarray(Image.open(io.BytesIO(files["mask.png"])))
     assert set(np.unique(mask)) == {0, 255} and (mask == 255).sum() == 18
     meta = json.loads(files["json"])
     assert meta == {**meta, "path": recs[0].path, "label": 1, "width": 16, "height": 12, "class_id": 0}
-    assert "mask.png" not in encode_record(recs[1], root)[1]
+    assert "mask.png" not in _encode(recs[1], root)[1]
 
 
 def test_identical_inputs_give_identical_bytes(tmp_path, records):
@@ -125,3 +130,49 @@ def test_decode_failure_names_sample_and_shard(tmp_path, records):
 
     with pytest.raises(DataError, match=rf"cannot decode sample 'a/test/cut/000' of shard {path}: \w+"):
         list(iterate_shard(str(path), 1, decode))
+
+
+def _jpeg(path, size=(40, 30), seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, quality=90)
+    return path
+
+
+def test_jpeg_is_kept_byte_identical_and_decodes(tmp_path):
+    from ltad.data.shards import image_member
+
+    src = _jpeg(tmp_path / "a" / "train" / "good" / "000.jpg")
+    record = Record("a/train/good/000.jpg", "a", 0, "train", 0, None, "good")
+    key, files, size = _encode(record, tmp_path)
+    assert sorted(files) == ["cls", "jpg", "json"] and size == (40, 30)
+    assert files["jpg"] == src.read_bytes()
+    assert image_member({"__key__": key, "__url__": "x", **files}) == src.read_bytes()
+    with pytest.raises(DataError, match="has no image member"):
+        image_member({"__key__": key, "__url__": "s.tar", "json": b"{}"})
+
+
+def test_max_size_resizes_in_the_source_format_and_masks_nearest(tmp_path):
+    _jpeg(tmp_path / "a" / "test" / "cut" / "000.jpg", size=(80, 40))
+    mask = np.zeros((40, 80), dtype=np.uint8)
+    mask[10:30, 20:60] = 3
+    (tmp_path / "a" / "ground_truth" / "cut").mkdir(parents=True)
+    Image.fromarray(mask).save(tmp_path / "a" / "ground_truth" / "cut" / "000_mask.png")
+    record = Record("a/test/cut/000.jpg", "a", 0, "test", 1, "a/ground_truth/cut/000_mask.png", "cut")
+    _, files, size = _encode(record, tmp_path, max_size=20)
+    assert size == (20, 10)
+    with Image.open(io.BytesIO(files["jpg"])) as im:
+        assert (im.format, im.size) == ("JPEG", (20, 10))
+    with Image.open(io.BytesIO(files["mask.png"])) as m:
+        assert m.size == (20, 10) and set(np.unique(np.asarray(m))) == {0, 255}  # NEAREST: still binary
+    assert json.loads(files["json"])["width"] == 20
+    _, same, _ = _encode(record, tmp_path, max_size=80)  # already small enough: bytes kept
+    assert same["jpg"] == (tmp_path / record.path).read_bytes()
+
+
+def test_other_formats_become_png(tmp_path):
+    path = tmp_path / "a" / "train" / "good" / "000.bmp"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(np.full((6, 8, 3), 9, dtype=np.uint8)).save(path)
+    _, files, _ = _encode(Record("a/train/good/000.bmp", "a", 0, "train", 0, None, "good"), tmp_path)
+    assert "png" in files and Image.open(io.BytesIO(files["png"])).format == "PNG"

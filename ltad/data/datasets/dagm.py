@@ -7,24 +7,24 @@ is absent, a `Label/<stem>_label.*` image marks a defect.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ltad.data.datasets.mvtec import Row, check_root, list_images
 from ltad.data.records import Dataset, build_dataset, is_image
+from ltad.data.tree import Tree
 from ltad.errors import DataError
 
 SPLITS = {"Train": "train", "Test": "test"}
 
 
-def _labels(label_dir: Path) -> dict[str, str | None]:
+def _labels(tree: Tree, label_dir: str) -> dict[str, str | None]:
     """Image name -> mask name (None for a normal image) from Labels.txt or the label images."""
-    txt = label_dir / "Labels.txt"
-    if not txt.is_file():
-        return {n.replace("_label", ""): n for n in list_images(label_dir)}
+    txt = tree.uri(f"{label_dir}/Labels.txt")
+    if not tree.is_file(f"{label_dir}/Labels.txt"):
+        return {n.replace("_label", ""): n for n in list_images(tree, label_dir)}
     out: dict[str, str | None] = {}
     try:
-        lines = txt.read_text(encoding="utf-8", errors="strict").splitlines()
+        lines = tree.read_text(f"{label_dir}/Labels.txt").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"DAGM label file '{txt}' cannot be read: {exc}") from None
     for number, line in enumerate(lines, start=1):
@@ -38,7 +38,7 @@ def _labels(label_dir: Path) -> dict[str, str | None]:
         mask = next((t for t in tokens[3:] if is_image(t)), None) if tokens[1] == "1" else None
         if tokens[1] == "1" and mask is None:
             stem = tokens[2].rsplit(".", 1)[0]
-            mask = next((n for n in list_images(label_dir) if n.startswith(f"{stem}_label.")), None)
+            mask = next((n for n in list_images(tree, label_dir) if n.startswith(f"{stem}_label.")), None)
             if mask is None:
                 raise DataError(
                     f"DAGM label file '{txt}' line {number}: defect image {tokens[2]} has no mask"
@@ -47,33 +47,36 @@ def _labels(label_dir: Path) -> dict[str, str | None]:
     return out
 
 
-def _read_class(root: Path, cls: str) -> list[Row]:
+def _read_class(tree: Tree, cls: str) -> list[Row]:
     rows: list[Row] = []
     for folder, split in SPLITS.items():
-        directory = root / cls / folder
-        labels = _labels(directory / "Label")
-        for name in list_images(directory):
+        directory = f"{cls}/{folder}"
+        labels = _labels(tree, f"{directory}/Label")
+        for name in list_images(tree, directory):
             mask = labels.get(name)
-            if mask is not None and not (directory / "Label" / mask).is_file():
+            if mask is not None and not tree.is_file(f"{directory}/Label/{mask}"):
                 raise DataError(
-                    f"defect image '{directory / name}' has no mask (expected '{directory / 'Label' / mask}')"
+                    f"defect image '{tree.uri(f'{directory}/{name}')}' has no mask "
+                    f"(expected '{tree.uri(f'{directory}/Label/{mask}')}')"
                 )
             label, mask_path = (1, f"{cls}/{folder}/Label/{mask}") if mask else (0, None)
             rows.append(
                 (f"{cls}/{folder}/{name}", cls, split, label, mask_path, "defect" if label else "good")
             )
     if not any(r[2] == "train" and r[3] == 0 for r in rows):
-        raise DataError(f"DAGM class folder '{root / cls / 'Train'}' holds no normal training images")
+        raise DataError(f"DAGM class folder '{tree.uri(f'{cls}/Train')}' holds no normal training images")
     return rows
 
 
-def read_dagm(root: str | Path) -> Dataset:
-    """Every `Class*` folder (any folder with Train/) of a DAGM 2007 root."""
-    path = check_root(root)
-    classes = sorted(e.name for e in os.scandir(path) if e.is_dir() and (Path(e.path) / "Train").is_dir())
+def read_dagm(root: str | Path | Tree) -> Dataset:
+    """Every `Class*` folder (any folder with Train/) of a DAGM 2007 root (local or s3://)."""
+    tree = check_root(root)
+    classes = [d for d in tree.dirs() if tree.is_dir(f"{d}/Train")]
     if not classes:
-        raise DataError(f"dataset root '{root}' has no DAGM class folders (expected 'Class1/Train/*.PNG')")
+        raise DataError(
+            f"dataset root '{tree.root}' has no DAGM class folders (expected 'Class1/Train/*.PNG')"
+        )
     rows: list[Row] = []
     for cls in classes:
-        rows += _read_class(path, cls)
-    return build_dataset("dagm", str(root), rows)
+        rows += _read_class(tree, cls)
+    return build_dataset("dagm", tree.root, rows)

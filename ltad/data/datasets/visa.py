@@ -7,21 +7,24 @@ types, so anomalies get defect_type 'anomaly'.
 from __future__ import annotations
 
 import csv
+import io
+import posixpath
 from pathlib import Path
 
 from ltad.data.datasets.mvtec import Row, check_root, read_tree
 from ltad.data.records import Dataset, build_dataset
+from ltad.data.tree import Tree
 from ltad.errors import DataError
 
-CSV = Path("split_csv") / "1cls.csv"
+CSV = "split_csv/1cls.csv"
 COLUMNS = ("object", "split", "label", "image", "mask")
 LABELS = {"normal": 0, "anomaly": 1}
 
 
-def _rows(root: Path, csv_path: Path) -> list[Row]:
+def _rows(tree: Tree) -> list[Row]:
+    csv_path = tree.uri(CSV)
     try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-            table = list(csv.DictReader(fh))
+        table = list(csv.DictReader(io.StringIO(tree.read_text(CSV, encoding="utf-8-sig"), newline="")))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"VisA split file '{csv_path}' cannot be read: {exc}") from None
     if not table:
@@ -39,15 +42,15 @@ def _rows(root: Path, csv_path: Path) -> list[Row]:
             raise DataError(f"{where}: split must be 'train' or 'test', got {split!r}")
         if label not in LABELS:
             raise DataError(f"{where}: label must be 'normal' or 'anomaly', got {label!r}")
-        image, mask = (row["image"] or "").strip(), (row["mask"] or "").strip() or None
+        image, mask = _rel(row["image"]), _rel(row["mask"]) or None
         cls = (row["object"] or "").strip()
         if not cls or not image:
             raise DataError(f"{where}: 'object' and 'image' must not be empty")
-        if not (root / image).is_file():
-            raise DataError(f"{where}: image '{root / image}' does not exist")
+        if not tree.is_file(image):
+            raise DataError(f"{where}: image '{tree.uri(image)}' does not exist")
         if LABELS[label] == 1:
-            if mask is None or not (root / mask).is_file():
-                raise DataError(f"{where}: anomalous image '{root / image}' has no mask file ({mask!r})")
+            if mask is None or not tree.is_file(mask):
+                raise DataError(f"{where}: anomalous image '{tree.uri(image)}' has no mask file ({mask!r})")
         else:
             mask = None
         defect = "anomaly" if LABELS[label] else "good"
@@ -55,14 +58,21 @@ def _rows(root: Path, csv_path: Path) -> list[Row]:
     return rows
 
 
-def read_visa(root: str | Path) -> Dataset:
-    """VisA from its 1cls.csv when present, otherwise as an MVTec-like tree."""
-    path = check_root(root)
-    csv_path = path / CSV
-    if not csv_path.exists():
-        return read_tree(root, "visa")
-    rows = _rows(path, csv_path)
+def _rel(value: str | None) -> str:
+    """A CSV path as the listing names it: POSIX, normalised, relative ('' stays '')."""
+    text = (value or "").strip().replace("\\", "/")
+    return posixpath.normpath(text).lstrip("/") if text else ""
+
+
+def read_visa(root: str | Path | Tree) -> Dataset:
+    """VisA from its 1cls.csv when present, otherwise as an MVTec-like tree (local or s3://)."""
+    tree = check_root(root)
+    if not tree.is_file(CSV):
+        return read_tree(tree, "visa")
+    rows = _rows(tree)
     for cls in sorted({r[1] for r in rows}):
         if not any(r[1] == cls and r[2] == "train" and r[3] == 0 for r in rows):
-            raise DataError(f"VisA split file '{csv_path}' lists no normal training image for class '{cls}'")
-    return build_dataset("visa", str(root), rows)
+            raise DataError(
+                f"VisA split file '{tree.uri(CSV)}' lists no normal training image for class '{cls}'"
+            )
+    return build_dataset("visa", tree.root, rows)

@@ -1,0 +1,57 @@
+"""A `ltad.data.executor.Executor` over Ray tasks: `ltad prepare --ray` (and jobs/prepare.py on a cluster).
+
+Each item becomes one task (1 CPU) that may run on any node, so what it reads and writes must be
+reachable by URI from every node: an s3:// root and output on a cluster of several nodes (checked by
+`check_reachable`). The first failed task is raised as its own error (a DataError naming the image,
+not a RayTaskError wrapper) and the tasks not yet finished are cancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from ltad.data import storage
+from ltad.errors import ConfigError, UserError
+
+
+def _call(fn: Callable[[Any], Any], item: Any) -> Any:
+    return fn(item)
+
+
+def check_reachable(*locations: str) -> None:
+    """On a cluster of more than one node, every location must be s3:// (nodes share no disk)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    local = [loc for loc in locations if not storage.is_s3(loc)]
+    if len(nodes) > 1 and local:
+        raise ConfigError(
+            f"'{local[0]}' is a local path but this Ray cluster has {len(nodes)} nodes that share no disk: "
+            "give s3:// locations for --root and --out with --ray (or run without --ray)"
+        )
+
+
+def ray_tasks(fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    """(index, fn(item)) as Ray tasks finish; Ray must be connected (ltad.training.cluster.connect)."""
+    import ray
+
+    remote = ray.remote(num_cpus=1, max_retries=0)(_call)
+    fn_ref = ray.put(fn)
+    pending = {remote.remote(fn_ref, item): i for i, item in enumerate(items)}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                index = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, (UserError, OSError)):
+                        raise cause from None
+                    raise
+                yield index, result
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
