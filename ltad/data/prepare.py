@@ -27,6 +27,7 @@ from ltad.data.manifest import (
     write_manifest,
 )
 from ltad.data.records import Record
+from ltad.data.sample_index import write_shard_index
 from ltad.data.shards import ShardInfo, ShardWriter, encode_record, sample_key
 from ltad.data.splits import read_split
 from ltad.errors import ConfigError, DataError
@@ -81,6 +82,7 @@ def prepare(
         else:
             storage.upload_file(path, uri, metadata={"sha256": info.sha256})
             stats["uploaded"] += 1
+        write_shard_index(path, uri, info.sha256)
         path.unlink()
         entries[info.name.split("/", 1)[0]].append(
             ShardEntry(info.name, info.samples, info.bytes, info.sha256, info.per_class)
@@ -112,6 +114,7 @@ def prepare(
         shards={k: tuple(v) for k, v in entries.items()},
         counts=counts,
         image_sizes={c: [list(wh) for wh in sorted(v)] for c, v in sizes.items()},
+        sample_index=True,
     )
     uri = write_manifest(out_uri, manifest)
     log(f"wrote {uri}: {stats['uploaded']} shards uploaded, {stats['skipped']} unchanged")
