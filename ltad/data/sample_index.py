@@ -90,9 +90,10 @@ def index_shard(source: str | Path | bytes) -> list[SampleSpan]:
                 if ext in ("json", "cls"):
                     f = tar.extractfile(member)
                     data = f.read() if f is not None else b""
-                    if ext == "json":
-                        current["class"] = str(json.loads(data)["class_name"])
-                    elif current["class"] is None:
+                    meta = json.loads(data) if ext == "json" else {}
+                    if isinstance(meta, dict) and "class_name" in meta:
+                        current["class"] = str(meta["class_name"])
+                    elif ext == "cls" and current["class"] is None:
                         current["class"] = data.decode().strip()
             finish()
     except DataError:

@@ -279,7 +279,8 @@ class ResampledStream(IterableDataset):
             return {**decoded, "bad_skipped": self.bad_samples - bad_before}
 
     def _class_index(self, cls: str) -> _ClassIndex | None:
-        """The per-sample index of one class (read once per reader), None when a shard has none."""
+        """The per-sample index of one class (read once per reader); None when a shard has no current
+        sidecar or one that disagrees with the manifest (the class is then read sequentially)."""
         if cls in self._index:
             return self._index[cls]
         urls, shard, offsets, lengths = [], [], [], []
@@ -299,11 +300,13 @@ class ResampledStream(IterableDataset):
                 if cls in index.classes
                 else np.zeros(len(index.offsets), bool)
             )
-            if int(mine.sum()) != entry.per_class.get(cls, 0):
-                raise DataError(
+            if int(mine.sum()) != entry.per_class.get(cls, 0):  # the sequential read counts the damage
+                _log.warning(
                     f"sample index of shard {url} lists {int(mine.sum())} samples of class '{cls}', the "
-                    f"manifest {entry.per_class.get(cls, 0)}: re-run ltad prepare"
+                    f"manifest {entry.per_class.get(cls, 0)}: class '{cls}' is read sequentially",
+                    extra=ALL_RANKS,
                 )
+                break
             shard.append(np.full(int(mine.sum()), len(urls), dtype=np.int32))
             urls.append(url)
             offsets.append(index.offsets[mine])
