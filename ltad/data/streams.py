@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
+from itertools import islice
 from typing import Any, TypeVar
 
 import numpy as np
@@ -207,11 +208,10 @@ class ResampledStream(IterableDataset):
 
     def __iter__(self) -> Iterator[Any]:
         worker, workers = _worker()
-        yield from self.samples(self.epoch, worker, workers)
+        yield from self.samples(self.epoch, worker, self.reader_samples(worker, workers))
 
-    def samples(self, epoch: int, worker: int, workers: int) -> Iterator[Any]:
-        """One epoch of this reader's decoded samples (each with `bad_skipped`)."""
-        count = self.reader_samples(worker, workers)
+    def samples(self, epoch: int, worker: int, count: int) -> Iterator[Any]:
+        """`count` decoded samples (each with `bad_skipped`) of loader worker `worker` in `epoch`."""
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
         classes = sorted(self.weights)
         probs = np.array([self.weights[c] for c in classes])
@@ -425,11 +425,14 @@ class EpochBatches(IterableDataset):
     """Endless collated batches of a ResampledStream, epoch after epoch from its `epoch`.
 
     Made for one DataLoader that lives as long as the training phase (its workers persist, and with
-    them each reader's open sources, class indexes and bad-sample count), instead of a loader per
-    epoch. Every reader yields the same number of items per epoch: its batches (the last one of the
-    epoch partial), then empty placeholders, so the loader's round robin over workers stays aligned
-    epoch by epoch and `endless_batches` gives the same batches in the same order as one loader per
-    epoch would.
+    them each reader's class indexes and bad-sample count), instead of a loader per epoch. An epoch's
+    `len(stream)` samples make `ceil(len / batch_size)` batches (only the last one may be partial);
+    batch b is drawn by loader worker b mod workers, which is where the loader's round robin takes it
+    from, so every epoch yields exactly its batches in order whatever the number of workers, and a
+    resumed run can skip the batches it already trained on. A worker with fewer batches than the
+    others this epoch yields empty placeholders instead (`endless_batches` drops them) to keep the
+    round robin aligned. With workers dividing the batch count, the batches are those a loader
+    over `stream` per epoch gives.
     """
 
     def __init__(self, stream: ResampledStream, batch_size: int) -> None:
@@ -439,21 +442,17 @@ class EpochBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, workers = _worker()
-        most = -(-len(self.stream) // workers)  # worker 0's share, the largest
-        slots = -(-most // self.batch_size)
+        n, bs = len(self.stream), self.batch_size
+        sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
+        mine = sizes[worker::workers]
+        slots = -(-len(sizes) // workers)
         epoch = self.stream.epoch
         while True:
-            sent = 0
-            chunk: list[Any] = []
-            for sample in self.stream.samples(epoch, worker, workers):
-                chunk.append(sample)
-                if len(chunk) == self.batch_size:
-                    yield default_collate(chunk)
-                    chunk, sent = [], sent + 1
-            if chunk:
-                yield default_collate(chunk)
-                sent += 1
-            for _ in range(slots - sent):
+            samples = self.stream.samples(epoch, worker, sum(mine))
+            for size in mine:
+                yield default_collate(list(islice(samples, size)))
+            samples.close()  # type: ignore[attr-defined]  # ends the epoch's sequential reads now
+            for _ in range(slots - len(mine)):
                 yield {}
             epoch += 1
 

@@ -157,7 +157,7 @@ def test_many_classes_bounded_sources_and_read_amplification(tmp_path, meter):
             tmp_path, by_class, counts, indexed=indexed, epoch_samples=4000, balance=0.0, buffer=4
         )
         for epoch in range(2):
-            for sample in stream.samples(epoch, 0, 2):  # loader worker 0 of 2
+            for sample in stream.samples(epoch, 0, stream.reader_samples(0, 2)):  # loader worker 0 of 2
                 delivered += sample["bytes"]
                 drawn.add(sample["cls"])
         results[name] = {**meter, "amplification": meter["bytes"] / delivered, **stream.stats}
@@ -199,10 +199,10 @@ def test_corrupt_ranged_samples_are_skipped_within_budget_storage_errors_never(t
         run(0)
     # an unreachable shard is a StorageError whatever the budget: never skipped as corrupt
     stream = _stream(tmp_path, by_class, counts, epoch_samples=400, max_bad_samples=100, max_open_sources=1)
-    assert any(s["cls"] == "tail" for s in stream.samples(0, 0, 1))  # the tail's index is loaded
+    assert any(s["cls"] == "tail" for s in stream.samples(0, 0, 400))  # the tail's index is loaded
     shard.unlink()
     with pytest.raises(StorageError, match="no file"):
-        list(stream.samples(1, 0, 1))
+        list(stream.samples(1, 0, 400))
 
 
 def test_missing_sidecar_falls_back_to_a_sequential_source(tmp_path, caplog):
@@ -219,15 +219,29 @@ def test_missing_sidecar_falls_back_to_a_sequential_source(tmp_path, caplog):
 def test_endless_batches_equal_one_loader_per_epoch(tmp_path, workers):
     counts = {"big": 60, "mid": 12, "small": 3}
     by_class = _write(tmp_path, counts, 100)
-    # 21 samples a rank and epoch: 11 + 10 over two workers, batches of 5 -> 3 and 2 per worker
-    stream = _stream(tmp_path, by_class, counts, epoch_samples=21, epoch=3, max_open_sources=1)
+    # 20 samples a rank and epoch, batches of 5: 4 batches, 2 per worker (10 samples each, as before)
+    stream = _stream(tmp_path, by_class, counts, epoch_samples=20, epoch=3, max_open_sources=1)
     before = []
     for epoch in (3, 4, 5):
         stream.set_epoch(epoch)
         before += [list(b["key"]) for b in make_loader(stream, 5, workers)]
     stream.set_epoch(3)
     after = [list(b["key"]) for _, b in zip(range(len(before)), endless_batches(stream, 5, workers))]
-    assert after == before
-    assert len(before) == 5 * 3
+    assert after == before and len(before) == 4 * 3
     with pytest.raises(Exception, match="batch_size"):
         EpochBatches(stream, 0)
+
+
+def test_endless_batches_uneven_workers_full_batches_and_exact_resume(tmp_path):
+    counts = {"big": 60, "mid": 12, "small": 3}
+    by_class = _write(tmp_path, counts, 100)
+
+    def batches(epoch: int, workers: int, n: int) -> list[list[str]]:
+        # 4 batches of 5 an epoch over 3 workers: 2 + 1 + 1 batches, never a partial one
+        stream = _stream(tmp_path, by_class, counts, epoch_samples=20, epoch=epoch, max_open_sources=1)
+        return [list(b["key"]) for _, b in zip(range(n), endless_batches(stream, 5, workers))]
+
+    full = batches(0, 3, 12)
+    assert [len(b) for b in full] == [5] * 12
+    assert batches(1, 3, 8) == full[4:]  # a run resumed at epoch 1 trains on the same batches
+    assert batches(0, 3, 12) == full  # deterministic
