@@ -144,10 +144,11 @@ def read_shard_index(shard_uri: str, sha256: str, size: int) -> ShardIndex | Non
     A sidecar that exists but cannot be read as one is a DataError (a StorageError stays one).
     """
     uri = index_name(shard_uri)
-    if storage.head(uri) is None:
+    raw = storage.read_optional(uri)
+    if raw is None:
         return None
     try:
-        doc = json.loads(storage.read_bytes(uri))
+        doc = json.loads(raw)
         if doc.get("format") != FORMAT:
             raise ValueError(f"format {doc.get('format')!r}, expected {FORMAT!r}")
         if doc["sha256"] != sha256 or int(doc["bytes"]) != size:

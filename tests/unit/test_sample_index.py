@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -120,3 +121,56 @@ def test_manifest_sample_index_flag_is_optional(tmp_path):
     assert old.sample_index is False
     new = Manifest.from_dict({**base, "sample_index": True})
     assert new.sample_index is True and Manifest.from_dict(new.to_dict()) == new
+
+
+class _FlakyS3:
+    """get_object over one in-memory object: the first `failures` calls time out; Range honoured."""
+
+    def __init__(self, data: bytes, failures: int) -> None:
+        self.data, self.failures, self.ranges = data, failures, []
+        self.meta = type("Meta", (), {"endpoint_url": "http://127.0.0.1:9"})()
+
+    def get_object(self, Bucket, Key, Range=None):
+        from botocore.exceptions import ClientError, ReadTimeoutError
+
+        self.ranges.append(Range)
+        if self.failures > 0:
+            self.failures -= 1
+            raise ReadTimeoutError(endpoint_url="http://127.0.0.1:9")
+        if Key == "missing":
+            raise ClientError(
+                {"Error": {"Code": "NoSuchKey"}, "ResponseMetadata": {"HTTPStatusCode": 404}}, "Get"
+            )
+        if Key == "denied":
+            raise ClientError(
+                {"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "Get"
+            )
+        data = self.data
+        if Range:
+            first, last = (int(v) for v in Range.split("=")[1].split("-"))
+            if first >= len(data):
+                raise ClientError(
+                    {"Error": {"Code": "InvalidRange"}, "ResponseMetadata": {"HTTPStatusCode": 416}}, "Get"
+                )
+            data = data[first : last + 1]
+        return {"Body": io.BytesIO(data)}
+
+
+def test_s3_ranged_and_optional_reads_retry_transient_errors(monkeypatch):
+    client = _FlakyS3(bytes(range(200)), failures=2)
+    monkeypatch.setattr(storage, "client", lambda: client)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    assert storage.read_range("s3://b/k", 10, 5) == bytes(range(10, 15))
+    assert client.ranges == ["bytes=10-14"] * 3  # two timeouts, then the same range again
+    assert storage.read_range("s3://b/k", 190, 50) == bytes(range(190, 200))  # short at the end
+    assert storage.read_range("s3://b/k", 300, 5) == b""  # past the end: the caller's truncation check
+    assert storage.read_optional("s3://b/k") == bytes(range(200))
+    assert storage.read_optional("s3://b/missing") is None
+    with pytest.raises(StorageError, match="rejected the credentials"):
+        storage.read_range("s3://b/denied", 0, 5)
+    client.failures = 10
+    with pytest.raises(StorageError, match="after 2 retries"):
+        storage.read_range("s3://b/k", 0, 5, retries=2)
+    client.failures = 10
+    with pytest.raises(StorageError, match="after 1 retries"):
+        storage.read_optional("s3://b/k", retries=1)
