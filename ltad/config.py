@@ -187,12 +187,16 @@ class DataConfig:
     """Read cached encoder features when they exist; encode online otherwise."""
     max_bad_samples: int = 0
     """Training skips at most this many corrupt samples, then fails."""
+    max_open_sources: int = 8
+    """Sequential class sources each training reader holds open (the most drawn classes); the other
+    classes are read one sample per ranged read from the shards' sample index."""
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, "data.batch_size", "an int >= 1", self.batch_size)
         check(self.loader_workers >= 0, "data.loader_workers", "an int >= 0", self.loader_workers)
         check(0 <= self.class_balance <= 1, "data.class_balance", "in [0, 1]", self.class_balance)
         check(self.max_bad_samples >= 0, "data.max_bad_samples", "an int >= 0", self.max_bad_samples)
+        check(self.max_open_sources >= 1, "data.max_open_sources", "an int >= 1", self.max_open_sources)
 
 
 @dataclass(frozen=True)

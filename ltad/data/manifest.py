@@ -49,6 +49,9 @@ class Manifest:
     format: str = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form provenance of derived shards (e.g. the feature cache's encoder fingerprint)."""
+    sample_index: bool = False
+    """Every shard has its per-sample index sidecar (sample_index.py), so training can read single
+    samples by byte range; False (or absent) for shards prepared before, read sequentially."""
 
     def __post_init__(self) -> None:
         for split in SPLITS:
@@ -102,6 +105,7 @@ class Manifest:
                 counts={s: dict(data["counts"][s]) for s in SPLITS},
                 image_sizes={c: [list(wh) for wh in v] for c, v in data["image_sizes"].items()},
                 extra=dict(data.get("extra", {})),
+                sample_index=bool(data.get("sample_index", False)),
             )
         except (KeyError, TypeError) as exc:
             raise DataError(f"{where} is malformed: missing or wrong field {exc}") from None

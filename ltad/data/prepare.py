@@ -42,6 +42,7 @@ from ltad.data.manifest import (
 )
 from ltad.data.progress import Progress
 from ltad.data.records import Record
+from ltad.data.sample_index import index_name, write_shard_index
 from ltad.data.shards import ShardInfo, ShardWriter, encode_record, fitted_size, sample_key
 from ltad.data.splits import read_split
 from ltad.data.tree import scan
@@ -180,6 +181,7 @@ def write_item(target: Target, item: WorkItem) -> ShardResult:
         assert info.name == item.name, (info.name, item.name)
         # The shard is complete here (`path`, `info`): the one place to derive per-shard sidecars.
         uploaded = _publish_shard(target, path, info)
+        write_shard_index(path, storage.join(target.out_uri, info.name), info.sha256)
     entry = ShardEntry(info.name, info.samples, info.bytes, info.sha256, info.per_class)
     return ShardResult(entry, uploaded, source_bytes)
 
@@ -304,6 +306,7 @@ def _prepare(
             "test": {c: test_counts.get(c, 0) for c in dataset.classes},
         },
         image_sizes={c: [list(wh) for wh in sorted(v)] for c, v in sizes.items()},
+        sample_index=True,
     )
     uri = write_manifest(out_uri, manifest)
     ratio = counts["bytes"] / max(1, counts["source"])
@@ -331,3 +334,5 @@ def _delete_stale(out_uri: str, keep: set[str]) -> None:
             name = f"{split}/{uri.rsplit('/', 1)[-1]}"
             if uri.endswith(".tar") and name not in keep:
                 storage.delete(uri)
+                if storage.exists(index_name(uri)):
+                    storage.delete(index_name(uri))

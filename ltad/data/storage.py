@@ -288,6 +288,70 @@ def open_read(uri: str, retries: int | None = None) -> BinaryIO:
         raise StorageError(f"no file at {uri}") from None
 
 
+def read_range(uri: str, offset: int, length: int, retries: int | None = None) -> bytes:
+    """Bytes [offset, offset + length) of `uri`: one ranged GET (S3) or a seek and read (local).
+
+    Fewer bytes come back when the object is shorter (a truncated shard: the caller's check, not a
+    StorageError); transient S3 errors are retried like a stream's, anything else is a StorageError.
+    """
+    if offset < 0 or length < 0:
+        raise StorageError(f"invalid byte range {offset}+{length} of {uri}")
+    if length == 0:
+        return b""
+    if not is_s3(uri):
+        try:
+            with open(uri, "rb", buffering=0) as f:
+                f.seek(offset)
+                return f.read(length)
+        except FileNotFoundError:
+            raise StorageError(f"no file at {uri}") from None
+    bucket, key = split_s3(uri)
+    budget = retry_budget() if retries is None else retries
+    attempt = 0
+    while True:
+        try:
+            response = client().get_object(
+                Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}"
+            )
+            return response["Body"].read()
+        except Exception as exc:
+            if _code(exc) == "InvalidRange":  # the range starts past the end: a truncated object
+                return b""
+            if not _is_transient(exc):
+                raise _translate(uri, exc) from None
+            if attempt >= budget:
+                raise StorageError(
+                    f"{_error(uri, exc)} after {budget} retries (budget: LTAD_S3_RETRIES)"
+                ) from None
+            time.sleep(min(8.0, 0.5 * 2**attempt))
+            attempt += 1
+
+
+def read_optional(uri: str, retries: int | None = None) -> bytes | None:
+    """The whole object, or None when it does not exist; transient S3 errors are retried like a
+    stream's (so a short outage is survived), anything else is a StorageError."""
+    if not is_s3(uri):
+        path = Path(uri)
+        return path.read_bytes() if path.is_file() else None
+    bucket, key = split_s3(uri)
+    budget = retry_budget() if retries is None else retries
+    attempt = 0
+    while True:
+        try:
+            return client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            if not _is_transient(exc):
+                raise _translate(uri, exc) from None
+            if attempt >= budget:
+                raise StorageError(
+                    f"{_error(uri, exc)} after {budget} retries (budget: LTAD_S3_RETRIES)"
+                ) from None
+            time.sleep(min(8.0, 0.5 * 2**attempt))
+            attempt += 1
+
+
 def read_bytes(uri: str) -> bytes:
     with open_read(uri) as f:
         return f.read()

@@ -12,7 +12,10 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass
 from functools import partial
+from itertools import islice
 from typing import Any, TypeVar
 
 import numpy as np
@@ -22,6 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from ltad.data import storage
 from ltad.data.manifest import Manifest, ShardEntry
+from ltad.data.sample_index import read_fragment, read_shard_index
 from ltad.data.shards import decode_sample, image_member, iterate_shard
 from ltad.errors import ConfigError, DataError
 from ltad.log import ALL_RANKS, get_logger
@@ -99,12 +103,42 @@ def class_weights(counts: Mapping[K, int], class_balance: float) -> dict[K, floa
     return {c: w / total for c, w in raw.items()}
 
 
+MAX_OPEN_SOURCES = 8
+"""Default of `data.max_open_sources`: sequential class sources one training reader holds open."""
+
+
+@dataclass(frozen=True)
+class _ClassIndex:
+    """Where every sample of one class lies: shard URLs and per sample (shard position, offset, length)."""
+
+    urls: tuple[str, ...]
+    shard: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
 class ResampledStream(IterableDataset):
     """A fixed number of samples per epoch, drawn class by class with replacement over shards.
 
     Each reader (rank x worker) draws its share of `epoch_samples // world_size` samples: a class by
-    weight, then the next sample of that class's endless source (its shards in a seeded random order,
-    samples shuffled in a small buffer). Deterministic given (seed, epoch, rank, worker).
+    weight, then a sample of that class. Deterministic given (seed, epoch, rank, worker).
+
+    Bounded per reader whatever the number of classes: at most `max_open_sources` classes, the ones
+    drawn most (largest weight, at least `4 * buffer` expected draws per reader and epoch), are read
+    through an endless sequential source (their shards in a seeded random order, samples shuffled in
+    a `buffer`-sample buffer); every other class is served by one ranged read per sample, a sample
+    chosen uniformly with replacement from that class's per-sample index (sample_index.py, loaded on
+    the class's first draw, numpy arrays only). Both give every sample of a class the same chance.
+    Shards without an index (`sample_index=False`: prepared before it existed), or a class whose
+    sidecars are missing or stale, fall back to one sequential source per drawn class.
 
     Corrupt data is skipped up to `max_bad_samples` per reader (`data.max_bad_samples`): each
     distinct undecodable sample, and every sample a truncated or corrupt shard failed to deliver,
@@ -128,9 +162,13 @@ class ResampledStream(IterableDataset):
         epoch: int = 0,
         buffer: int = 16,
         max_bad_samples: int = 0,
+        max_open_sources: int = MAX_OPEN_SOURCES,
+        sample_index: bool = False,
     ) -> None:
         if epoch_samples < world_size:
             raise ConfigError(f"epoch_samples ({epoch_samples}) must be at least world_size ({world_size})")
+        if max_open_sources < 1:
+            raise ConfigError(f"data.max_open_sources must be an int >= 1, got {max_open_sources}")
         missing = [c for c in weights if not shards_by_class.get(c)]
         if missing:
             raise DataError(f"class '{missing[0]}' has a sampling weight but no training shards at {uri}")
@@ -138,10 +176,15 @@ class ResampledStream(IterableDataset):
         self.epoch_samples, self.seed, self.rank, self.world_size = epoch_samples, seed, rank, world_size
         self.decode, self.epoch, self.buffer = decode, epoch, buffer
         self.max_bad_samples = max_bad_samples
+        self.max_open_sources, self.sample_index = max_open_sources, sample_index
         self.bad_samples = 0
         """Corrupt samples skipped by this reader so far (samples lost with a corrupt shard included)."""
+        self.stats = {"sources_opened": 0, "open_sources_peak": 0, "ranged_reads": 0, "ranged_bytes": 0}
+        """What this reader did: sequential sources opened, most open at once, ranged reads and bytes."""
         self._bad_shards: set[str] = set()
         self._bad_keys: set[tuple[str, str]] = set()
+        self._bad_ranged: dict[str, set[int]] = {}
+        self._index: dict[str, _ClassIndex | None] = {}  # per class, loaded on its first ranged draw
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -150,37 +193,130 @@ class ResampledStream(IterableDataset):
         """Samples per rank and epoch (the same on every rank)."""
         return self.epoch_samples // self.world_size
 
-    def __iter__(self) -> Iterator[Any]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    def reader_samples(self, worker: int, workers: int) -> int:
+        """This reader's share of the rank's samples per epoch (the first workers take the remainder)."""
         per_rank = len(self)
-        count = per_rank // workers + (1 if worker < per_rank % workers else 0)
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        return per_rank // workers + (1 if worker < per_rank % workers else 0)
+
+    def sequential_classes(self, count: int) -> set[str]:
+        """The classes this reader streams sequentially when it draws `count` samples an epoch."""
+        if not self.sample_index:
+            return set(self.weights)
+        size = {c: sum(e.per_class.get(c, 0) for e in self.shards_by_class[c]) for c in self.weights}
+        ranked = sorted(self.weights, key=lambda c: (-self.weights[c], -size[c], c))
+        return {c for c in ranked[: self.max_open_sources] if count * self.weights[c] >= 4 * self.buffer}
+
+    def __iter__(self) -> Iterator[Any]:
+        worker, workers = _worker()
+        yield from self.samples(self.epoch, worker, self.reader_samples(worker, workers))
+
+    def samples(self, epoch: int, worker: int, count: int) -> Iterator[Any]:
+        """`count` decoded samples (each with `bad_skipped`) of loader worker `worker` in `epoch`."""
+        rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
         classes = sorted(self.weights)
         probs = np.array([self.weights[c] for c in classes])
+        sequential = self.sequential_classes(count)
         sources: dict[str, Iterator[dict[str, Any]]] = {}
-        for c in rng.choice(len(classes), size=count, p=probs / probs.sum()):
-            cls = classes[c]
-            if cls not in sources:
-                sources[cls] = self._source(cls, np.random.default_rng(rng.integers(2**63)))
-            known_bad, bad_before = 0, self.bad_samples
-            while True:  # a corrupt sample is replaced by the next one of the same class
-                raw = next(sources[cls])
-                where = (raw["__url__"], raw["__key__"])
-                if where in self._bad_keys:  # counted when first met
-                    known_bad += 1
-                    if known_bad > sum(e.samples for e in self.shards_by_class[cls]):
-                        raise DataError(f"every training sample of class '{cls}' at {self.uri} is corrupt")
-                    continue
-                try:
-                    decoded = decode_sample(raw, self.decode)
-                except DataError as exc:
-                    self._bad_keys.add(where)
-                    self._skip(1, exc, worker)
-                    continue
-                # how many bad samples this one replaced: summed by the trainer into the run's metrics
-                yield {**decoded, "bad_skipped": self.bad_samples - bad_before}
+        pick: np.random.Generator | None = None
+        try:
+            for c in rng.choice(len(classes), size=count, p=probs / probs.sum()):
+                cls = classes[c]
+                if cls in sources or cls in sequential or self._class_index(cls) is None:
+                    if cls not in sources:
+                        sources[cls] = self._source(cls, np.random.default_rng(rng.integers(2**63)))
+                        self.stats["sources_opened"] += 1
+                        self.stats["open_sources_peak"] = max(self.stats["open_sources_peak"], len(sources))
+                    yield self._next_sequential(cls, sources[cls], worker)
+                else:
+                    if pick is None:
+                        pick = np.random.default_rng(rng.integers(2**63))
+                    yield self._next_ranged(cls, pick, worker)
+        finally:
+            for source in sources.values():  # ends their reads (open S3 GETs) now, not at garbage collection
+                source.close()  # type: ignore[attr-defined]
+
+    def _next_sequential(self, cls: str, source: Iterator[dict[str, Any]], worker: int) -> Any:
+        known_bad, bad_before = 0, self.bad_samples
+        while True:  # a corrupt sample is replaced by the next one of the same class
+            raw = next(source)
+            where = (raw["__url__"], raw["__key__"])
+            if where in self._bad_keys:  # counted when first met
+                known_bad += 1
+                if known_bad > sum(e.samples for e in self.shards_by_class[cls]):
+                    raise DataError(f"every training sample of class '{cls}' at {self.uri} is corrupt")
+                continue
+            try:
+                decoded = decode_sample(raw, self.decode)
+            except DataError as exc:
+                self._bad_keys.add(where)
+                self._skip(1, exc, worker)
+                continue
+            # how many bad samples this one replaced: summed by the trainer into the run's metrics
+            return {**decoded, "bad_skipped": self.bad_samples - bad_before}
+
+    def _next_ranged(self, cls: str, pick: np.random.Generator, worker: int) -> Any:
+        """One sample of `cls` chosen uniformly from its index, read with one ranged read."""
+        index = self._index[cls]
+        assert index is not None
+        bad = self._bad_ranged.setdefault(cls, set())
+        bad_before = self.bad_samples
+        while True:  # a corrupt sample is replaced by another draw among the class's other samples
+            if len(bad) >= len(index):
+                raise DataError(f"every training sample of class '{cls}' at {self.uri} is corrupt")
+            j = int(pick.integers(len(index)))
+            if j in bad:
+                continue
+            url, offset, length = index.urls[index.shard[j]], int(index.offsets[j]), int(index.lengths[j])
+            data = storage.read_range(url, offset, length)  # a StorageError is never skipped
+            self.stats["ranged_reads"] += 1
+            self.stats["ranged_bytes"] += len(data)
+            try:
+                decoded = decode_sample(read_fragment(data, url, offset, length), self.decode)
+            except DataError as exc:
+                bad.add(j)
+                self._skip(1, exc, worker)
+                continue
+            return {**decoded, "bad_skipped": self.bad_samples - bad_before}
+
+    def _class_index(self, cls: str) -> _ClassIndex | None:
+        """The per-sample index of one class (read once per reader); None when a shard has no current
+        sidecar or one that disagrees with the manifest (the class is then read sequentially)."""
+        if cls in self._index:
+            return self._index[cls]
+        urls, shard, offsets, lengths = [], [], [], []
+        found: _ClassIndex | None = None
+        for entry in self.shards_by_class[cls]:
+            url = storage.join(self.uri, entry.name)
+            index = read_shard_index(url, entry.sha256, entry.bytes)
+            if index is None:
+                _log.warning(
+                    f"shard {url} has no current sample index: class '{cls}' is read sequentially "
+                    "(re-run ltad prepare to index it)",
+                    extra=ALL_RANKS,
+                )
                 break
+            mine = (
+                index.class_pos == index.classes.index(cls)
+                if cls in index.classes
+                else np.zeros(len(index.offsets), bool)
+            )
+            if int(mine.sum()) != entry.per_class.get(cls, 0):  # the sequential read counts the damage
+                _log.warning(
+                    f"sample index of shard {url} lists {int(mine.sum())} samples of class '{cls}', the "
+                    f"manifest {entry.per_class.get(cls, 0)}: class '{cls}' is read sequentially",
+                    extra=ALL_RANKS,
+                )
+                break
+            shard.append(np.full(int(mine.sum()), len(urls), dtype=np.int32))
+            urls.append(url)
+            offsets.append(index.offsets[mine])
+            lengths.append(index.lengths[mine])
+        else:
+            found = _ClassIndex(
+                tuple(urls), np.concatenate(shard), np.concatenate(offsets), np.concatenate(lengths)
+            )
+        self._index[cls] = found
+        return found
 
     def _skip(self, lost: int, exc: DataError, worker: int) -> None:
         """Count `lost` bad samples against `max_bad_samples`; fail once the budget is spent."""
@@ -212,11 +348,13 @@ class ResampledStream(IterableDataset):
                 entry = shards[i]
                 read = 0
                 try:
-                    for sample in iterate_shard(storage.join(self.uri, entry.name), entry.samples):
-                        read += 1
-                        held.append(sample)
-                        if len(held) >= self.buffer:
-                            yield held.pop(int(rng.integers(len(held))))
+                    # closing(): a source closed mid-shard ends its read now, not when collected
+                    with closing(iterate_shard(storage.join(self.uri, entry.name), entry.samples)) as samples:
+                        for sample in samples:
+                            read += 1
+                            held.append(sample)
+                            if len(held) >= self.buffer:
+                                yield held.pop(int(rng.integers(len(held))))
                 except DataError as exc:  # a StorageError (server unreachable) is not corruption
                     if entry.name not in self._bad_shards:
                         self._bad_shards.add(entry.name)
@@ -241,6 +379,7 @@ def train_stream(
     class_balance: float = 0.5,
     epoch: int = 0,
     max_bad_samples: int = 0,
+    max_open_sources: int = MAX_OPEN_SOURCES,
 ) -> ResampledStream:
     """Training images: `image`, `class_id`, `key`; class-weighted, resampled, fixed epoch length."""
     by_class: dict[str, list[ShardEntry]] = {c: [] for c in manifest.classes}
@@ -258,6 +397,8 @@ def train_stream(
         decode=partial(decode_image_sample, image_size=image_size, with_mask=False),
         epoch=epoch,
         max_bad_samples=max_bad_samples,
+        max_open_sources=max_open_sources,
+        sample_index=manifest.sample_index,
     )
 
 
@@ -278,3 +419,52 @@ def make_loader(dataset: IterableDataset, batch_size: int, num_workers: int) -> 
         collate_fn=default_collate,
         persistent_workers=False,
     )
+
+
+class EpochBatches(IterableDataset):
+    """Endless collated batches of a ResampledStream, epoch after epoch from its `epoch`.
+
+    Made for one DataLoader that lives as long as the training phase (its workers persist, and with
+    them each reader's class indexes and bad-sample count), instead of a loader per epoch. An epoch's
+    `len(stream)` samples make `ceil(len / batch_size)` batches (only the last one may be partial);
+    batch b is drawn by loader worker b mod workers, which is where the loader's round robin takes it
+    from, so every epoch yields exactly its batches in order whatever the number of workers, and a
+    resumed run can skip the batches it already trained on. A worker with fewer batches than the
+    others this epoch yields empty placeholders instead (`endless_batches` drops them) to keep the
+    round robin aligned. With workers dividing the batch count, the batches are those a loader
+    over `stream` per epoch gives.
+    """
+
+    def __init__(self, stream: ResampledStream, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be an int >= 1, got {batch_size}")
+        self.stream, self.batch_size = stream, batch_size
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, workers = _worker()
+        n, bs = len(self.stream), self.batch_size
+        sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
+        mine = sizes[worker::workers]
+        slots = -(-len(sizes) // workers)
+        epoch = self.stream.epoch
+        while True:
+            samples = self.stream.samples(epoch, worker, sum(mine))
+            for size in mine:
+                yield default_collate(list(islice(samples, size)))
+            samples.close()  # type: ignore[attr-defined]  # ends the epoch's sequential reads now
+            for _ in range(slots - len(mine)):
+                yield {}
+            epoch += 1
+
+
+def endless_batches(stream: ResampledStream, batch_size: int, num_workers: int) -> Iterator[dict[str, Any]]:
+    """Training batches forever from `stream.epoch` on, through one DataLoader with persistent workers."""
+    loader = DataLoader(
+        EpochBatches(stream, batch_size),
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+    for batch in loader:
+        if batch:  # an empty placeholder (see EpochBatches)
+            yield batch

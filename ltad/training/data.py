@@ -1,8 +1,9 @@
 """Which stream a phase reads: cached features when a complete cache exists, images otherwise.
 
 Both come from the data plane's streams (resampled training, exactly-once evaluation); only the
-prefix and the decoder differ. Training batches are endless: the resampled stream is re-entered with
-the next epoch number, so a phase runs its step count whatever the epoch length.
+prefix and the decoder differ. Training batches are endless: one DataLoader per phase whose
+persistent workers run the resampled stream epoch after epoch, so a phase runs its step count
+whatever the epoch length.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ltad.data.streams import (
     ResampledStream,
     class_weights,
     decode_image_sample,
+    endless_batches,
     eval_stream,
     make_loader,
     train_stream,
@@ -63,6 +65,7 @@ def training_batches(
         world_size=world_size,
         epoch=start_step // epoch_steps,
         max_bad_samples=cfg.data.max_bad_samples,
+        max_open_sources=cfg.data.max_open_sources,
     )
     if cache is None:
         stream = train_stream(
@@ -75,17 +78,16 @@ def training_batches(
             _by_class(fman),
             class_weights(fman.counts["train"], cfg.data.class_balance),
             decode=feature_decoder(size, with_mask=False),
+            sample_index=fman.sample_index,
             **common,
         )
     # A resumed run trains on exactly the batches the uninterrupted one would: the same epoch, the
-    # batches before the checkpoint read again but skipped.
-    epoch, skip = divmod(start_step, epoch_steps)
-    while True:
-        stream.set_epoch(epoch)
-        for i, batch in enumerate(make_loader(stream, bs, cfg.data.loader_workers)):
-            if i >= skip:
-                yield batch
-        epoch, skip = epoch + 1, 0
+    # batches before the checkpoint read again but skipped. One loader for the whole phase: its
+    # workers persist across epochs (the stream moves from epoch to epoch inside them).
+    skip = start_step % epoch_steps
+    for i, batch in enumerate(endless_batches(stream, bs, cfg.data.loader_workers)):
+        if i >= skip:
+            yield batch
 
 
 def _with_shard(sample: dict[str, Any], decode) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from PIL import Image
 from ltad.config import EncoderConfig, to_dict
 from ltad.data import blobs, storage
 from ltad.data.manifest import SPLITS, Manifest, ShardEntry, manifest_uri, read_manifest, write_manifest
+from ltad.data.sample_index import write_shard_index
 from ltad.data.shards import ShardInfo, ShardWriter, iterate_shard
 from ltad.data.streams import decode_image_sample
 from ltad.errors import DataError, StorageError
@@ -120,6 +121,7 @@ def encode_shards(
 
     def on_done(path: Path, info: ShardInfo) -> None:
         storage.upload_file(path, storage.join(out_uri, info.name), metadata={"sha256": info.sha256})
+        write_shard_index(path, storage.join(out_uri, info.name), info.sha256)
         path.unlink()
         written.append(
             (
@@ -170,6 +172,7 @@ def write_cache_manifest(
         counts=manifest.counts,
         image_sizes=manifest.image_sizes,
         extra={"kind": "features", "encoder": to_dict(encoder), "weights": provenance},
+        sample_index=True,
     )
     write_manifest(out_uri, cache)
     return cache

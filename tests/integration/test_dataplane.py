@@ -17,6 +17,7 @@ from ltad.data.datasets import read_dataset
 from ltad.data.inspect import inspect
 from ltad.data.manifest import read_manifest
 from ltad.data.prepare import prepare
+from ltad.data.sample_index import index_shard, read_shard_index
 from ltad.data.shards import ShardWriter, iterate_shard
 from ltad.data.splits import make_split
 from ltad.data.streams import eval_stream, make_loader, train_stream
@@ -234,3 +235,29 @@ def test_server_stopped_mid_stream(s3_server, tmp_path):
         s3_server.start()
         storage.reset_client()
     assert sum(1 for _ in iterate_shard(uri, 24)) == 24  # readable again after the restart
+
+
+def test_indexed_shards_serve_ranged_reads_from_s3(prepared):
+    """prepare indexed every shard; one ranged GET returns one sample; the bounded stream uses them."""
+    uri, manifest = prepared
+    assert manifest.sample_index
+    entry = manifest.shards["train"][0]
+    shard = storage.join(uri, entry.name)
+    data = storage.read_bytes(shard)
+    spans = index_shard(data)
+    index = read_shard_index(shard, entry.sha256, entry.bytes)
+    assert index is not None and index.offsets.tolist() == [s.offset for s in spans]
+    last = spans[-1]
+    assert (
+        storage.read_range(shard, last.offset, last.length) == data[last.offset : last.offset + last.length]
+    )
+    assert storage.read_range(shard, len(data) - 10, 100) == data[-10:]  # short at the end of the object
+    assert storage.read_range(shard, len(data) + 10, 5) == b""  # past the end: a truncated shard
+    with pytest.raises(StorageError, match="no object"):
+        storage.read_range(storage.join(uri, "train/missing-000000.tar"), 0, 10)
+    stream = train_stream(
+        uri, manifest, image_size=32, epoch_samples=60, seed=0, rank=0, world_size=1, max_open_sources=1
+    )
+    keys = [s["key"] for s in stream]
+    assert len(keys) == 60 and stream.stats["ranged_reads"] > 0 and stream.bad_samples == 0
+    assert {k.split("/")[0] for k in keys} == set(manifest.classes)
