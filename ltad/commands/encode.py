@@ -9,7 +9,11 @@ from ltad.commands.common import add_run_arguments, load_config
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_arguments(p)
-    p.add_argument("--force", action="store_true", help="re-encode even when a complete cache exists")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="re-encode every shard, even when a complete or partial cache exists",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
