@@ -185,6 +185,9 @@ class DataConfig:
     """Class weights ~ count^(1 - class_balance): 0 keeps the natural mix, 1 is class-balanced."""
     use_feature_cache: bool = True
     """Read cached encoder features when they exist; encode online otherwise."""
+    cache_uri: str = ""
+    """Where feature caches live (s3://bucket/prefix or a local directory), e.g. outside a read-only data
+    bucket; '' keeps them beside the shards at {data.uri}/features."""
     max_bad_samples: int = 0
     """Training skips at most this many corrupt samples, then fails."""
     max_open_sources: int = 8

@@ -9,12 +9,18 @@ from ltad.commands.common import add_run_arguments, load_config
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_arguments(p)
-    p.add_argument("--force", action="store_true", help="re-encode even when a complete cache exists")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="re-encode every shard, even when a complete or partial cache exists",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "encode", help="cache encoder features beside the image shards", description=__doc__
+        "encode",
+        help="cache encoder features beside the image shards (or at data.cache_uri)",
+        description=__doc__,
     )
     add_arguments(p)
     return p
@@ -32,6 +38,13 @@ def run(args: argparse.Namespace) -> int:
             "data.uri is empty: pass --data s3://bucket/prefix (a prefix holding manifest.json)"
         )
     read_manifest(cfg.data.uri)  # a missing or bad prefix fails before the encoder is built
-    uri = encode(Encoder(cfg.model.encoder), cfg.data.uri, batch_size=cfg.eval.batch_size, force=args.force)
+    uri = encode(
+        Encoder(cfg.model.encoder),
+        cfg.data.uri,
+        batch_size=cfg.eval.batch_size,
+        force=args.force,
+        root=cfg.data.cache_uri,
+        num_workers=cfg.data.loader_workers,
+    )
     print(uri)
     return 0

@@ -99,12 +99,16 @@ def resolve_optional(value: str | None, what: str, *, local_only: bool = False) 
 
 
 def resolve_run_locations(cfg):  # cfg: ltad.config.LTADConfig (the base layer; typed loosely here)
-    """`cfg` with data.uri, run.output and run.storage_path resolved (errors name the config key)."""
+    """`cfg` with data.uri, data.cache_uri, run.output and run.storage_path resolved (errors name the key)."""
     from dataclasses import replace
 
     return replace(
         cfg,
-        data=replace(cfg.data, uri=resolve_optional(cfg.data.uri, "data.uri")),
+        data=replace(
+            cfg.data,
+            uri=resolve_optional(cfg.data.uri, "data.uri"),
+            cache_uri=resolve_optional(cfg.data.cache_uri, "data.cache_uri"),
+        ),
         run=replace(
             cfg.run,
             output=resolve(cfg.run.output, "run.output"),

@@ -28,6 +28,12 @@ Measured with 1000 bins on smooth noisy maps with blob defects (24-64 maps of 64
 1e-4..4e-4 (AUROC) and 5e-4..1e-3 (AUPRO); actual errors <= 1e-5 and <= 2e-5 (tests/unit/test_metrics.py).
 Which range: a fixed one needs a single pass over the test set (good when scores are standardised with
 training statistics); two passes give the tightest bins but need the maps twice (recomputed or cached).
+``StreamingPixelAccumulator`` (what the evaluation stage uses) needs neither: one pass, no range known
+beforehand, no map kept. Its bins have power-of-two widths on a grid anchored at 0 and double (adjacent
+bins added, exact because the grids nest) whenever a value falls outside its window of 2 x ``bins``
+bins, so the final width is about (max - min) / ``bins`` or finer, like a fixed-range accumulator over
+the global min..max, and the same bound holds (``error_bounds``). It also bins the float32 maps
+themselves, where the earlier path rounded every map to fp16 first.
 State is O(bins): per bin, the normal pixel count, the defect pixel count and the sum over regions of
 the region's share in that bin (the PRO curve only needs that sum), so accumulators of workers merge by
 addition.
@@ -259,17 +265,11 @@ class PixelMetricAccumulator:
             if self._hi <= self._lo:  # constant maps: any width holds them in one bin
                 self._hi = self._lo + 1.0
         m, g = _pixel_inputs(maps, masks)
-        ids, n_regions = _regions(g)
-        ids, idx = ids.ravel(), self._bin(m.ravel())
-        normal = ids == 0
-        self.normal += np.bincount(idx[normal], minlength=self.bins)
-        self.defect += np.bincount(idx[~normal], minlength=self.bins)
-        if n_regions:
-            sizes = np.bincount(ids)
-            self.region_share += np.bincount(
-                idx[~normal], weights=1.0 / sizes[ids[~normal]], minlength=self.bins
-            )
-            self.n_regions += n_regions
+        normal, defect, share, n_regions = _add_batch(self._bin(m.ravel()), g, self.bins)
+        self.normal += normal
+        self.defect += defect
+        self.region_share += share
+        self.n_regions += n_regions
 
     def merge(self, other: PixelMetricAccumulator) -> None:
         """Add another accumulator's counts (e.g. from another worker); bins and range must match."""
@@ -280,41 +280,175 @@ class PixelMetricAccumulator:
         self.region_share += other.region_share
         self.n_regions += other.n_regions
 
-    def _curves(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """(FPR, TPR, PRO) at the bin edges from the top bin down, starting at (0, 0, 0); None if undefined."""
-        n_normal, n_defect = int(self.normal.sum()), int(self.defect.sum())
-        if n_normal == 0 or n_defect == 0 or self.n_regions == 0:
-            return None
-
-        def rate(counts: np.ndarray, total: float) -> np.ndarray:
-            return np.append(0.0, np.cumsum(counts[::-1]) / total)
-
-        return (
-            rate(self.normal, n_normal),
-            rate(self.defect, n_defect),
-            rate(self.region_share, self.n_regions),
-        )
-
     def compute(self) -> dict[str, float]:
         """{"pixel_AUROC", "pixel_AUPRO"} from the histograms; NaN when undefined."""
-        curves = self._curves()
-        if curves is None:
-            return {"pixel_AUROC": NAN, "pixel_AUPRO": NAN}
-        fpr, tpr, pro = curves
-        return {
-            "pixel_AUROC": _area(fpr, tpr),
-            "pixel_AUPRO": _area(fpr, pro, self.fpr_limit) / self.fpr_limit,
-        }
+        return _histogram_metrics(self.normal, self.defect, self.region_share, self.n_regions, self.fpr_limit)
 
     def error_bounds(self) -> dict[str, float]:
         """Upper bounds of |binned - exact| for the values of ``compute`` (derivation: module docstring)."""
-        curves = self._curves()
-        if curves is None:
-            return {"pixel_AUROC": NAN, "pixel_AUPRO": NAN}
-        fpr, tpr, pro = curves
-        d_fpr = np.diff(fpr)
-        below = fpr[:-1] < self.fpr_limit
-        return {
-            "pixel_AUROC": float(np.sum(d_fpr * np.diff(tpr)) / 2.0),
-            "pixel_AUPRO": float(np.sum((d_fpr * np.diff(pro))[below]) / 2.0 / self.fpr_limit),
-        }
+        return _histogram_bounds(self.normal, self.defect, self.region_share, self.n_regions, self.fpr_limit)
+
+
+def _add_batch(
+    idx: np.ndarray, masks: np.ndarray, bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(normal, defect, region share) counts per bin and the region count of one batch; `idx` holds each
+    pixel's bin (flattened like `masks`), regions are 8-connected within each image."""
+    ids, n_regions = _regions(masks)
+    ids = ids.ravel()
+    normal = ids == 0
+    share = np.zeros(bins, dtype=np.float64)
+    if n_regions:
+        sizes = np.bincount(ids)
+        share = np.bincount(idx[~normal], weights=1.0 / sizes[ids[~normal]], minlength=bins)
+    return (
+        np.bincount(idx[normal], minlength=bins),
+        np.bincount(idx[~normal], minlength=bins),
+        share,
+        int(n_regions),
+    )
+
+
+def _histogram_curves(
+    normal: np.ndarray, defect: np.ndarray, region_share: np.ndarray, n_regions: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(FPR, TPR, PRO) at the bin edges from the top bin down, starting at (0, 0, 0); None if undefined."""
+    n_normal, n_defect = int(normal.sum()), int(defect.sum())
+    if n_normal == 0 or n_defect == 0 or n_regions == 0:
+        return None
+
+    def rate(counts: np.ndarray, total: float) -> np.ndarray:
+        return np.append(0.0, np.cumsum(counts[::-1]) / total)
+
+    return rate(normal, n_normal), rate(defect, n_defect), rate(region_share, n_regions)
+
+
+def _histogram_metrics(normal, defect, region_share, n_regions: int, fpr_limit: float) -> dict[str, float]:
+    curves = _histogram_curves(normal, defect, region_share, n_regions)
+    if curves is None:
+        return {"pixel_AUROC": NAN, "pixel_AUPRO": NAN}
+    fpr, tpr, pro = curves
+    return {"pixel_AUROC": _area(fpr, tpr), "pixel_AUPRO": _area(fpr, pro, fpr_limit) / fpr_limit}
+
+
+def _histogram_bounds(normal, defect, region_share, n_regions: int, fpr_limit: float) -> dict[str, float]:
+    curves = _histogram_curves(normal, defect, region_share, n_regions)
+    if curves is None:
+        return {"pixel_AUROC": NAN, "pixel_AUPRO": NAN}
+    fpr, tpr, pro = curves
+    d_fpr = np.diff(fpr)
+    below = fpr[:-1] < fpr_limit
+    return {
+        "pixel_AUROC": float(np.sum(d_fpr * np.diff(tpr)) / 2.0),
+        "pixel_AUPRO": float(np.sum((d_fpr * np.diff(pro))[below]) / 2.0 / fpr_limit),
+    }
+
+
+class StreamingPixelAccumulator:
+    """Binned pixel AUROC and AUPRO in one pass, without knowing the value range (see the module docstring).
+
+    Bins have width 2**exp on a grid anchored at 0 (bin i holds [i * 2**exp, (i + 1) * 2**exp)), at most
+    ``2 * bins`` of them. The first batch picks the finest exp whose bins cover its values; a later
+    value (or a merged accumulator) outside the window doubles the width (adjacent bins are added, which
+    is exact: the grids nest) until everything fits. So any batch order, and accumulators of any
+    workers, merge by addition, and the final width is about (max - min) / bins of all values seen or
+    finer: no coarser than a fixed-range accumulator of ``bins`` bins over the global min..max. Memory is
+    O(bins) whatever the number of maps.
+    """
+
+    def __init__(self, bins: int = 1000, fpr_limit: float = 0.3):
+        if bins < 1:
+            raise ValueError(f"bins must be >= 1, got {bins}.")
+        if not 0.0 < fpr_limit <= 1.0:
+            raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}.")
+        self.bins, self.fpr_limit = int(bins), float(fpr_limit)
+        self.capacity = 2 * self.bins
+        self.exp: int | None = None  # bin width 2**exp; None until the first non-empty update
+        self.start = 0  # grid index of the first bin
+        self.normal = np.zeros(self.capacity, dtype=np.int64)
+        self.defect = np.zeros(self.capacity, dtype=np.int64)
+        self.region_share = np.zeros(self.capacity, dtype=np.float64)
+        self.n_regions = 0
+
+    @property
+    def bin_width(self) -> float | None:
+        return None if self.exp is None else math.ldexp(1.0, self.exp)
+
+    def _used(self) -> tuple[int, int] | None:
+        """(first, last) grid index of the non-empty bins, None when empty."""
+        nz = np.flatnonzero(self.normal + self.defect)
+        return None if nz.size == 0 else (self.start + int(nz[0]), self.start + int(nz[-1]))
+
+    def _fit(self, exp: int, lo: int, hi: int) -> None:
+        """Re-frame so that grid indices lo..hi at width 2**exp (and every bin held now) fit the window."""
+        used = self._used()
+        if used is not None and self.exp is not None:
+            shift = exp - self.exp
+            lo, hi = min(lo, used[0] >> shift), max(hi, used[1] >> shift)
+        while hi - lo + 1 > self.capacity:
+            exp, lo, hi = exp + 1, lo >> 1, hi >> 1
+        if self.exp == exp and self.start <= lo and hi < self.start + self.capacity:
+            return
+        old = self.start + np.arange(self.capacity, dtype=np.int64)
+        moved = (old >> (exp - self.exp)) - lo if self.exp is not None else None
+        for name in ("normal", "defect", "region_share"):
+            counts = getattr(self, name)
+            fresh = np.zeros_like(counts)
+            if moved is not None:
+                keep = counts != 0
+                np.add.at(fresh, moved[keep], counts[keep])
+            setattr(self, name, fresh)
+        self.exp, self.start = exp, lo
+
+    def _index(self, values: np.ndarray, exp: int) -> np.ndarray:
+        return np.floor(np.ldexp(values.astype(np.float64), -exp)).astype(np.int64)
+
+    def update(self, maps: Any, masks: Any) -> None:
+        """Add a batch of N x H x W maps and binary masks."""
+        m, g = _pixel_inputs(maps, masks)
+        if m.size == 0:
+            return
+        lo_v, hi_v = float(m.min()), float(m.max())
+        exp = self.exp
+        if exp is None:
+            span = hi_v - lo_v
+            if span > 0:
+                exp = math.ceil(math.log2(span / self.capacity))
+            else:  # constant so far: a width far below the value (a later batch widens it)
+                exp = math.frexp(abs(lo_v))[1] - 40 if lo_v else -40
+        lo, hi = (int(i) for i in self._index(np.array([lo_v, hi_v]), exp))
+        self._fit(exp, lo, hi)
+        assert self.exp is not None
+        idx = self._index(m.ravel(), self.exp) - self.start
+        normal, defect, share, n_regions = _add_batch(idx, g, self.capacity)
+        self.normal += normal
+        self.defect += defect
+        self.region_share += share
+        self.n_regions += n_regions
+
+    def merge(self, other: StreamingPixelAccumulator) -> None:
+        """Add another accumulator's counts (e.g. from another worker); bins and fpr limit must match."""
+        if (self.bins, self.fpr_limit) != (other.bins, other.fpr_limit):
+            raise ValueError("Cannot merge accumulators with different bins or fpr limits.")
+        used = other._used()
+        if used is not None and other.exp is not None:
+            exp = other.exp if self.exp is None else max(self.exp, other.exp)
+            shift = exp - other.exp
+            self._fit(exp, used[0] >> shift, used[1] >> shift)
+            assert self.exp is not None
+            moved = (
+                (other.start + np.arange(other.capacity, dtype=np.int64)) >> (self.exp - other.exp)
+            ) - self.start
+            keep = (other.normal + other.defect) != 0
+            np.add.at(self.normal, moved[keep], other.normal[keep])
+            np.add.at(self.defect, moved[keep], other.defect[keep])
+            np.add.at(self.region_share, moved[keep], other.region_share[keep])
+        self.n_regions += other.n_regions
+
+    def compute(self) -> dict[str, float]:
+        """{"pixel_AUROC", "pixel_AUPRO"} from the histograms; NaN when undefined."""
+        return _histogram_metrics(self.normal, self.defect, self.region_share, self.n_regions, self.fpr_limit)
+
+    def error_bounds(self) -> dict[str, float]:
+        """Upper bounds of |binned - exact| for the values of ``compute`` (derivation: module docstring)."""
+        return _histogram_bounds(self.normal, self.defect, self.region_share, self.n_regions, self.fpr_limit)

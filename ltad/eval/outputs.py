@@ -17,7 +17,7 @@ import numpy as np
 
 from ltad.errors import DataError
 from ltad.eval.aggregate import METRICS, aggregate
-from ltad.eval.metrics import PixelMetricAccumulator, f1_max_threshold
+from ltad.eval.metrics import PixelMetricAccumulator, StreamingPixelAccumulator, f1_max_threshold
 from ltad.eval.visualize import class_gallery, overlay_panel
 
 SCORES_COLUMNS = ("key", "class", "gt_label", "pred_score", "pred_anomalous", "pred_class")
@@ -36,12 +36,18 @@ class ScoredSample:
 
 @dataclass(frozen=True)
 class OverlayCandidate:
-    """A sample that may be drawn in its class's gallery: its map (fp16) and where its image is."""
+    """A sample that may be drawn in its class's gallery: its map (fp16) and where its image is.
+
+    `image` (H x W x 3 uint8 at evaluation resolution) and `gt_mask` (H x W bool) are captured at scoring
+    time when the batch holds images, so rank 0 need not read the shard again; None with cached features.
+    """
 
     key: str
     shard: str  # the shard URL it was read from (image or feature shard)
     label: int
     anomaly_map: np.ndarray
+    image: np.ndarray | None = None
+    gt_mask: np.ndarray | None = None
 
 
 @dataclass
@@ -49,7 +55,7 @@ class ShareScores:
     """What one worker sends to rank 0: its samples, per-class pixel accumulators, overlay candidates."""
 
     samples: list[ScoredSample]
-    pixel: list[PixelMetricAccumulator]
+    pixel: list[PixelMetricAccumulator] | list[StreamingPixelAccumulator]
     candidates: dict[tuple[int, int], list[OverlayCandidate]] = field(default_factory=dict)
 
 
@@ -58,7 +64,7 @@ class Merged:
     """Every worker's scores together (rank 0)."""
 
     samples: list[ScoredSample]
-    pixel: list[PixelMetricAccumulator]
+    pixel: list[PixelMetricAccumulator] | list[StreamingPixelAccumulator]
     candidates: dict[tuple[int, int], list[OverlayCandidate]]
 
 
@@ -153,7 +159,8 @@ def render_overlays(
     threshold: float,
     out: Path,
 ) -> dict[str, str]:
-    """One gallery PNG per class under `out`; `images` maps keys to decoded `image` / `gt_mask` tensors.
+    """One gallery PNG per class under `out`; `images` maps keys to decoded `image` / `gt_mask` tensors
+    for the candidates that did not capture theirs at scoring time.
 
     Returns {class: path relative to out's parent} for the report. One colour scale for all classes.
     """
@@ -165,17 +172,26 @@ def render_overlays(
     for cid, cs in chosen.items():
         if not cs:
             continue
-        panels = [
-            overlay_panel(
-                images[c.key]["image"].permute(1, 2, 0).numpy(),
-                c.anomaly_map.astype(np.float32),
-                images[c.key]["gt_mask"][0].numpy(),
-                threshold,
-                value_range=value_range,
-                title=f"{c.key} (label {c.label})",
+        panels = []
+        for c in cs:
+            image, mask = _panel_inputs(c, images)
+            panels.append(
+                overlay_panel(
+                    image,
+                    c.anomaly_map.astype(np.float32),
+                    mask,
+                    threshold,
+                    value_range=value_range,
+                    title=f"{c.key} (label {c.label})",
+                )
             )
-            for c in cs
-        ]
         path = class_gallery(panels, out / f"{classes[cid]}.png", title=classes[cid])
         written[classes[cid]] = str(path.relative_to(out.parent))
     return written
+
+
+def _panel_inputs(c: OverlayCandidate, images: dict[str, dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """(H x W x 3 float image in [0, 1], H x W mask) of a candidate: captured, or from `images`."""
+    if c.image is not None and c.gt_mask is not None:
+        return c.image.astype(np.float32) / 255.0, c.gt_mask.astype(np.float32)
+    return images[c.key]["image"].permute(1, 2, 0).numpy(), images[c.key]["gt_mask"][0].numpy()

@@ -365,7 +365,7 @@ def encode_levels(space: Space, commit: str) -> None:
     for trial in space.phase1_runs():
         cfg = space.run_config(trial, phase1=True)
         manifest = read_manifest(cfg.data.uri)
-        if find_cache(cfg.data.uri, cfg.model.encoder, manifest) is None:
+        if find_cache(cfg.data.uri, cfg.model.encoder, manifest, cfg.data.cache_uri) is None:
             log(f"{trial.level.name}: building the feature cache on {cfg.scaling.num_workers} workers")
             _launch(space, "encode", trial.level.name, encode_stage, stage_input(cfg, commit=commit))
 

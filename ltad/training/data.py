@@ -31,7 +31,7 @@ def feature_source(cfg: LTADConfig, data_uri: str, manifest: Manifest, *, allow:
     """The feature cache prefix to read, or None to encode images online."""
     if not (allow and cfg.data.use_feature_cache):
         return None
-    return find_cache(data_uri, cfg.model.encoder, manifest)
+    return find_cache(data_uri, cfg.model.encoder, manifest, cfg.data.cache_uri)
 
 
 def _by_class(manifest: Manifest) -> dict[str, list[ShardEntry]]:

@@ -99,7 +99,10 @@ def run_pipeline(
         f"{manifest.dataset}: {len(manifest.classes)} classes, {manifest.samples('train')} train / "
         f"{manifest.samples('test')} test images; {cfg.scaling.num_workers} workers, ZeRO-{cfg.scaling.zero_stage}"
     )
-    if cfg.data.use_feature_cache and find_cache(data_uri, cfg.model.encoder, manifest) is None:
+    if (
+        cfg.data.use_feature_cache
+        and find_cache(data_uri, cfg.model.encoder, manifest, cfg.data.cache_uri) is None
+    ):
         log("feature cache: encoding train and test shards once")
         fit(encode_stage, base, name=f"{cfg.run.name}-encode")
     done: dict[str, Any] = dict(checkpoints or {})

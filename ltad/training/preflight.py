@@ -6,7 +6,7 @@ checkpoints to a node-local folder fails minutes later, or worse, finishes with 
 over the nodes. So, on a multi-node cluster, every location that more than one process touches must
 be an `s3://` URI, unless the config declares `run.shared_fs: true` (a filesystem mounted at the
 same path on every node). Those locations are `data.uri` (which also holds the feature cache),
-`run.output`, `run.storage_path`, the sweep root and every level's data, and
+`data.cache_uri` (the feature caches, when set), `run.output`, `run.storage_path`, the sweep root and every level's data, and
 `model.encoder.pretrained` when it names a weights file. Relative local paths are made absolute on
 the driver first. Then a tiny task on every other node that can host a worker reads the data
 manifest there, with the job's environment, so a node that cannot reach the data fails the job in
@@ -54,6 +54,8 @@ def is_multi_node(alive_nodes: int, driver_resources: Mapping[str, float], scali
 def run_locations(cfg: LTADConfig) -> list[tuple[str, str]]:
     """(config key, value) of every location of a training run that several processes touch."""
     out = [("data.uri", cfg.data.uri), ("run.output", cfg.run.output)]
+    if cfg.data.cache_uri:  # '' means `{data.uri}/features`, checked with data.uri
+        out.append(("data.cache_uri", cfg.data.cache_uri))
     if cfg.run.storage_path:  # '' means `{run.output}/ray`, checked with run.output
         out.append(("run.storage_path", cfg.run.storage_path))
     if is_weights_path(cfg.model.encoder.pretrained):
@@ -82,14 +84,16 @@ def absolute(value: str) -> str:
 
 
 def absolute_config(cfg: LTADConfig) -> LTADConfig:
-    """`cfg` with its local locations (data, output, storage, weights file) absolute."""
+    """`cfg` with its local locations (data, feature caches, output, storage, weights file) absolute."""
     encoder = cfg.model.encoder
     if is_weights_path(encoder.pretrained):
         encoder = dataclasses.replace(encoder, pretrained=absolute(encoder.pretrained))
     return dataclasses.replace(
         cfg,
         model=dataclasses.replace(cfg.model, encoder=encoder),
-        data=dataclasses.replace(cfg.data, uri=absolute(cfg.data.uri)),
+        data=dataclasses.replace(
+            cfg.data, uri=absolute(cfg.data.uri), cache_uri=absolute(cfg.data.cache_uri)
+        ),
         run=dataclasses.replace(
             cfg.run, output=absolute(cfg.run.output), storage_path=absolute(cfg.run.storage_path)
         ),

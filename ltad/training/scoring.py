@@ -1,9 +1,16 @@
 """Evaluation work on one Ray Train worker: score its share of the test set, read overlay images.
 
 Each worker scores its exactly-once share of the test shards (images encoded online, or cached
-features) into a typed `ShareScores` for rank 0. Pixel metrics use one binned accumulator per class
-whose value range is the global min..max of all maps (one all-reduce), so the workers' accumulators
-merge by addition on rank 0 (error bound in ltad/eval/metrics.py).
+features) into a typed `ShareScores` for rank 0, in memory that does not grow with the test set:
+- pixel metrics stream into one `StreamingPixelAccumulator` per class (no anomaly map is kept, no range
+  is needed beforehand, no collective); rank 0 merges the workers' accumulators by addition (error
+  bound in ltad/eval/metrics.py);
+- overlay candidates are at most `eval.overlays_per_class` per (class, label) per worker, each with its
+  map and, when the batch holds images, its image and mask at evaluation resolution;
+- what grows is one small `ScoredSample` per test sample (scores.csv needs them all).
+With cached features the batch holds no image: rank 0 then reads the image shards of the chosen
+candidates only, and stops reading a shard once its candidates are found (`overlay_images`). Ranged
+reads by a per-sample index would cut that to the chosen samples alone.
 """
 
 from __future__ import annotations
@@ -17,10 +24,9 @@ import torch
 from ltad.data import storage
 from ltad.data.shards import iterate_shard
 from ltad.data.streams import decode_image_sample
-from ltad.eval.metrics import PixelMetricAccumulator
+from ltad.eval.metrics import StreamingPixelAccumulator
 from ltad.eval.outputs import OverlayCandidate, ScoredSample, ShareScores
 from ltad.training.data import evaluation_loader
-from ltad.training.dist import global_range
 from ltad.training.objectives import features
 
 if TYPE_CHECKING:
@@ -28,12 +34,14 @@ if TYPE_CHECKING:
 
 
 def score_share(w: Worker, model, cache: str | None) -> ShareScores:
-    """Score this worker's test samples; pixel accumulators over the global map range (collective)."""
+    """Score this worker's test samples in bounded memory (no collective)."""
     size = w.cfg.model.encoder.image_size
     oracle = w.cfg.model.score.class_mode == "oracle"
     samples: list[ScoredSample] = []
-    maps: dict[int, list[np.ndarray]] = defaultdict(list)
-    masks: dict[int, list[np.ndarray]] = defaultdict(list)
+    pixel = [
+        StreamingPixelAccumulator(w.cfg.eval.pixel_bins, w.cfg.eval.aupro_fpr_limit)
+        for _ in w.manifest.classes
+    ]
     candidates: dict[tuple[int, int], list[OverlayCandidate]] = defaultdict(list)
     per_kind = w.cfg.eval.overlays_per_class
     loader = evaluation_loader(w.cfg, w.data_uri, w.manifest, cache, rank=w.rank, world_size=w.world_size)
@@ -43,51 +51,55 @@ def score_share(w: Worker, model, cache: str | None) -> ShareScores:
         out = model.score(patches, glob, (size, size), class_id=y if oracle else None)
         amap = out.anomaly_map.float().cpu().numpy()
         gt = batch["gt_mask"][:, 0].numpy() > 0.5
+        class_ids = batch["class_id"].numpy()
+        for cid in np.unique(class_ids):
+            rows = class_ids == cid
+            pixel[int(cid)].update(amap[rows], gt[rows])
         for i, key in enumerate(batch["key"]):
-            cid, label = int(batch["class_id"][i]), int(batch["gt_label"][i])
+            cid, label = int(class_ids[i]), int(batch["gt_label"][i])
             samples.append(ScoredSample(key, cid, label, float(out.pred_score[i]), int(out.pred_class[i])))
-            maps[cid].append(amap[i].astype(np.float16))
-            masks[cid].append(gt[i])
             if len(candidates[(cid, label)]) < per_kind:
-                candidates[(cid, label)].append(
-                    OverlayCandidate(key, batch["shard"][i], label, amap[i].astype(np.float16))
-                )
-    pixel = pixel_accumulators(
-        maps, masks, len(w.manifest.classes), w.cfg.eval.pixel_bins, w.cfg.eval.aupro_fpr_limit
-    )
+                candidates[(cid, label)].append(_candidate(batch, i, label, amap[i], gt[i]))
     return ShareScores(samples, pixel, dict(candidates))
 
 
-def pixel_accumulators(
-    maps: dict[int, list[np.ndarray]],
-    masks: dict[int, list[np.ndarray]],
-    num_classes: int,
-    bins: int,
-    fpr_limit: float,
-) -> list[PixelMetricAccumulator]:
-    """Per-class accumulators over the global map range (collective: every rank must call it)."""
-    all_maps = [m for ms in maps.values() for m in ms]
-    lo = min((float(m.min()) for m in all_maps), default=float("inf"))
-    hi = max((float(m.max()) for m in all_maps), default=float("-inf"))
-    lo, hi = global_range(lo, hi)
-    if not hi > lo:
-        hi = lo + 1.0
-    accs = [PixelMetricAccumulator(bins, fpr_limit, value_range=(lo, hi)) for _ in range(num_classes)]
-    for cid, ms in maps.items():
-        accs[cid].update(np.stack(ms).astype(np.float32), np.stack(masks[cid]))
-    return accs
+def _candidate(
+    batch: dict[str, Any], i: int, label: int, amap: np.ndarray, gt: np.ndarray
+) -> OverlayCandidate:
+    """An overlay candidate with its map, and its image and mask when the batch holds images."""
+    image = None
+    if "image" in batch:
+        hwc = batch["image"][i].permute(1, 2, 0).numpy()
+        image = np.clip(np.rint(hwc * 255.0), 0, 255).astype(np.uint8)
+    return OverlayCandidate(
+        batch["key"][i],
+        batch["shard"][i],
+        label,
+        amap.astype(np.float16),
+        image=image,
+        gt_mask=gt.copy() if image is not None else None,
+    )
 
 
 def overlay_images(w: Worker, candidates: list[OverlayCandidate]) -> dict[str, dict[str, Any]]:
-    """Decoded image and mask of each candidate, read from its image shard (rank 0)."""
+    """Decoded image and mask of each candidate without a captured image, read from its image shard
+    (rank 0): only the shards holding such candidates, each read up to its last wanted sample."""
     size = w.cfg.model.encoder.image_size
-    keys = {c.key for c in candidates}
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for c in candidates:
+        if c.image is None:
+            wanted[_image_shard(w.data_uri, c.shard)].add(c.key)
     counts = {storage.join(w.data_uri, e.name): e.samples for e in w.manifest.shards["test"]}
-    found = {}
-    for url in sorted({_image_shard(w.data_uri, c.shard) for c in candidates}):
-        for sample in iterate_shard(url, counts.get(url)):
+    found: dict[str, dict[str, Any]] = {}
+    for url in sorted(wanted):
+        keys = wanted[url]
+        samples = iterate_shard(url, counts.get(url))
+        for sample in samples:
             if sample["__key__"] in keys:
                 found[sample["__key__"]] = decode_image_sample(sample, size, with_mask=True)
+                if keys <= found.keys():
+                    samples.close()  # the rest of the shard is never read
+                    break
     return found
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ltad.config import LTADConfig
+from ltad.data import storage
 from ltad.data.manifest import Manifest, read_manifest
 from ltad.eval.aggregate import to_json
 from ltad.eval.outputs import (
@@ -107,29 +108,46 @@ def worker(loop: dict[str, Any]) -> Worker:
 
 
 def encode_stage(loop: dict[str, Any]) -> None:
-    """Each worker encodes its share of the shards; rank 0 writes the cache manifest."""
+    """Each worker encodes its share (by bytes) of the shards, skipping those a preempted run finished;
+    rank 0 writes the cache manifest last (ltad/training/feature_cache.py)."""
     import ray.train
 
     from ltad.models.encoder import Encoder
-    from ltad.training.feature_cache import cache_uri, encode_shards, write_cache_manifest
+    from ltad.training.feature_cache import (
+        cache_root,
+        encode_shards,
+        fingerprint,
+        precision,
+        write_cache_manifest,
+    )
 
     w = worker(loop)
     encoder = Encoder(w.cfg.model.encoder).to(w.device)
-    out = cache_uri(w.data_uri, w.cfg.model.encoder, w.manifest)
+    cache_id = fingerprint(w.cfg.model.encoder, w.manifest)
+    out = storage.join(cache_root(w.data_uri, w.cfg.data.cache_uri), cache_id)
     written = encode_shards(
         encoder,
         w.data_uri,
         w.manifest,
         out,
+        cache_id=cache_id,
         rank=w.rank,
         world_size=w.world_size,
         batch_size=w.cfg.eval.batch_size,
+        num_workers=w.cfg.data.loader_workers,
     )
     gathered = gather_to_rank0(written, w.rank, w.world_size)
     if w.rank == 0:
         assert gathered is not None
         everything = [entry for part in gathered for entry in part]
-        write_cache_manifest(out, w.manifest, everything, w.cfg.model.encoder, encoder.weights_provenance())
+        write_cache_manifest(
+            out,
+            w.manifest,
+            everything,
+            w.cfg.model.encoder,
+            encoder.weights_provenance(),
+            precision(w.device),
+        )
     ray.train.report({"encoded_shards": len(written)})
 
 

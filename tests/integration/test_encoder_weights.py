@@ -167,10 +167,12 @@ def test_export_without_its_copy_uses_the_recorded_source_when_unchanged(tmp_pat
 @pytest.mark.slow
 def test_ray_workers_encode_with_weights_from_s3(ray_local, tiny_data, s3_server, tmp_path, cache):
     """The encode stage on 2 Ray Train workers (in Ray's own working dirs) builds the encoder from an
-    s3:// checkpoint: the feature cache is keyed by its sha256 and records it."""
+    s3:// checkpoint: the feature cache is keyed by its sha256 and records it. It writes to
+    `data.cache_uri` (outside the data prefix), decodes in a DataLoader worker, and leaves a verified
+    done-record for every shard (what a restarted encode skips)."""
     from ltad.data import storage
     from ltad.data.manifest import manifest_uri, read_manifest
-    from ltad.training.feature_cache import cache_uri, find_cache
+    from ltad.training.feature_cache import cache_uri, find_cache, fingerprint, verified_shard
     from ltad.training.pipeline import run_pipeline
     from tests.integration.conftest import tiny_config
 
@@ -178,15 +180,23 @@ def test_ray_workers_encode_with_weights_from_s3(ray_local, tiny_data, s3_server
     uri = f"s3://{s3_server.bucket}/weights-test/ray/clip.pt"
     storage.upload_file(local, uri)
     encoder = {**TINY_MODEL["encoder"], "pretrained": uri}
-    cfg = tiny_config(
-        tmp_path, tiny_data, model={"encoder": encoder}, data={"use_feature_cache": True}, run={"name": "w"}
-    )
+    root = f"s3://{s3_server.bucket}/caches-elsewhere"
+    data = {"use_feature_cache": True, "cache_uri": root, "loader_workers": 1}
+    cfg = tiny_config(tmp_path, tiny_data, model={"encoder": encoder}, data=data, run={"name": "w"})
     assert run_pipeline(cfg, stages=()) == {}
     manifest = read_manifest(tiny_data)
-    found = find_cache(tiny_data, cfg.model.encoder, manifest)
-    assert found is not None
-    assert found != cache_uri(tiny_data, EncoderConfig(**TINY_MODEL["encoder"]), manifest)
-    weights = read_manifest(found).extra["weights"]
+    assert find_cache(tiny_data, cfg.model.encoder, manifest) is None  # not in the data prefix
+    found = find_cache(tiny_data, cfg.model.encoder, manifest, root)
+    assert found is not None and found.startswith(root + "/")
+    assert found != cache_uri(tiny_data, EncoderConfig(**TINY_MODEL["encoder"]), manifest, root)
+    cached = read_manifest(found)
+    assert cached.extra["precision"] == "fp32"
+    cache_id = fingerprint(cfg.model.encoder, manifest)
+    for split in ("train", "test"):
+        assert [verified_shard(found, e.name, cache_id, "fp32") for e in cached.shards[split]] == list(
+            cached.shards[split]
+        )
+    weights = cached.extra["weights"]
     sha = hashlib.sha256(local.read_bytes()).hexdigest()
     assert weights["source"] == uri and weights["sha256"] == sha
     assert [p.name for p in (cache / "blobs").iterdir()] == [f"{sha}.pt"]  # one node, one copy

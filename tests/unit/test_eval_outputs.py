@@ -63,3 +63,22 @@ def test_scores_csv_is_sorted_with_the_decision_at_the_threshold(tmp_path):
     rows = list(csv.reader((tmp_path / "scores.csv").open()))
     assert tuple(rows[0]) == SCORES_COLUMNS
     assert rows[1] == ["a", "c0", "0", "0.2", "0", "c1"] and rows[2] == ["b", "c1", "1", "0.9", "1", "c1"]
+
+
+def test_overlays_draw_captured_images_and_read_only_the_others(tmp_path):
+    import torch
+
+    from ltad.eval.outputs import render_overlays
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    mask = np.zeros((16, 16), dtype=bool)
+    mask[4:8, 4:8] = True
+    amap = rng.random((16, 16)).astype(np.float16)
+    captured = OverlayCandidate("d1", "s3://b/test/t-000000.tar", 1, amap, image=image, gt_mask=mask)
+    read = OverlayCandidate("n1", "s3://b/features/x/test/t-000000.tar", 0, amap)
+    decoded = {"n1": {"image": torch.rand(3, 16, 16), "gt_mask": torch.zeros(1, 16, 16)}}
+    written = render_overlays({0: [captured, read]}, decoded, ["cls"], 0.5, tmp_path / "overlays")
+    assert written == {"cls": "overlays/cls.png"} and (tmp_path / "overlays" / "cls.png").stat().st_size > 0
+    with pytest.raises(KeyError):  # a candidate without a captured image needs its decoded one
+        render_overlays({0: [read]}, {}, ["cls"], 0.5, tmp_path / "again")

@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from ltad.eval.metrics import (
     PixelMetricAccumulator,
+    StreamingPixelAccumulator,
     f1_max_threshold,
     image_auroc,
     image_f1_max,
@@ -330,3 +331,63 @@ def test_constant_maps_give_a_real_half_in_both_paths():
     # one tie group: PRO rises along the chord from (0, 0) to (1, 1), so AUPRO(0.3) = 0.15
     assert pixel_aupro(maps, masks) == pytest.approx(0.15, abs=1e-12)
     assert acc.compute()["pixel_AUPRO"] == pytest.approx(0.15, abs=1e-12)
+
+
+# --- streaming accumulator (one pass, no range known beforehand) -------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_streaming_within_bound_of_exact_and_of_the_fixed_range_path(seed):
+    rng = np.random.default_rng(seed)
+    maps, masks = blob_maps(rng, 24, 64)
+    maps[: len(maps) // 2] *= 0.1  # the first batches see a narrow range: the bins must widen later
+    exact = {"pixel_AUROC": pixel_auroc(maps, masks), "pixel_AUPRO": pixel_aupro(maps, masks)}
+    stream = StreamingPixelAccumulator(bins=1000)
+    feed(stream, maps, masks, batch=3)
+    # the earlier evaluation path: fp16 maps kept, then bins over their global min..max
+    half = maps.astype(np.float16).astype(np.float32)
+    fixed = PixelMetricAccumulator(bins=1000, value_range=(float(half.min()), float(half.max())))
+    feed(fixed, half, masks)
+    got, bound = stream.compute(), stream.error_bounds()
+    old, old_bound = fixed.compute(), fixed.error_bounds()
+    assert stream.bin_width <= 1.02 * (maps.max() - maps.min()) / 1000
+    for key, value in exact.items():
+        assert abs(got[key] - value) <= bound[key] + 1e-12
+        assert bound[key] < 5e-3
+        # today's figure (fp16 maps, fixed range) within both bounds plus the fp16 rounding effect
+        assert abs(got[key] - old[key]) <= bound[key] + old_bound[key] + 1e-3
+
+
+def test_streaming_merge_in_any_order_equals_one_accumulator():
+    rng = np.random.default_rng(5)
+    maps, masks = blob_maps(rng, 12, 32)
+    maps[6:] = maps[6:] * 40 + 100  # the second worker's values lie far from the first one's
+    whole = StreamingPixelAccumulator(bins=200)
+    feed(whole, maps, masks)
+    a, b, empty = (StreamingPixelAccumulator(bins=200) for _ in range(3))
+    feed(a, maps[:6], masks[:6])
+    feed(b, maps[6:], masks[6:])
+    empty.merge(b)
+    empty.merge(a)
+    assert empty.compute() == pytest.approx(whole.compute(), abs=1e-12)
+    assert empty.exp == whole.exp
+    assert int(empty.normal.sum() + empty.defect.sum()) == maps.size
+    a.merge(StreamingPixelAccumulator(bins=200))  # an idle worker's empty accumulator
+    with pytest.raises(ValueError, match="different bins"):
+        a.merge(StreamingPixelAccumulator(bins=100))
+
+
+def test_streaming_memory_is_bounded_and_constant_maps_work():
+    maps = np.full((2, 8, 8), 0.7, dtype=np.float32)
+    masks = np.zeros((2, 8, 8), dtype=np.uint8)
+    masks[1, 2:5, 2:5] = 1
+    acc = StreamingPixelAccumulator(bins=50)
+    feed(acc, maps, masks)
+    assert acc.compute()["pixel_AUROC"] == pytest.approx(0.5, abs=1e-12)
+    assert acc.compute()["pixel_AUPRO"] == pytest.approx(0.15, abs=1e-12)
+    rng = np.random.default_rng(2)
+    for _ in range(20):  # many batches over a growing range: the state never grows
+        acc.update(rng.normal(size=(2, 8, 8)) * rng.uniform(1, 1e4), masks)
+    assert acc.normal.size == acc.defect.size == acc.region_share.size == 100
+    assert int(acc.normal.sum() + acc.defect.sum()) == 21 * maps.size
+    assert all(math.isnan(v) for v in StreamingPixelAccumulator().compute().values())
