@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _git_commit() -> str:
+    """LTAD_GIT_COMMIT (set when running from an exported tree, as for jobs), else `git rev-parse`."""
+    if os.environ.get("LTAD_GIT_COMMIT"):
+        return os.environ["LTAD_GIT_COMMIT"]
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
