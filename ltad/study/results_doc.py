@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ltad.errors import UserError
+from ltad.study.bench_table import benchmark_table
 from ltad.study.claims import class_size_lines, target_lines
 from ltad.study.paired import paired_rows
 from ltad.study.report import markdown, read_rows, stats
@@ -170,11 +171,29 @@ def vae_fidelity(inp: Inputs) -> str:
     return "\n".join(out) + "\n"
 
 
+DEMO_METRICS = "demo-2026-11-30-metrics.json"
+
+
+def readme_demo(inp: Inputs) -> str:
+    """What `make demo` printed (scripts/demo), from the run's committed metrics.json."""
+    from ltad.eval.report import text_table
+
+    m = json.loads((inp.results / DEMO_METRICS).read_text())
+    return (
+        "```\n"
+        + text_table(m)
+        + f"\n\nclass prediction accuracy {100 * m['class_prediction_accuracy']:.1f} %, "
+        f"{m['n_evaluated']} test images; weights: {m['provenance']['weights']['text']}\n```\n"
+    )
+
+
 RENDERERS: dict[str, Callable[[Inputs], str]] = {
     "results-headline": results_headline,
     "study-targets": study_targets,
     "study-tables": study_tables,
     "readme-quality": readme_quality,
+    "readme-demo": readme_demo,
+    "readme-benchmarks": lambda inp: benchmark_table(inp.results),
 }
 
 
