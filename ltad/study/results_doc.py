@@ -144,6 +144,12 @@ def _bench_cell(v: float, digits: int = 3) -> str:
 
 
 def vae_fidelity(inp: Inputs) -> str:
+    if not (inp.results / "bench-vae_fidelity.json").is_file():
+        return (
+            "**No committed figures**: `bench-vae_fidelity.json` is not in docs/results/ yet (`python "
+            "benchmarks/vae_fidelity.py --json docs/results/bench-vae_fidelity.json`); the table published "
+            "here before had no committed artefact and was removed.\n"
+        )
     b = inp.bench("vae_fidelity")
     head = (
         "| group | synthetic → nearest real training map of its class | held-out real normal → nearest "
@@ -193,6 +199,7 @@ RENDERERS: dict[str, Callable[[Inputs], str]] = {
     "study-tables": study_tables,
     "readme-quality": readme_quality,
     "readme-demo": readme_demo,
+    "vae-fidelity": vae_fidelity,
     "readme-benchmarks": lambda inp: benchmark_table(inp.results),
 }
 

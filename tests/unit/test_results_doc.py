@@ -52,3 +52,23 @@ def test_check_mode_exit_codes(monkeypatch, capsys):
     assert "docs/RESULTS.md is stale" in capsys.readouterr().err
     monkeypatch.setattr(results_doc, "stale", lambda: {})
     assert results_doc.main(["--check"]) == 0
+
+
+def test_study_report_summary_carries_the_paired_verdicts(tmp_path):
+    import json
+    import shutil
+
+    from ltad.study.report import write_report
+    from ltad.study.spec import load_spec
+
+    shutil.copy(ROOT / "docs" / "results" / "study-rows.jsonl", tmp_path / "rows.jsonl")
+    report = write_report(load_spec(ROOT / "configs" / "study.yaml"), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    verdicts = {(t["level"], t["b"]): t["verdict"] for t in summary["paired_targets"]}
+    assert verdicts == {
+        ("exp100", "knn"): "met",
+        ("exp100", "rec_only"): "not shown",
+        ("step100", "knn"): "not shown",
+        ("step100", "rec_only"): "not shown",
+    }
+    assert "step100: LTAD mean image AUROC − kNN = +1.9 points, 95 % CI -2.6 to +6.4" in report.read_text()
