@@ -147,7 +147,7 @@ def vae_fidelity(inp: Inputs) -> str:
     if not (inp.results / "bench-vae_fidelity.json").is_file():
         return (
             "**No committed figures**: `bench-vae_fidelity.json` is not in docs/results/ yet (`python "
-            "benchmarks/vae_fidelity.py --json docs/results/bench-vae_fidelity.json`); the table published "
+            "benchmarks/vae_fidelity.py --json FILE`); the table published "
             "here before had no committed artefact and was removed.\n"
         )
     b = inp.bench("vae_fidelity")
