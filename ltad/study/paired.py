@@ -93,12 +93,12 @@ def paired_interval(a: Sequence[float], b: Sequence[float], confidence: float = 
 
 def paired_rows(rows: Sequence[dict], level: str, first: str, second: str, figure: str) -> Paired | None:
     """`first - second` on `figure` at `level`, paired by seed (rows of a study); None if no seed has both."""
-    by = {(r["method"], r["seed"]): r.get(figure) for r in rows if r["level"] == level}
-    seeds = sorted(
-        s
-        for (m, s), v in by.items()
-        if m == first and v is not None and by.get((second, s)) is not None and not math.isnan(v)
-    )
+    by: dict[tuple[str, int], float] = {
+        (r["method"], r["seed"]): float(r[figure])
+        for r in rows
+        if r["level"] == level and r.get(figure) is not None and not math.isnan(r[figure])
+    }
+    seeds = sorted(s for (m, s) in by if m == first and (second, s) in by)
     if not seeds:
         return None
     return paired_interval([by[(first, s)] for s in seeds], [by[(second, s)] for s in seeds])
