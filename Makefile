@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ltad-installed
 
-.PHONY: setup constraints test lint format demo sweep-demo clean
+.PHONY: setup constraints test lint format demo sweep-demo results clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ demo: setup
 # Two imbalance levels x 2 prompt lengths x 2 synthesis ratios on the local services -> runs/sweep-demo/.
 sweep-demo: setup
 	scripts/sweep-demo
+
+# The study figures of README.md and docs/RESULTS.md, regenerated from the committed rows in docs/results/.
+results: setup
+	$(BIN)/python -m ltad.study.results_doc
 
 clean:
 	rm -rf runs .local .pytest_cache .ruff_cache .mypy_cache

@@ -10,7 +10,6 @@ Usage: .venv/bin/python benchmarks/feature_cache.py [--work DIR] [--classes 8] [
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -22,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from record import add_json_flag, emit  # noqa: E402  (benchmarks/record.py, beside this script)
 
 from ltad.config import LTADConfig  # noqa: E402
 
@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--work", help="working directory (kept); default: a temporary one")
     ap.add_argument("--classes", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    add_json_flag(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from ltad.data.manifest import read_manifest
@@ -84,23 +85,22 @@ def main() -> None:
         encode_s = time.perf_counter() - tic
         cached_s, steps = epoch_seconds(cfg, data, manifest, cache)
         online_s, _ = epoch_seconds(cfg, data, manifest, None)
-    print(
-        json.dumps(
-            {
-                "benchmark": "feature_cache",
-                "model": Path(args.config).name,
-                "train_samples": manifest.samples("train"),
-                "test_samples": manifest.samples("test"),
-                "batch_size": cfg.data.batch_size,
-                "steps_per_epoch": steps,
-                "threads": args.threads,
-                "cache_build_s_train_and_test": round(encode_s, 2),
-                "phase2_epoch_s_cached": round(cached_s, 2),
-                "phase2_epoch_s_online": round(online_s, 2),
-                "speedup": round(online_s / cached_s, 2),
-                "load_average": os.getloadavg()[0],
-            }
-        )
+    emit(
+        {
+            "benchmark": "feature_cache",
+            "model": Path(args.config).name,
+            "train_samples": manifest.samples("train"),
+            "test_samples": manifest.samples("test"),
+            "batch_size": cfg.data.batch_size,
+            "steps_per_epoch": steps,
+            "threads": args.threads,
+            "cache_build_s_train_and_test": round(encode_s, 2),
+            "phase2_epoch_s_cached": round(cached_s, 2),
+            "phase2_epoch_s_online": round(online_s, 2),
+            "speedup": round(online_s / cached_s, 2),
+            "load_average": os.getloadavg()[0],
+        },
+        args.json,
     )
 
 

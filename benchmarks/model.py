@@ -11,7 +11,6 @@ Usage: .venv/bin/python benchmarks/model.py [--batch 8] [--image-size 224] [--cl
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -21,6 +20,7 @@ from collections.abc import Callable
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from record import add_json_flag, emit  # noqa: E402  (benchmarks/record.py, beside this script)
 
 from ltad.config import EncoderConfig, ModelConfig, Phase2Config  # noqa: E402
 from ltad.models.ltad import LTAD  # noqa: E402
@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--classes", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=3)
+    add_json_flag(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = ModelConfig(encoder=EncoderConfig(image_size=args.image_size))
@@ -115,7 +116,7 @@ def main() -> None:
         },
         "peak_rss_mb": {**peaks, "final": peak_mb()},
     }
-    print(json.dumps(result, indent=2))
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ Usage: python benchmarks/patchcore_smoke.py [--root DIR] [--profile exp --ratio 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -21,6 +21,8 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from record import add_json_flag, emit  # noqa: E402  (benchmarks/record.py, beside this script)
 
 from ltad.baselines import PatchCore  # noqa: E402
 from ltad.config import EncoderConfig  # noqa: E402
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratio", type=float, default=100.0)
     ap.add_argument("--coreset-ratio", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
+    add_json_flag(ap)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or str(synthesize(Path(tmp) / "synth", classes=args.classes, seed=args.seed))
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "fit_s": round(t2 - t1, 2),
         "score_s": round(score_s, 2),
     }
-    sys.stdout.write(to_json(out) + "\n")
+    emit(json.loads(to_json(out)), args.json, argv)
     return 0
 
 

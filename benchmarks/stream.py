@@ -14,7 +14,6 @@ Usage: .venv/bin/python benchmarks/stream.py [--classes 8] [--image-size 256] [-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -22,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from record import add_json_flag, emit  # noqa: E402  (benchmarks/record.py, beside this script)
 
 PREPARE = """
 import resource, sys
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-per-class", type=int, default=50, help="of the large dataset (small: 1/10)")
     parser.add_argument("--test-per-class", type=int, default=20, help="of the large dataset (small: 1/10)")
     parser.add_argument("--passes", type=int, default=5)
+    add_json_flag(parser)
     args = parser.parse_args(argv)
 
     from ltad.data import storage
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         "prepare_rss_ratio": round(rss_large / rss_small, 3),
         "cpus": os.cpu_count(),
     }  # fmt: skip
-    print(json.dumps(result, indent=2))
+    emit(result, args.json)
     return 0
 
 

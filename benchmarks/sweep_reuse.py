@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import sys
@@ -31,6 +30,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
+from record import add_json_flag, emit  # noqa: E402  (benchmarks/record.py, beside this script)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "ltad-bench"
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5])
     p.add_argument("--phase1-steps", type=int, default=60)
     p.add_argument("--phase2-steps", type=int, default=60)
+    add_json_flag(p)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ltad-sweep-bench-") as tmp:
         return run(Path(args.work or tmp), args)
@@ -145,7 +146,7 @@ def run(work: Path, args) -> int:
         "launches": counts,
         "statuses": statuses,
     }
-    print(json.dumps(result, indent=2))
+    emit(result, args.json)
     return 0
 
 

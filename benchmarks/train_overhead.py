@@ -25,6 +25,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from record import add_json_flag, emit  # noqa: E402  (benchmarks/record.py, beside this script)
 
 from ltad.config import LTADConfig  # noqa: E402
 
@@ -124,6 +125,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--zero", type=int, default=2)
+    add_json_flag(ap)
     args = ap.parse_args()
     cfg = LTADConfig.from_yaml(args.config).with_overrides(
         [
@@ -157,24 +159,23 @@ def main() -> None:
     wall = time.perf_counter() - tic
     ray.shutdown()
     bare_sps, ray_sps = result.metrics["bare"], result.metrics["deepspeed"]
-    print(
-        json.dumps(
-            {
-                "benchmark": "train_overhead",
-                "model": Path(args.config).name,
-                "batch_size": cfg.data.batch_size,
-                "threads": args.threads,
-                "zero_stage": args.zero,
-                "steps_each": args.rounds * args.per_round,
-                "bare_pytorch_steps_per_s": round(bare_sps, 3),
-                "ray_deepspeed_steps_per_s": round(ray_sps, 3),
-                "ratio": round(ray_sps / bare_sps, 3),
-                "target_ratio": 0.9,
-                "ray_run_wall_s_with_startup": round(wall, 1),
-                "measured": "in one Ray Train worker: bare and DeepSpeed loops timed in alternating blocks",
-                "load_average": os.getloadavg()[0],
-            }
-        )
+    emit(
+        {
+            "benchmark": "train_overhead",
+            "model": Path(args.config).name,
+            "batch_size": cfg.data.batch_size,
+            "threads": args.threads,
+            "zero_stage": args.zero,
+            "steps_each": args.rounds * args.per_round,
+            "bare_pytorch_steps_per_s": round(bare_sps, 3),
+            "ray_deepspeed_steps_per_s": round(ray_sps, 3),
+            "ratio": round(ray_sps / bare_sps, 3),
+            "target_ratio": 0.9,
+            "ray_run_wall_s_with_startup": round(wall, 1),
+            "measured": "in one Ray Train worker: bare and DeepSpeed loops timed in alternating blocks",
+            "load_average": os.getloadavg()[0],
+        },
+        args.json,
     )
 
 

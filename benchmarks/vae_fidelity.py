@@ -19,7 +19,6 @@ Usage: .venv/bin/python benchmarks/vae_fidelity.py [--work DIR] [--samples 32] [
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -29,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from record import add_json_flag, emit  # noqa: E402  (benchmarks/record.py, beside this script)
 
 from ltad.data.splits import make_split  # noqa: E402
 from ltad.study.run import model_config, study_features  # noqa: E402
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="runs/vae-fidelity")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
+    add_json_flag(ap)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     spec = load_spec(args.spec)
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "kl_nats_per_latent": round(logs["vae_kl"] * real[0].numel() / cfg.model.vae.latent, 3),
         "groups": {g: {k: _mean(v) for k, v in d.items()} for g, d in groups.items()},
     }
-    print(json.dumps(out, indent=1))
+    emit(out, args.json, argv)
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ltad.study.claims import TAIL_MARGIN, target_claims, target_lines
 from ltad.study.spec import StudySpec
 
 FIGURES = (
@@ -21,7 +22,6 @@ FIGURES = (
     "tail_image_AUROC",
     "gap_image_AUROC",
 )
-TAIL_MARGIN = 0.03
 SIZE_BUCKETS = (1, 3, 10, 30)
 """Lower bounds of the by-class-size table's buckets of training images per class: 1-2 (the extreme
 tail), 3-9, 10-29, 30+."""
@@ -208,14 +208,8 @@ def markdown(spec: StudySpec, rows: list[dict], weights: dict) -> str:
             if s:
                 lines.append(f"| {m} | " + " | ".join(_pct(s[f]) for f in FIGURES) + " |")
     lines += ["", *_class_size_table(rows, methods)]
-    lines += ["### Targets (ratio 100)", ""]
-    for t in targets(st, levels):
-        lines.append(
-            f"- {t['level']}: LTAD tail image AUROC − rec_only = {100 * t['tail_gain_vs_rec_only']:+.1f} points "
-            f"(target ≥ +{100 * TAIL_MARGIN:.0f}: {'met' if t['tail_target_met'] else 'NOT met'}); "
-            f"LTAD mean image AUROC − kNN = {100 * t['mean_gain_vs_knn']:+.1f} points "
-            f"(target > 0: {'met' if t['knn_target_met'] else 'NOT met'})."
-        )
+    if claims := target_lines(rows, levels):
+        lines += ["### Targets (ratio 100)", "", *claims]
     return "\n".join(lines) + "\n"
 
 
@@ -295,6 +289,20 @@ def write_report(spec: StudySpec, out: Path) -> Path:
             b: {m: [float(np.mean(v)), len(v)] for m, v in by_m.items() if v}
             for b, by_m in by_class_size(rows, list(spec.methods)).items()
         },
+        "paired_targets": [
+            {
+                "level": c.level,
+                "a": c.first,
+                "b": c.second,
+                "figure": c.figure,
+                "target": c.target,
+                "mean": c.paired.mean,
+                "ci95": [c.paired.low, c.paired.high],
+                "n": c.paired.n,
+                "verdict": c.verdict,
+            }
+            for c in target_claims(rows, [lv.name for lv in spec.level_specs])
+        ],  # fmt: skip
         "rows": len(rows),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=True) + "\n")

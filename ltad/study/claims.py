@@ -1,0 +1,99 @@
+"""The study's targets at ratio 100, judged on paired per-seed differences with a 95 % interval.
+
+report.targets() compares means over seeds; a difference that is small against the seed spread
+(e.g. +1.9 points with a per-seed std of 3) is not a result. Here each target is the paired
+difference (same split and training seed, both methods) with a t-interval over the seeds, and the
+verdict says "met" only when the whole interval clears the target (ltad.study.paired).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ltad.study.paired import Paired, paired_interval, paired_rows
+
+TAIL_MARGIN = 0.03
+"""LTAD's tail-class image AUROC must exceed reconstruction-only's by this much (the quality issue)."""
+
+METHOD_LABELS = {"ltad": "LTAD", "rec_only": "rec_only", "knn": "kNN"}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One target at one level: `first - second` on `figure`, the bar it must clear, and the verdict."""
+
+    level: str
+    first: str
+    second: str
+    figure: str
+    target: float
+    strict: bool
+    paired: Paired
+
+    @property
+    def verdict(self) -> str:
+        return self.paired.verdict(self.target, strict=self.strict)
+
+    def sentence(self) -> str:
+        what = "tail image AUROC" if self.figure == "tail_image_AUROC" else "mean image AUROC"
+        bar = f"{'>' if self.strict else '≥'} {100 * self.target:+.0f}".replace("+0", "0")
+        return (
+            f"LTAD {what} − {METHOD_LABELS.get(self.second, self.second)} = {self.paired.describe()}, "
+            f"per seed {', '.join(f'{100 * d:+.1f}' for d in self.paired.diffs)} "
+            f"(target {bar}: **{self.verdict}**)"
+        )
+
+
+TARGETS = (
+    ("ltad", "knn", "image_AUROC", 0.0, True),
+    ("ltad", "rec_only", "tail_image_AUROC", TAIL_MARGIN, False),
+)
+
+
+def target_claims(rows: Sequence[dict], levels: Sequence[str]) -> list[Claim]:
+    """The two targets at every ratio-100 level that has rows of both methods."""
+    out = []
+    for lv in levels:
+        if not lv.endswith("100"):
+            continue
+        for first, second, figure, target, strict in TARGETS:
+            p = paired_rows(rows, lv, first, second, figure)
+            if p is not None:
+                out.append(Claim(lv, first, second, figure, target, strict, p))
+    return out
+
+
+def target_lines(rows: Sequence[dict], levels: Sequence[str]) -> list[str]:
+    """Markdown bullets, one per (level, target), and how to read them."""
+    claims = target_claims(rows, levels)
+    if not claims:
+        return []
+    return [
+        "Paired by seed (the same split and training seed for both methods), 95 % t-interval over the "
+        "seeds: **met** only if the whole interval clears the target, **not met** only if it lies "
+        "below it, **not shown** when the seeds cannot tell.",
+        "",
+        *(f"- {c.level}: {c.sentence()}." for c in claims),
+    ]
+
+
+def class_size_lines(rows: Sequence[dict], methods: Sequence[str]) -> list[str]:
+    """Markdown bullets: each paired `a - b` of the by-class-size table with a 95 % t-interval over its
+    (level, seed, class) cells. Cells of one seed share a training run, so the interval is optimistic;
+    it is the sharper test for the tail all the same, since each pair shares split, class and seed."""
+    from ltad.study.report import BUCKET_LABELS, SIZE_PAIRS, by_class_size  # report imports this module
+
+    data = by_class_size(list(rows), list(methods))
+    out = []
+    for first, second in SIZE_PAIRS:
+        key = f"{first} - {second}"
+        parts = []
+        for b in BUCKET_LABELS:
+            diffs = data.get(b, {}).get(key, []) if b in data else []
+            if len(diffs) >= 2:
+                p = paired_interval(diffs, [0.0] * len(diffs))
+                parts.append(f"{b} images {p.describe()}")
+        if parts:
+            out.append(f"- {key}: " + "; ".join(parts) + ".")
+    return out
