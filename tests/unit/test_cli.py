@@ -122,6 +122,7 @@ def test_predict_downloads_an_s3_model_into_a_folder(tmp_path, monkeypatch):
     assert (folder / "weights.pt").read_bytes() == b"w"
     del objects["s3://b/run/model/weights.pt"]
     with pytest.raises(
-        UserError, match="'s3://b/run/model' is not an exported ltad model: weights.pt \\(or model.onnx\\) missing"
+        UserError,
+        match="'s3://b/run/model' is not an exported ltad model: weights.pt \\(or model.onnx\\) missing",
     ):
         download_model("s3://b/run/model", tmp_path / "again")
