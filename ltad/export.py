@@ -171,12 +171,13 @@ def export_model(model_dir: str | Path, fmt: str, out: str | Path, *, overwrite:
     try:
         (tmp / CONFIG).write_text((Path(model_dir) / CONFIG).read_text())
         meta = {**meta, "format": FORMATS[fmt], "exported_from": str(Path(model_dir).resolve())}
-        meta.pop("encoder_weights", None)
+        bundled = meta.pop("encoder_weights", None)
         if fmt == "torch":
             shutil.copyfile(Path(model_dir) / WEIGHTS, tmp / WEIGHTS)
             encoder = model.encoder.weights
-            if encoder.file is not None:
-                meta["encoder_weights"] = _copy_encoder(tmp, encoder.file, encoder.sha256, encoder.source)
+            if encoder.file is not None:  # the checked copy (or source) load_export used
+                record = _copy_encoder(tmp, encoder.file, encoder.sha256, encoder.source)
+                meta["encoder_weights"] = {**record, "source": (bundled or record)["source"]}
         else:
             meta["onnx"] = write_onnx(model, tmp / ONNX_MODEL)
         (tmp / META).write_text(json.dumps(meta, indent=2))
