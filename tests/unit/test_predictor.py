@@ -58,30 +58,36 @@ def exports(tmp_path_factory):
     return tmp / "model", onnx, model
 
 
-def test_onnx_export_matches_torch_within_1e4(exports):
+@pytest.fixture(scope="module")
+def predictors(exports):
+    """(torch, ONNX) Predictors of the two exports, loaded once (batch size 3)."""
     from ltad import Predictor
 
     torch_dir, onnx_dir, _ = exports
+    return Predictor.load(torch_dir, batch_size=3), Predictor.load(onnx_dir, batch_size=3)
+
+
+def test_onnx_export_matches_torch_within_1e4(exports, predictors):
+    _, onnx_dir, _ = exports
     meta = json.loads((onnx_dir / "export.json").read_text())
     assert meta["format"] == "ltad-onnx/1" and meta["onnx"]["check"]["max_abs_map_diff"] <= 1e-4
     assert sorted(p.name for p in onnx_dir.iterdir()) == ["config.yaml", "export.json", "model.onnx"]
+    assert [p.format for p in predictors] == ["torch", "onnx"]
     images = [_image(i) for i in range(3)] + [_image(9, 40, 90)]  # dynamic batch, another size
-    t = Predictor.load(torch_dir, batch_size=3).predict(images)
-    o = Predictor.load(onnx_dir, batch_size=3).predict(images)
+    t, o = (p.predict(images) for p in predictors)
     assert max(float(np.abs(a - b).max()) for a, b in zip(t.maps, o.maps)) <= 1e-4
     assert np.abs(t.scores - o.scores).max() <= 1e-4
     assert t.pred_class == o.pred_class and (t.decisions == o.decisions).all()
     assert o.maps[3].shape == (40, 90)
 
 
-def test_predictor_takes_paths_pil_and_arrays_and_matches_the_model(exports, tmp_path):
-    from ltad import Predictor
+def test_predictor_takes_paths_pil_and_arrays_and_matches_the_model(exports, predictors, tmp_path):
     from ltad.export import decide
 
-    torch_dir, _, model = exports
+    _, _, model = exports
     arr = _image(3)
     Image.fromarray(arr).save(tmp_path / "x.png")
-    p = Predictor.load(torch_dir)
+    p = predictors[0]
     res = p.predict([tmp_path / "x.png", Image.fromarray(arr), arr, arr[..., 0]])
     assert len(res) == 4 and np.allclose(res.scores[:3], res.scores[0])
     x = torch.from_numpy(arr.astype(np.float32) / 255).permute(2, 0, 1)[None]
@@ -144,7 +150,9 @@ def test_predict_cli_on_onnx_nested_names_errors_and_columns(exports, tmp_path, 
         errors = list(csv.DictReader(f))
     assert [e["path"] for e in errors] == [str(images / "broken.png")]
     assert "cannot read image" in errors[0]["error"]
-    assert "scored 3 of 4 images" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "scored 3 of 4 images" in captured.out
+    assert "predict: 4/4 images" in captured.err and "img/s, ETA" in captured.err  # progress, not a TTY
     # never overwrites: a second run into the same folder is refused
     assert main(argv) == 2
     assert "already holds predictions" in capsys.readouterr().err
@@ -177,17 +185,16 @@ def test_predict_cli_exit_codes_for_all_unreadable_and_bad_device(exports, tmp_p
         assert len(lines) == 1 and words in lines[0]
 
 
-def test_scores_csv_is_streamed_row_by_row(exports, tmp_path, monkeypatch):
+def test_scores_csv_is_streamed_row_by_row(predictors, tmp_path, monkeypatch):
     """A crash after the first batch leaves the rows already scored, complete and readable."""
-    from ltad import Predictor
     from ltad.predict_run import predict_folder
 
-    torch_dir, _, _ = exports
     images = tmp_path / "images"
     images.mkdir()
     for i in range(3):
         Image.fromarray(_image(i)).save(images / f"{i}.png")
-    p = Predictor.load(torch_dir, batch_size=2)
+    p = predictors[0]
+    monkeypatch.setattr(p, "batch_size", 2)
     real, calls = p.predict_rgb, []
 
     def crash_on_second(rgbs):
