@@ -181,11 +181,15 @@ def export_model(model_dir: str | Path, fmt: str, out: str | Path, *, overwrite:
         else:
             meta["onnx"] = write_onnx(model, tmp / ONNX_MODEL)
         (tmp / META).write_text(json.dumps(meta, indent=2))
-        if old is not None:
-            shutil.rmtree(old)
-        elif out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
+        if old is not None:  # the previous export moves aside only once the new one is complete
+            aside = tmp.with_name(tmp.name + "-old")
+            os.replace(old, aside)
+            os.replace(tmp, out)
+            shutil.rmtree(aside)
+        else:
+            if out.exists():
+                out.rmdir()  # empty (checked above)
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -194,7 +198,9 @@ def export_model(model_dir: str | Path, fmt: str, out: str | Path, *, overwrite:
 
 def check_out(out: Path, overwrite: bool) -> Path | None:
     """None when `out` is free (absent or empty); `out` itself when it is an export to replace."""
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
         return None
     if out.is_dir() and (out / META).is_file() and overwrite:
         return out
@@ -205,7 +211,10 @@ def check_out(out: Path, overwrite: bool) -> Path | None:
 def write_onnx(model: LTAD, path: Path, batch: int = 2) -> dict[str, Any]:
     """Trace the scoring path (ScoringGraph) into `path` with a dynamic batch axis; checks it against
     torch on a random batch with onnxruntime when that is installed. Returns export.json's `onnx`."""
-    graph = ScoringGraph(model.cpu()).eval()
+    try:
+        graph = ScoringGraph(model.cpu()).eval()
+    except RuntimeError as exc:
+        raise DataError(f"cannot export this model: {exc}") from None
     size = graph.size
     example = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     axes = {name: {0: "batch"} for name in ("images", *OUTPUTS)}

@@ -133,6 +133,8 @@ class _Rows:
 
 def check_out(out: Path) -> None:
     """Refuse an output folder holding earlier predictions (nothing is overwritten)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file, not a folder")
     found = [name for name in OUTPUTS if (out / name).exists()]
     if found:
         raise ConfigError(
