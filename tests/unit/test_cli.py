@@ -126,3 +126,6 @@ def test_predict_downloads_an_s3_model_into_a_folder(tmp_path, monkeypatch):
         match="'s3://b/run/model' is not an exported ltad model: weights.pt \\(or model.onnx\\) missing",
     ):
         download_model("s3://b/run/model", tmp_path / "again")
+    objects["s3://b/run/model/model.onnx"] = b"o"  # an `ltad export --format onnx` folder
+    folder = download_model("s3://b/run/model", tmp_path / "onnx")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "export.json", "model.onnx"]
