@@ -25,6 +25,7 @@ COMMANDS = (
     "train",
     "evaluate",
     "predict",
+    "export",
     "sweep",
     "summary",
     "study",

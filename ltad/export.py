@@ -9,7 +9,12 @@ sha256 and source, so the folder predicts on a machine that has neither the file
 ('bundled' and 'none' need nothing: the wheel and the seed rebuild them; a hub tag needs the hub).
 Older exports without `encoder_weights` keep using the configured path. Normalised score: 0.5 at the
 threshold, 0 and 1 at the lowest and highest test scores (clipped), so a decision is
-`normalised >= 0.5` whatever the raw scale.
+`normalised >= 0.5` whatever the raw scale (ltad/eval/normalise.py); `decide` is the one rule.
+
+`ltad export --format onnx` turns such a folder into `model.onnx` (the whole scoring path, encoder
+included, as one graph: `ltad.models.scoring.ScoringGraph`) + `config.yaml` + `export.json` with
+format `ltad-onnx/1`; `--format torch` copies it self-contained. Both are written to a temporary
+sibling folder and renamed into place, so a failed export leaves nothing that looks complete.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
+import warnings
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,24 +34,34 @@ import yaml
 
 from ltad.config import LTADConfig
 from ltad.data import blobs
-from ltad.errors import DataError, UserError
+from ltad.errors import ConfigError, DataError, UserError
+from ltad.eval.normalise import normalisation, normalise
+from ltad.log import get_logger
 from ltad.models.ltad import LTAD
+from ltad.models.scoring import OUTPUTS, ScoringGraph
 from ltad.models.state import build_model, load_trained, trained_state
 
 WEIGHTS, CONFIG, META = "weights.pt", "config.yaml", "export.json"
 ENCODER = "encoder"
 """Stem of the copy of the encoder's checkpoint file (the suffix is the source's)."""
 FORMAT = "ltad-model/1"
-Scores = TypeVar("Scores", np.ndarray, np.floating, torch.Tensor)
+ONNX_FORMAT, ONNX_MODEL = "ltad-onnx/1", "model.onnx"
+FORMATS = {"torch": FORMAT, "onnx": ONNX_FORMAT}
+ONNX_OPSET = 17
+PARITY_TOLERANCE = 1e-4
+"""Largest |ONNX - torch| of the anomaly maps an ONNX export may show on its check batch."""
+__all__ = ["normalise", "decide", "load_export", "write_export", "export_model", "read_meta"]
+log = get_logger(__name__)
 
 
-def normalise(scores: Scores, norm: dict[str, float]) -> Any:
-    """Raw scores (or maps) -> [0, 1] with the threshold at 0.5 (see the module docstring)."""
-    t, lo, hi = norm["threshold"], norm["min"], norm["max"]
-    below = (scores - t) / max(t - lo, 1e-12) * 0.5 + 0.5
-    above = (scores - t) / max(hi - t, 1e-12) * 0.5 + 0.5
-    out = below * (scores < t) + above * (scores >= t)
-    return out.clip(0.0, 1.0)
+def decide(meta: dict[str, Any], raw_score: float, pred_class: str) -> bool:
+    """Anomalous or not: THE decision rule of an exported model (`ltad predict`, `ltad.Predictor`).
+
+    Today one global threshold (F1-max over the evaluation set); `pred_class` is there so a
+    per-class rule can live here too without touching the callers.
+    """
+    del pred_class  # the global threshold does not depend on the class
+    return bool(raw_score >= meta["normalisation"]["threshold"])
 
 
 def write_export(
@@ -63,11 +80,7 @@ def write_export(
         "format": FORMAT,
         "classes": classes,
         "image_size": cfg.model.encoder.image_size,
-        "normalisation": {
-            "threshold": float(threshold),
-            "min": float(scores.min()),
-            "max": float(scores.max()),
-        },
+        "normalisation": normalisation(scores, threshold),
         "threshold_rule": "F1-max of the image score over the evaluation set",
         "provenance": {k: v for k, v in provenance.items() if k != "config"},
     }
@@ -109,12 +122,12 @@ def _encoder_file(directory: Path, record: dict[str, str]) -> str:
 def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tuple[LTAD, dict[str, Any]]:
     """(model in eval mode, export.json) of an exported model directory; clear errors for a bad one."""
     directory = Path(directory)
-    missing = [n for n in (WEIGHTS, CONFIG, META) if not (directory / n).is_file()]
-    if missing:
-        raise DataError(f"'{directory}' is not an exported ltad model: {', '.join(missing)} missing")
-    meta = json.loads((directory / META).read_text())
-    if meta.get("format") != FORMAT:
-        raise DataError(f"'{directory / META}' has format {meta.get('format')!r}, expected {FORMAT!r}")
+    meta = read_meta(directory)
+    if meta["format"] != FORMAT:
+        raise DataError(
+            f"'{directory}' is an ONNX export ({meta['format']}): load it with ltad.Predictor or "
+            "`ltad predict`, or export the torch model it came from"
+        )
     cfg = LTADConfig.from_dict(yaml.safe_load((directory / CONFIG).read_text()))
     if meta.get("encoder_weights"):
         encoder = dataclasses.replace(
@@ -124,3 +137,128 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tu
     model = build_model(cfg, len(meta["classes"]))
     load_trained(model, torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
     return model.to(device).eval(), meta
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """export.json of a torch or ONNX export, after checking the folder holds that format's files."""
+    directory = Path(directory)
+    meta_file = directory / META
+    try:
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"format": FORMAT}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"'{meta_file}' is not readable JSON: {exc}") from None
+    fmt = meta.get("format")
+    if fmt not in FORMATS.values():
+        raise DataError(f"'{meta_file}' has format {fmt!r}, expected one of {sorted(FORMATS.values())}")
+    needed = (WEIGHTS, CONFIG, META) if fmt == FORMAT else (ONNX_MODEL, CONFIG, META)
+    missing = [n for n in needed if not (directory / n).is_file()]
+    if missing:
+        raise DataError(f"'{directory}' is not an exported ltad model: {', '.join(missing)} missing")
+    return meta
+
+
+def export_model(model_dir: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the torch export at `model_dir` as a self-contained `fmt` export ('torch' or 'onnx') at
+    `out` (temporary sibling folder + rename). `out` must be absent or empty, or with `overwrite` an
+    ltad export, which is then replaced whole."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = Path(out)
+    old = check_out(out, overwrite)
+    model, meta = load_export(model_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.part-", dir=out.parent))
+    try:
+        (tmp / CONFIG).write_text((Path(model_dir) / CONFIG).read_text())
+        meta = {**meta, "format": FORMATS[fmt], "exported_from": str(Path(model_dir).resolve())}
+        bundled = meta.pop("encoder_weights", None)
+        if fmt == "torch":
+            shutil.copyfile(Path(model_dir) / WEIGHTS, tmp / WEIGHTS)
+            encoder = model.encoder.weights
+            if encoder.file is not None:  # the checked copy (or source) load_export used
+                record = _copy_encoder(tmp, encoder.file, encoder.sha256, encoder.source)
+                meta["encoder_weights"] = {**record, "source": (bundled or record)["source"]}
+        else:
+            meta["onnx"] = write_onnx(model, tmp / ONNX_MODEL)
+        (tmp / META).write_text(json.dumps(meta, indent=2))
+        if old is not None:  # the previous export moves aside only once the new one is complete
+            aside = tmp.with_name(tmp.name + "-old")
+            os.replace(old, aside)
+            os.replace(tmp, out)
+            shutil.rmtree(aside)
+        else:
+            if out.exists():
+                out.rmdir()  # empty (checked above)
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def check_out(out: Path, overwrite: bool) -> Path | None:
+    """None when `out` is free (absent or empty); `out` itself when it is an export to replace."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return None
+    if out.is_dir() and (out / META).is_file() and overwrite:
+        return out
+    what = "an ltad export; pass --overwrite to replace it" if (out / META).is_file() else "not empty"
+    raise ConfigError(f"--out '{out}' is {what}")
+
+
+def write_onnx(model: LTAD, path: Path, batch: int = 2) -> dict[str, Any]:
+    """Trace the scoring path (ScoringGraph) into `path` with a dynamic batch axis; checks it against
+    torch on a random batch with onnxruntime when that is installed. Returns export.json's `onnx`."""
+    try:
+        graph = ScoringGraph(model.cpu()).eval()
+    except RuntimeError as exc:
+        raise DataError(f"cannot export this model: {exc}") from None
+    size = graph.size
+    example = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    axes = {name: {0: "batch"} for name in ("images", *OUTPUTS)}
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused transformer kernel has no ONNX form
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python values
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(path),
+                dynamo=False,
+                input_names=["images"],
+                output_names=list(OUTPUTS),
+                dynamic_axes=axes,
+                opset_version=ONNX_OPSET,
+            )
+            expected = graph(example)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    record: dict[str, Any] = {
+        "input": {"name": "images", "shape": ["batch", 3, size, size], "range": [0.0, 1.0]},
+        "outputs": list(OUTPUTS),
+        "opset": ONNX_OPSET,
+        "torch": torch.__version__,
+    }
+    try:
+        import onnxruntime
+    except ImportError:
+        log.warning("onnxruntime is not installed: the ONNX export was not checked against torch")
+        return record
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": example.numpy()})
+    diff = float(np.abs(got[0] - expected[0].numpy()).max())
+    if diff > PARITY_TOLERANCE or not np.array_equal(got[2], expected[2].numpy()):
+        raise DataError(
+            f"the ONNX export differs from the torch model by {diff:.3g} (limit {PARITY_TOLERANCE}) "
+            "or in the predicted classes"
+        )
+    record["check"] = {
+        "images": batch,
+        "max_abs_map_diff": diff,
+        "runtime": f"onnxruntime {onnxruntime.__version__}",
+    }
+    log.info("ONNX export checked against torch: max |difference| of the maps %.2g", diff)
+    return record

@@ -1,100 +1,197 @@
-"""`ltad predict`: score new images with an exported model, without Ray, DeepSpeed or S3.
+"""`ltad.Predictor`: score images with an exported model (torch or ONNX), without Ray, DeepSpeed or S3.
 
-Writes, under the output directory, `maps/<name>.png` (the normalised anomaly map at the image's own
-size, 0..255 with the decision threshold at 128), `overlays/<name>.png` (image | map | empty ground
-truth | prediction) and `scores.csv` (path, raw score, normalised score, decision, predicted class).
+    from ltad import Predictor
+    p = Predictor.load("runs/demo/model")          # or an `ltad export --format onnx` folder
+    result = p.predict(["a.png", pil_image, uint8_array])
+    result.scores, result.scores_normalised, result.maps, result.decisions, result.pred_class
+
+Both formats run the same scoring path (`ltad.models.scoring.ScoringGraph`; ONNX: that graph traced)
+on the same input: `preprocess` resizes every image to the model's square size (bilinear, as the
+evaluation stream decodes) and scales it to [0, 1]. Maps come back at each image's own size.
+`ltad predict` (ltad/predict_run.py) is this class over a folder.
 """
 
 from __future__ import annotations
 
-import csv
-import glob
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ltad.errors import DataError
-from ltad.eval.visualize import save_overlay
-from ltad.export import load_export, normalise
+from ltad.errors import ConfigError, DataError
+from ltad.export import FORMAT, ONNX_MODEL, decide, load_export, normalise, read_meta
+from ltad.models.scoring import ScoringGraph
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-def find_images(images: str) -> tuple[list[Path], Path | None]:
-    """Image files of a directory (recursive) or a glob, sorted; plus the directory they are named from."""
-    path = Path(images)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
-        root = path
-    else:
-        files = sorted(
-            Path(p) for p in glob.glob(images, recursive=True) if Path(p).suffix.lower() in SUFFIXES
-        )
-        root = None
-    if not files:
-        raise DataError(f"--images '{images}' matches no image files ({', '.join(SUFFIXES)})")
-    return files, root
+ImageInput = str | Path | Image.Image | np.ndarray
 
 
-def _name(path: Path, root: Path | None) -> str:
-    rel = path.relative_to(root) if root is not None else Path(path.name)
-    return "__".join(rel.with_suffix("").parts)
+def check_device(device: str) -> torch.device:
+    """`device` as a torch device that exists here, else one ConfigError sentence naming --device."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device '{device}' is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device '{device}': CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device '{device}': this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device '{device}': only cpu and cuda[:N] are supported")
+    return dev
 
 
-def _load(path: Path, size: int) -> tuple[np.ndarray, torch.Tensor]:
+def read_image(path: str | Path) -> Image.Image:
+    """The RGB image at `path`; a DataError naming the file when it cannot be read."""
     try:
         with Image.open(path) as im:
-            rgb = im.convert("RGB")
-    except OSError as exc:
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image '{path}': {exc or type(exc).__name__}") from None
-    resized = rgb.resize((size, size), Image.Resampling.BILINEAR)  # as the evaluation stream decodes
-    tensor = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return np.asarray(rgb), tensor
 
 
-def predict(model_dir: str, images: str, out: str, *, batch_size: int = 8, device: str = "cpu") -> list[dict]:
-    """Score every image; returns the CSV rows (also written to `out/scores.csv`)."""
-    files, root = find_images(images)
-    model, meta = load_export(model_dir, device)
-    size, norm, classes = meta["image_size"], meta["normalisation"], meta["classes"]
-    out_dir = Path(out)
-    (out_dir / "maps").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        loaded = [_load(p, size) for p in chunk]
-        x = torch.stack([t for _, t in loaded]).to(device)
-        enc = model.encoder.encode_images(x)
-        result = model.score(enc.patches, enc.global_emb, (size, size))
-        for i, path in enumerate(chunk):
-            rgb = loaded[i][0]
-            raw = float(result.pred_score[i])
-            amap = F.interpolate(
-                result.anomaly_map[i][None, None].float(), size=rgb.shape[:2], mode="bilinear"
-            )[0, 0]
-            nmap = normalise(amap.cpu().numpy(), norm)
-            name = _name(path, root)
-            Image.fromarray(np.round(nmap * 255).astype(np.uint8), mode="L").save(
-                out_dir / "maps" / f"{name}.png"
-            )
-            save_overlay(
-                out_dir / "overlays" / f"{name}.png", rgb, nmap, None, 0.5, value_range=(0.0, 1.0), title=name
-            )
-            score = float(normalise(np.float64(raw), norm))
-            rows.append(
-                {
-                    "path": str(path),
-                    "score": raw,
-                    "score_normalised": score,
-                    "anomalous": int(raw >= norm["threshold"]),
-                    "pred_class": classes[int(result.pred_class[i])],
-                }
-            )
-    with (out_dir / "scores.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return rows
+def as_rgb(image: ImageInput) -> np.ndarray:
+    """H x W x 3 uint8 of a path, a PIL image or an array (H x W grey or H x W x 3 uint8)."""
+    if isinstance(image, (str, Path)):
+        return np.asarray(read_image(image))
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
+        raise DataError(f"an image array must be H x W x 3 (or H x W) uint8, got {arr.shape} {arr.dtype}")
+    return np.stack([arr] * 3, axis=-1) if arr.ndim == 2 else arr
+
+
+def preprocess(rgb: np.ndarray, size: int) -> torch.Tensor:
+    """H x W x 3 uint8 -> 3 x size x size float32 in [0, 1]: the model input of both formats."""
+    resized = Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+@dataclass
+class Prediction:
+    """Per image (in input order): raw image scores, normalised scores (0.5 = threshold), the
+    decisions, predicted class names, and the anomaly maps at each image's own size (raw scale and
+    normalised)."""
+
+    scores: np.ndarray  # N float64, raw
+    scores_normalised: np.ndarray  # N float64 in [0, 1]
+    decisions: np.ndarray  # N bool, True = anomalous
+    pred_class: list[str]
+    maps: list[np.ndarray]  # H_i x W_i float32, raw scale
+    maps_normalised: list[np.ndarray]  # H_i x W_i float32 in [0, 1]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+class _TorchRunner:
+    def __init__(self, directory: Path, device: torch.device) -> None:
+        model, _ = load_export(directory, device)
+        try:
+            self.graph = ScoringGraph(model)
+        except RuntimeError as exc:
+            raise DataError(f"'{directory}' holds an unusable model: {exc}") from None
+        self.device = device
+
+    def __call__(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            maps, scores, cls = self.graph(batch.to(self.device))
+        return maps.float().cpu().numpy(), scores.double().cpu().numpy(), cls.cpu().numpy()
+
+
+class _OnnxRunner:
+    def __init__(self, directory: Path, device: torch.device) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ConfigError(
+                f"'{directory}' is an ONNX model but onnxruntime is not installed (pip install onnxruntime)"
+            ) from None
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                raise ConfigError(
+                    f"--device '{device}': this onnxruntime has no CUDA provider (install onnxruntime-gpu)"
+                )
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        try:
+            self.session = onnxruntime.InferenceSession(str(directory / ONNX_MODEL), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for a bad file
+            raise DataError(f"'{directory / ONNX_MODEL}' is not a loadable ONNX model: {exc}") from None
+
+    def __call__(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        maps, scores, cls = self.session.run(None, {"images": batch.numpy()})
+        return maps, scores.astype(np.float64), cls
+
+
+class Predictor:
+    """An exported model ready to score images; see the module docstring."""
+
+    def __init__(self, runner: Any, meta: dict[str, Any], batch_size: int = 8) -> None:
+        self.runner, self.meta, self.batch_size = runner, meta, batch_size
+        self.classes: list[str] = list(meta["classes"])
+        self.image_size: int = int(meta["image_size"])
+        self.format = "torch" if meta["format"] == FORMAT else "onnx"
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu", batch_size: int = 8) -> Predictor:
+        """The torch or ONNX export at `directory` (a local folder) on `device` (cpu, cuda, cuda:N)."""
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be an int >= 1, got {batch_size}")
+        directory = Path(directory)
+        dev = check_device(device)
+        meta = read_meta(directory)
+        runner = _TorchRunner(directory, dev) if meta["format"] == FORMAT else _OnnxRunner(directory, dev)
+        return cls(runner, meta, batch_size)
+
+    def decide(self, raw_score: float, pred_class: str) -> bool:
+        return decide(self.meta, raw_score, pred_class)
+
+    def predict(self, images: Iterable[ImageInput]) -> Prediction:
+        """Score `images` (paths, PIL images or uint8 arrays), `batch_size` at a time."""
+        rgbs = [as_rgb(im) for im in images]
+        parts = [
+            self.predict_rgb(rgbs[i : i + self.batch_size]) for i in range(0, len(rgbs), self.batch_size)
+        ]
+        if not parts:
+            return Prediction(np.zeros(0), np.zeros(0), np.zeros(0, bool), [], [], [])
+        return Prediction(
+            np.concatenate([p.scores for p in parts]),
+            np.concatenate([p.scores_normalised for p in parts]),
+            np.concatenate([p.decisions for p in parts]),
+            [c for p in parts for c in p.pred_class],
+            [m for p in parts for m in p.maps],
+            [m for p in parts for m in p.maps_normalised],
+        )
+
+    def predict_rgb(self, rgbs: Sequence[np.ndarray]) -> Prediction:
+        """One forward pass over H x W x 3 uint8 images (any sizes)."""
+        batch = torch.stack([preprocess(rgb, self.image_size) for rgb in rgbs])
+        maps, scores, cls = self.runner(batch)
+        norm = self.meta["normalisation"]
+        names = [self.classes[int(c)] for c in cls]
+        own = [_resize_map(maps[i], rgb.shape[:2]) for i, rgb in enumerate(rgbs)]
+        return Prediction(
+            scores=scores,
+            scores_normalised=np.asarray(normalise(scores, norm), dtype=np.float64),
+            decisions=np.array([self.decide(float(s), c) for s, c in zip(scores, names)], dtype=bool),
+            pred_class=names,
+            maps=own,
+            maps_normalised=[np.asarray(normalise(m, norm), dtype=np.float32) for m in own],
+        )
+
+
+def _resize_map(amap: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A model-resolution map at an image's own H x W (bilinear, as the evaluation upsamples)."""
+    if tuple(amap.shape) == tuple(shape[:2]):
+        return amap.astype(np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(amap, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=tuple(shape[:2]), mode="bilinear", align_corners=False)[0, 0].numpy()

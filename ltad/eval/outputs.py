@@ -18,9 +18,19 @@ import numpy as np
 from ltad.errors import DataError
 from ltad.eval.aggregate import METRICS, aggregate
 from ltad.eval.metrics import PixelMetricAccumulator, StreamingPixelAccumulator, f1_max_threshold
+from ltad.eval.normalise import normalisation, normalise
 from ltad.eval.visualize import class_gallery, overlay_panel
 
-SCORES_COLUMNS = ("key", "class", "gt_label", "pred_score", "pred_anomalous", "pred_class")
+SCORES_COLUMNS = (
+    "key",
+    "class",
+    "gt_label",
+    "pred_score",
+    "pred_score_normalised",
+    "pred_anomalous",
+    "pred_class",
+)
+"""scores.csv of `ltad evaluate` and of `ltad predict` (key = the image path; class and gt_label empty)."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,8 @@ def summary(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def write_scores(path: Path, samples: list[ScoredSample], classes: list[str], threshold: float) -> None:
-    """scores.csv: one row per test sample, sorted by key."""
+    """scores.csv: one row per test sample, sorted by key (normalised as the export: ltad/eval/normalise.py)."""
+    norm = normalisation(np.array([r.pred_score for r in samples], dtype=np.float64), threshold)
     with path.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(SCORES_COLUMNS)
@@ -133,6 +144,7 @@ def write_scores(path: Path, samples: list[ScoredSample], classes: list[str], th
                     classes[r.class_id],
                     r.gt_label,
                     f"{r.pred_score:.6g}",
+                    f"{float(normalise(np.float64(r.pred_score), norm)):.6g}",
                     int(r.pred_score >= threshold),
                     classes[r.pred_class],
                 ]

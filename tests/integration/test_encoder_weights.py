@@ -136,8 +136,15 @@ def test_export_carries_the_encoder_weights(where, s3_server, tmp_path, cache, m
     out = tmp_path / "pred"
     assert main(["predict", "--model", str(moved), "--images", str(folder), "--out", str(out)]) == 0
     with (out / "scores.csv").open() as f:
-        scores = [float(r["score"]) for r in csv.DictReader(f)]
+        scores = [float(r["pred_score"]) for r in csv.DictReader(f)]
     assert np.allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    # `ltad export --format torch` of the moved folder carries the checked copy, its source kept
+    assert main(["export", "--model", str(moved), "--format", "torch", "--out", str(tmp_path / "copy")]) == 0
+    assert (
+        json.loads((tmp_path / "copy" / "export.json").read_text())["encoder_weights"]
+        == meta["encoder_weights"]
+    )
+    assert (tmp_path / "copy" / "encoder.pt").read_bytes() == (moved / "encoder.pt").read_bytes()
 
     # a damaged copy is refused, naming the file; without the copy and its source, so is the folder
     (moved / "encoder.pt").write_bytes(b"\0" * 64)

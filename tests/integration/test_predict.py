@@ -52,34 +52,47 @@ def exported(tmp_path_factory):
 
 def test_predict_folder_writes_maps_overlays_and_csv(exported, tmp_path):
     from ltad.cli import main
+    from ltad.eval.outputs import SCORES_COLUMNS
 
     model_dir, folder, _, _ = exported
     assert main(["predict", "--model", str(model_dir), "--images", str(folder), "--out", str(tmp_path)]) == 0
     with (tmp_path / "scores.csv").open() as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames or ()) == SCORES_COLUMNS  # the same columns as ltad evaluate
     assert len(rows) == 4
     for row in rows:
-        s = float(row["score_normalised"])
+        s = float(row["pred_score_normalised"])
         assert 0.0 <= s <= 1.0
-        assert int(row["anomalous"]) == int(s >= 0.5)
+        assert int(row["pred_anomalous"]) == int(s >= 0.5)
         assert row["pred_class"] in ("a", "b")
-    gray_map = Image.open(tmp_path / "maps" / "sub__gray.png")
+    gray_map = Image.open(tmp_path / "maps" / "sub" / "gray.png")
     assert gray_map.size == (80, 48)  # maps at the image's own size
-    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == sorted(
-        ["img0.png", "img1.png", "img2.png", "sub__gray.png"]
-    )
+    assert sorted(
+        str(p.relative_to(tmp_path / "overlays")) for p in (tmp_path / "overlays").rglob("*.png")
+    ) == [
+        "img0.png",
+        "img1.png",
+        "img2.png",
+        "sub/gray.png",
+    ]
+    assert not (tmp_path / "errors.csv").exists()
 
 
 def test_predict_matches_model_scores_and_glob(exported, tmp_path):
     """The exported model, reloaded, gives the same raw scores as the model that was exported."""
-    from ltad.predict import predict
+    from ltad import Predictor
+    from ltad.predict_run import predict_folder
 
     model_dir, folder, model, _ = exported
-    rows = predict(str(model_dir), str(folder / "img*.png"), str(tmp_path))
-    assert [r["path"].rsplit("/", 1)[-1] for r in rows] == ["img0.png", "img1.png", "img2.png"]
+    summary = predict_folder(Predictor.load(model_dir), str(folder / "img*.png"), tmp_path)
+    assert (summary.scored, summary.failed) == (3, 0)
+    with (tmp_path / "scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["key"].rsplit("/", 1)[-1] for r in rows] == ["img0.png", "img1.png", "img2.png"]
     images = torch.stack(
         [
-            torch.from_numpy(np.asarray(Image.open(r["path"]).convert("RGB"), np.float32) / 255).permute(
+            torch.from_numpy(np.asarray(Image.open(r["key"]).convert("RGB"), np.float32) / 255).permute(
                 2, 0, 1
             )
             for r in rows
@@ -87,7 +100,7 @@ def test_predict_matches_model_scores_and_glob(exported, tmp_path):
     )
     enc = model.encoder.encode_images(images)
     expected = model.score(enc.patches, enc.global_emb, (64, 64)).pred_score
-    assert np.allclose([r["score"] for r in rows], expected.numpy(), rtol=1e-4, atol=1e-5)
+    assert np.allclose([float(r["pred_score"]) for r in rows], expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_predict_errors_are_one_clear_line(exported, tmp_path, capsys):

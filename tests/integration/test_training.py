@@ -78,6 +78,42 @@ def test_outputs_report_overlays_and_export(trained, tiny_data):
     assert meta["normalisation"]["threshold"] == metrics["threshold"]["image_score"]
 
 
+def test_onnx_export_of_the_trained_model_matches_torch_and_predicts(trained, tmp_path, capsys):
+    """`ltad export --format onnx` of the run's model: anomaly maps within 1e-4 of torch on real test
+    images, same classes and decisions; `ltad predict` takes it and writes evaluate's columns."""
+    import csv
+
+    import numpy as np
+
+    from ltad import Predictor
+    from ltad.cli import main
+    from ltad.data.synth import synthesize
+
+    _, _, out = trained
+    assert (
+        main(["export", "--model", str(out / "model"), "--format", "onnx", "--out", str(tmp_path / "onnx")])
+        == 0
+    )
+    assert "max |map difference|" in capsys.readouterr().out
+    root = synthesize(
+        tmp_path / "synth", classes=3, image_size=64, train_per_class=8, test_per_class=6, seed=0
+    )
+    images = sorted(root.glob("*/test/*/*.png"))
+    t = Predictor.load(out / "model", batch_size=8).predict(images)
+    o = Predictor.load(tmp_path / "onnx", batch_size=8).predict(images)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(t.maps, o.maps))
+    print(f"ONNX parity on the trained model: max |map difference| {diff:.3g} over {len(images)} images")
+    assert diff <= 1e-4 and np.abs(t.scores - o.scores).max() <= 1e-4
+    assert t.pred_class == o.pred_class and (t.decisions == o.decisions).all()
+    pred = tmp_path / "pred"
+    folder = images[0].parents[1]  # one class's test images, in defect-type subfolders
+    argv = ["predict", "--model", str(tmp_path / "onnx"), "--images", str(folder), "--out", str(pred)]
+    assert main(argv) == 0
+    with (pred / "scores.csv").open() as f, (out / "scores.csv").open() as g:
+        assert next(csv.reader(f)) == next(csv.reader(g))  # predict and evaluate share the columns
+    assert len((pred / "scores.csv").read_text().splitlines()) == 1 + len(list(folder.rglob("*.png")))
+
+
 def test_checkpoints_in_s3_hold_every_rank(trained):
     from ltad.data import storage
 

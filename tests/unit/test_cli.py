@@ -122,9 +122,13 @@ def test_predict_downloads_an_s3_model_into_a_folder(tmp_path, monkeypatch):
     assert (folder / "weights.pt").read_bytes() == b"w"
     del objects["s3://b/run/model/weights.pt"]
     with pytest.raises(
-        UserError, match="'s3://b/run/model' is not an exported ltad model: weights.pt missing"
+        UserError,
+        match="'s3://b/run/model' is not an exported ltad model: weights.pt \\(or model.onnx\\) missing",
     ):
         download_model("s3://b/run/model", tmp_path / "again")
+    objects["s3://b/run/model/model.onnx"] = b"o"  # an `ltad export --format onnx` folder
+    folder = download_model("s3://b/run/model", tmp_path / "onnx")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "export.json", "model.onnx"]
 
 
 def test_a_module_of_a_missing_extra_is_one_line_naming_the_extra(capsys):

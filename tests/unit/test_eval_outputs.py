@@ -62,7 +62,16 @@ def test_scores_csv_is_sorted_with_the_decision_at_the_threshold(tmp_path):
     write_scores(tmp_path / "scores.csv", samples, ["c0", "c1"], threshold=0.5)
     rows = list(csv.reader((tmp_path / "scores.csv").open()))
     assert tuple(rows[0]) == SCORES_COLUMNS
-    assert rows[1] == ["a", "c0", "0", "0.2", "0", "c1"] and rows[2] == ["b", "c1", "1", "0.9", "1", "c1"]
+    # normalised: 0 and 1 at the lowest and highest score, 0.5 at the threshold (as export.json)
+    assert rows[1] == ["a", "c0", "0", "0.2", "0", "0", "c1"] and rows[2] == [
+        "b",
+        "c1",
+        "1",
+        "0.9",
+        "1",
+        "1",
+        "c1",
+    ]
 
 
 def test_overlays_draw_captured_images_and_read_only_the_others(tmp_path):

@@ -24,8 +24,9 @@ ALLOWED: dict[str, set[str]] = {
     "ltad.models": BASE,
     "ltad.eval": BASE | {"ltad.data"},
     "ltad.baselines": BASE | {"ltad.models"},
-    "ltad.export": BASE | {"ltad.data", "ltad.models"},
+    "ltad.export": BASE | {"ltad.data", "ltad.models", "ltad.eval"},
     "ltad.predict": BASE | {"ltad.data", "ltad.models", "ltad.eval", "ltad.export"},
+    "ltad.predict_run": BASE | {"ltad.data", "ltad.eval", "ltad.export", "ltad.predict"},
     "ltad.training": BASE | {"ltad.data", "ltad.models", "ltad.eval", "ltad.export"},
     "ltad.sweep": BASE | {"ltad.data", "ltad.models", "ltad.eval", "ltad.export", "ltad.training"},
     "ltad.study": BASE | {"ltad.data", "ltad.models", "ltad.eval", "ltad.baselines", "ltad.training"},
@@ -45,6 +46,7 @@ FORBIDDEN_THIRD_PARTY = {
     "ltad.data": {"ray", "deepspeed"},
     "ltad.export": {"ray", "deepspeed"},
     "ltad.predict": {"ray", "deepspeed"},
+    "ltad.predict_run": {"ray", "deepspeed"},
 }
 
 
@@ -122,7 +124,8 @@ def test_pure_layers_stay_free_of_the_distributed_stack(layer):
 def test_predict_export_and_the_cli_load_without_ray_deepspeed_or_training():
     """`ltad predict` runs where Ray and DeepSpeed are not installed: importing it must not load them."""
     code = (
-        "import sys, ltad.predict, ltad.export, ltad.cli; ltad.cli.build_parser(); "
+        "import sys, ltad, ltad.predict, ltad.predict_run, ltad.export, ltad.cli; ltad.cli.build_parser(); "
+        "ltad.Predictor; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'deepspeed') "
         "or m.startswith('ltad.training')); print(bad); sys.exit(1 if bad else 0)"
     )
