@@ -1,8 +1,9 @@
 """`ltad predict`: score new images with an exported model, without Ray, DeepSpeed or S3.
 
 Writes, under the output directory, `maps/<name>.png` (the normalised anomaly map at the image's own
-size, 0..255 with the decision threshold at 128), `overlays/<name>.png` (image | map | empty ground
+size, 0..255 with its predicted class's decision threshold at 128), `overlays/<name>.png` (image | map | empty ground
 truth | prediction) and `scores.csv` (path, raw score, normalised score, decision, predicted class).
+The decision is `ltad.export.decide`: raw score >= the calibrated threshold of the predicted class.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from PIL import Image
 
 from ltad.errors import DataError
 from ltad.eval.visualize import save_overlay
-from ltad.export import load_export, normalise
+from ltad.export import class_normalisation, decide, load_export, normalise
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -59,7 +60,7 @@ def predict(model_dir: str, images: str, out: str, *, batch_size: int = 8, devic
     """Score every image; returns the CSV rows (also written to `out/scores.csv`)."""
     files, root = find_images(images)
     model, meta = load_export(model_dir, device)
-    size, norm, classes = meta["image_size"], meta["normalisation"], meta["classes"]
+    size, classes = meta["image_size"], meta["classes"]
     out_dir = Path(out)
     (out_dir / "maps").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -72,6 +73,8 @@ def predict(model_dir: str, images: str, out: str, *, batch_size: int = 8, devic
         for i, path in enumerate(chunk):
             rgb = loaded[i][0]
             raw = float(result.pred_score[i])
+            pred_class = classes[int(result.pred_class[i])]
+            norm = class_normalisation(meta, pred_class)
             amap = F.interpolate(
                 result.anomaly_map[i][None, None].float(), size=rgb.shape[:2], mode="bilinear"
             )[0, 0]
@@ -89,8 +92,8 @@ def predict(model_dir: str, images: str, out: str, *, batch_size: int = 8, devic
                     "path": str(path),
                     "score": raw,
                     "score_normalised": score,
-                    "anomalous": int(raw >= norm["threshold"]),
-                    "pred_class": classes[int(result.pred_class[i])],
+                    "anomalous": int(decide(meta, raw, pred_class)),
+                    "pred_class": pred_class,
                 }
             )
     with (out_dir / "scores.csv").open("w", newline="") as f:

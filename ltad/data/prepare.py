@@ -19,6 +19,7 @@ from PIL import Image
 from ltad.data import storage
 from ltad.data.datasets import read_dataset
 from ltad.data.manifest import (
+    VAL,
     Manifest,
     ShardEntry,
     SplitProvenance,
@@ -52,20 +53,21 @@ def prepare(
     dataset = read_dataset(dataset_name, root)
     split = read_split(split_path, dataset)
     train = split.train_records(dataset)
+    val = split.val_records(dataset)  # held-out normals for threshold calibration (may be empty)
     test = dataset.select("test")
     if not test:
         raise DataError(f"dataset '{dataset_name}' at '{root}' has no test images")
-    _check_unique_keys(train + test)
-    _check_images(train + test, root)
+    _check_unique_keys(train + val + test)
+    _check_images(train + val + test, root)
 
     previous = try_read_manifest(out_uri)  # also fails early on a bad bucket or credentials
     known = {} if previous is None else {e.name: e.sha256 for s in previous.shards.values() for e in s}
     storage.delete(manifest_uri(out_uri))
 
-    entries: dict[str, list[ShardEntry]] = {"train": [], "test": []}
+    entries: dict[str, list[ShardEntry]] = {"train": [], "test": [], VAL: []}
     sizes: dict[str, set[tuple[int, int]]] = {c: set() for c in dataset.classes}
     stats = {"uploaded": 0, "skipped": 0, "done": 0}
-    total = len(train) + len(test)
+    total = len(train) + len(val) + len(test)
     started = time.monotonic()
 
     def on_done(path: Path, info: ShardInfo) -> None:
@@ -99,12 +101,18 @@ def prepare(
             if records:
                 _write(ShardWriter(tmp, "train", cls, on_done, max_bytes), records, root, sizes)
         _write(ShardWriter(tmp, "test", "test", on_done, max_bytes, test_shard_samples), test, root, sizes)
+        if val:
+            _write(ShardWriter(tmp, VAL, VAL, on_done, max_bytes, test_shard_samples), val, root, sizes)
 
     _delete_stale(out_uri, {e.name for split_entries in entries.values() for e in split_entries})
     counts = {
         "train": {c: split.counts.get(c, 0) for c in dataset.classes},
         "test": {c: sum(r.class_name == c for r in test) for c in dataset.classes},
     }
+    if val:
+        counts[VAL] = {c: sum(r.class_name == c for r in val) for c in dataset.classes}
+    else:
+        del entries[VAL]
     manifest = Manifest(
         dataset=dataset.name,
         classes=dataset.classes,
@@ -162,7 +170,7 @@ def _check_unique_keys(records: list[Record]) -> None:
 
 def _delete_stale(out_uri: str, keep: set[str]) -> None:
     """Remove shards of an earlier run that this run did not write (e.g. a larger split)."""
-    for split in ("train", "test"):
+    for split in ("train", "test", VAL):
         prefix = storage.join(out_uri, split)
         for uri in storage.list(prefix):
             name = f"{split}/{uri.rsplit('/', 1)[-1]}"
