@@ -58,7 +58,8 @@ def calibrate(
     """Per-class thresholds from held-out normal scores grouped by predicted class (None if no scores).
 
     Returns the record written to export.json and metrics.json: rule, target, pooled threshold and,
-    per class, the threshold, its source ('class' or 'fallback') and the number of held-out images.
+    per class, the threshold, its source ('class' or 'fallback') and the number of held-out images;
+    `low` is the lowest held-out score (0 of the exported normalisation).
     """
     scores = np.asarray(scores, dtype=np.float64)
     pred_classes = np.asarray(pred_classes, dtype=np.int64)
