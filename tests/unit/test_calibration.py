@@ -78,3 +78,13 @@ def test_decide_uses_the_predicted_class_threshold_and_normalises_to_half_there(
     # an uncalibrated (older) export: one global threshold
     old = {"classes": ["a", "b"], "normalisation": {"threshold": 1.0, "min": 0.0, "max": 2.0}}
     assert decide(old, 1.0, "b") and not decide(old, 0.99, "a")
+
+
+@pytest.mark.parametrize("value", [0.0, 0.6, -0.1])
+def test_target_fpr_outside_0_to_half_is_a_config_error(value):
+    from ltad.config import LTADConfig
+    from ltad.errors import ConfigError
+
+    assert LTADConfig().eval.target_fpr == 0.05
+    with pytest.raises(ConfigError, match=r"eval.target_fpr' must be a float in \(0, 0.5\]"):
+        LTADConfig.from_dict({"eval": {"target_fpr": value}})
