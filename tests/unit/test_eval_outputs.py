@@ -63,3 +63,28 @@ def test_scores_csv_is_sorted_with_the_decision_at_the_threshold(tmp_path):
     rows = list(csv.reader((tmp_path / "scores.csv").open()))
     assert tuple(rows[0]) == SCORES_COLUMNS
     assert rows[1] == ["a", "c0", "0", "0.2", "0", "c1"] and rows[2] == ["b", "c1", "1", "0.9", "1", "c1"]
+
+
+def test_scores_csv_decides_by_the_predicted_class_threshold(tmp_path):
+    """With calibrated thresholds, each row is decided at its predicted class's (as `ltad predict`)."""
+    samples = [
+        ScoredSample("a", 0, 0, 0.9, 0),
+        ScoredSample("b", 0, 0, 0.9, 1),
+        ScoredSample("c", 1, 1, 3.0, 1),
+    ]
+    write_scores(tmp_path / "scores.csv", samples, ["c0", "c1"], 0.5, class_thresholds=np.array([0.5, 2.0]))
+    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    assert [r["pred_anomalous"] for r in rows] == ["1", "0", "1"]
+
+
+def test_calibration_metrics_rates_on_test_and_the_uncalibrated_fallback():
+    from ltad.eval.calibration import calibrate, calibration_metrics
+
+    cal = calibrate(np.arange(40.0), np.zeros(40, dtype=int), ["c0"], 0.05)
+    scores, labels, pred = np.array([10.0, 39.0, 50.0, 5.0]), np.array([0, 0, 1, 1]), np.zeros(4, dtype=int)
+    got = calibration_metrics(cal, scores, labels, pred, ["c0"], fallback_threshold=0.0)
+    assert got["calibrated"] and got["per_class"]["c0"]["threshold"] == 38.0
+    assert got["test"] == {"fpr": 0.5, "tpr": 0.5, "n_normal": 2, "n_anomalous": 2}
+    none = calibration_metrics(None, scores, labels, pred, ["c0"], fallback_threshold=7.0)
+    assert not none["calibrated"] and "re-run `ltad prepare`" in none["reason"]
+    assert none["test"]["fpr"] == 1.0 and none["test"]["tpr"] == 0.5
