@@ -299,9 +299,13 @@ class EvalConfig:
     pixel_bins: int = 1000
     """Bins of the incremental pixel metrics (error bound documented in ltad/eval/metrics.py)."""
     aupro_fpr_limit: float = 0.3
+    target_fpr: float = 0.05
+    """Share of normal images the exported model may flag: its per-class thresholds are calibrated on
+    held-out normal images at this rate (ltad/eval/calibration.py), never on test labels."""
 
     def __post_init__(self) -> None:
         check(self.pixel_bins >= 10, "eval.pixel_bins", "an int >= 10", self.pixel_bins)
+        check(0 < self.target_fpr <= 0.5, "eval.target_fpr", "a float in (0, 0.5]", self.target_fpr)
         check(0 < self.aupro_fpr_limit <= 1, "eval.aupro_fpr_limit", "in (0, 1]", self.aupro_fpr_limit)
 
 

@@ -2,14 +2,19 @@
 
 A model directory holds `weights.pt` (consolidated fp32 state of everything trained, loaded with
 `weights_only=True`; the frozen encoder is rebuilt from the config), `config.yaml` (the resolved run
-config) and `export.json` (class names, image size, the F1-adaptive image threshold, the score
-normalisation and provenance). When the encoder's weights are a checkpoint file or an s3:// object,
+config) and `export.json` (class names, image size, the decision thresholds and how they were calibrated, the
+score normalisation and provenance). When the encoder's weights are a checkpoint file or an s3:// object,
 the directory also holds a copy, `encoder.<suffix>`, named in `export.json` `encoder_weights` with its
 sha256 and source, so the folder predicts on a machine that has neither the file nor the bucket
 ('bundled' and 'none' need nothing: the wheel and the seed rebuild them; a hub tag needs the hub).
-Older exports without `encoder_weights` keep using the configured path. Normalised score: 0.5 at the
-threshold, 0 and 1 at the lowest and highest test scores (clipped), so a decision is
-`normalised >= 0.5` whatever the raw scale (ltad/eval/normalise.py); `decide` is the one rule.
+Older exports without `encoder_weights` keep using the configured path.
+
+Thresholds (`calibration` in export.json, ltad/eval/calibration.py): one per class, calibrated on
+held-out normal training images at `eval.target_fpr`, never on test labels; an image is anomalous when
+its raw score >= the threshold of the class the model predicts for it (`decide`). Normalised score:
+0.5 at that class's threshold, 0 at the lowest held-out normal score and 1 as far above the threshold
+(clipped), so a decision is also `normalised >= 0.5` whatever the raw scale. Exports without
+`calibration` (older ones, or data prepared without a validation split) keep one global threshold. Normalisation: ltad/eval/normalise.py; `decide` is the one rule.
 
 `ltad export --format onnx` turns such a folder into `model.onnx` (the whole scoring path, encoder
 included, as one graph: `ltad.models.scoring.ScoringGraph`) + `config.yaml` + `export.json` with
@@ -35,7 +40,7 @@ import yaml
 from ltad.config import LTADConfig
 from ltad.data import blobs
 from ltad.errors import ConfigError, DataError, UserError
-from ltad.eval.normalise import normalisation, normalise
+from ltad.eval.normalise import calibrated_normalisation, normalisation, normalise
 from ltad.log import get_logger
 from ltad.models.ltad import LTAD
 from ltad.models.scoring import OUTPUTS, ScoringGraph
@@ -54,14 +59,29 @@ __all__ = ["normalise", "decide", "load_export", "write_export", "export_model",
 log = get_logger(__name__)
 
 
-def decide(meta: dict[str, Any], raw_score: float, pred_class: str) -> bool:
-    """Anomalous or not: THE decision rule of an exported model (`ltad predict`, `ltad.Predictor`).
+def class_normalisation(meta: dict[str, Any], pred_class: str | int) -> dict[str, float]:
+    """The normalisation of an image predicted as `pred_class` (a name or a class id): its class's
+    threshold at 0.5 when the export is calibrated, else the export's global one."""
+    calibration = meta.get("calibration")
+    if not calibration:
+        return meta["normalisation"]
+    name = meta["classes"][pred_class] if isinstance(pred_class, int) else pred_class
+    return calibration["per_class"][name]["normalisation"]
 
-    Today one global threshold (F1-max over the evaluation set); `pred_class` is there so a
-    per-class rule can live here too without touching the callers.
-    """
-    del pred_class  # the global threshold does not depend on the class
-    return bool(raw_score >= meta["normalisation"]["threshold"])
+
+def decide(meta: dict[str, Any], raw_score: float, pred_class: str | int) -> bool:
+    """Whether an image is anomalous: its raw score >= the threshold of its predicted class."""
+    return bool(raw_score >= class_normalisation(meta, pred_class)["threshold"])
+
+
+def _calibrated(calibration: dict[str, Any]) -> dict[str, Any]:
+    """The calibration record with each class's normalisation (ltad/eval/normalise.py)."""
+    low = calibration["low"]
+    per_class = {
+        name: {**row, "normalisation": calibrated_normalisation(row["threshold"], low)}
+        for name, row in calibration["per_class"].items()
+    }
+    return {**calibration, "per_class": per_class}
 
 
 def write_export(
@@ -72,18 +92,26 @@ def write_export(
     scores: np.ndarray,
     threshold: float,
     provenance: dict,
+    calibration: dict[str, Any] | None = None,
 ) -> Path:
+    """Write the model directory. With `calibration` (ltad/eval/calibration.py) decisions use its
+    per-class thresholds; without it, `threshold` with min/max of `scores` (the uncalibrated fallback)."""
     out.mkdir(parents=True, exist_ok=True)
     torch.save(trained_state(model), out / WEIGHTS)
     (out / CONFIG).write_text(cfg.to_yaml())
-    meta = {
+    meta: dict[str, Any] = {
         "format": FORMAT,
         "classes": classes,
         "image_size": cfg.model.encoder.image_size,
         "normalisation": normalisation(scores, threshold),
-        "threshold_rule": "F1-max of the image score over the evaluation set",
+        "threshold_rule": "F1-max of the image score over the evaluation set (uncalibrated: no held-out "
+        "normal images)",
         "provenance": {k: v for k, v in provenance.items() if k != "config"},
     }
+    if calibration is not None:
+        meta["calibration"] = _calibrated(calibration)
+        meta["normalisation"] = calibrated_normalisation(calibration["pooled_threshold"], calibration["low"])
+        meta["threshold_rule"] = f"{calibration['rule']} (target_fpr {calibration['target_fpr']:g})"
     encoder = model.encoder.weights
     if encoder.file is not None:
         meta["encoder_weights"] = _copy_encoder(out, encoder.file, encoder.sha256, encoder.source)

@@ -8,7 +8,8 @@
 Both formats run the same scoring path (`ltad.models.scoring.ScoringGraph`; ONNX: that graph traced)
 on the same input: `preprocess` resizes every image to the model's square size (bilinear, as the
 evaluation stream decodes) and scales it to [0, 1]. Maps come back at each image's own size.
-`ltad predict` (ltad/predict_run.py) is this class over a folder.
+`ltad predict` (ltad/predict_run.py) is this class over a folder. The decision is `ltad.export.decide`:
+raw score >= the calibrated threshold of the predicted class (0.5 on that class's normalised scale).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ltad.errors import ConfigError, DataError
-from ltad.export import FORMAT, ONNX_MODEL, decide, load_export, normalise, read_meta
+from ltad.export import FORMAT, ONNX_MODEL, class_normalisation, decide, load_export, normalise, read_meta
 from ltad.models.scoring import ScoringGraph
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -176,16 +177,17 @@ class Predictor:
         """One forward pass over H x W x 3 uint8 images (any sizes)."""
         batch = torch.stack([preprocess(rgb, self.image_size) for rgb in rgbs])
         maps, scores, cls = self.runner(batch)
-        norm = self.meta["normalisation"]
         names = [self.classes[int(c)] for c in cls]
+        # each image on its predicted class's scale: 0.5 at that class's calibrated threshold
+        norms = [class_normalisation(self.meta, name) for name in names]
         own = [_resize_map(maps[i], rgb.shape[:2]) for i, rgb in enumerate(rgbs)]
         return Prediction(
             scores=scores,
-            scores_normalised=np.asarray(normalise(scores, norm), dtype=np.float64),
+            scores_normalised=np.array([float(normalise(np.float64(s), n)) for s, n in zip(scores, norms)]),
             decisions=np.array([self.decide(float(s), c) for s, c in zip(scores, names)], dtype=bool),
             pred_class=names,
             maps=own,
-            maps_normalised=[np.asarray(normalise(m, norm), dtype=np.float32) for m in own],
+            maps_normalised=[np.asarray(normalise(m, n), dtype=np.float32) for m, n in zip(own, norms)],
         )
 
 

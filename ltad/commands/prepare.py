@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
             )
         storage.upload_file(split_file, storage.join(out, "split.json"))
     summary = {
-        s: {"shards": len(manifest.shards[s]), "samples": manifest.samples(s)} for s in ("train", "test")
+        s: {"shards": len(manifest.shards[s]), "samples": manifest.samples(s)}
+        for s in manifest.present_splits
     }
     print(json.dumps({"out": out, **summary}), flush=True)
     return 0

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ltad.data.datasets import DATASETS
-from ltad.data.splits import PROFILES
+from ltad.data.splits import DEFAULT_VAL_FRACTION, PROFILES
 from ltad.data.uri import resolve
 from ltad.errors import ConfigError
 
@@ -27,6 +27,12 @@ def add_profile_arguments(p: argparse.ArgumentParser, *, required: bool) -> None
     p.add_argument("--ratio", default=None, help="head/tail count ratio, a number > 1 (not for 'full')")
     p.add_argument("--n-max", default=None, help="head class count (default: the largest feasible)")
     p.add_argument("--seed", default="0", help="seed of the class ranking and image choice (int)")
+    p.add_argument(
+        "--val-fraction",
+        default=None,
+        help=f"share of each class's images held out to calibrate thresholds, in [0, 1) (default "
+        f"{DEFAULT_VAL_FRACTION}; at least one image per class stays for training)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -53,16 +59,24 @@ def make_split_from_args(args: argparse.Namespace, root: str):
     ratio = parse_number("--ratio", args.ratio, float)
     seed = parse_number("--seed", args.seed, int)
     n_max = parse_number("--n-max", args.n_max, int)
+    val_fraction = parse_number("--val-fraction", args.val_fraction, float)
+    val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be a number in [0, 1), got {args.val_fraction!r}")
     assert seed is not None, "--seed has a default"
     if args.profile != "full" and ratio is None:
         raise ConfigError(f"--ratio is required for profile '{args.profile}' (a number > 1)")
     dataset = read_dataset(args.dataset, root)
-    return make_split(dataset, args.profile, ratio, seed, n_max)
+    return make_split(dataset, args.profile, ratio, seed, n_max, val_fraction)
 
 
 def describe(split) -> str:
     counts = ", ".join(f"{c}={split.counts[c]}" for c in split.class_order)
-    return f"{split.profile} ratio {split.ratio:g}, {len(split.class_order)} classes ({counts})"
+    held = sum(len(v) for v in split.val_paths.values())
+    return (
+        f"{split.profile} ratio {split.ratio:g}, {len(split.class_order)} classes ({counts}); "
+        f"{held} normal images held out for threshold calibration (val_fraction {split.val_fraction:g})"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

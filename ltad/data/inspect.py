@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image
 
 from ltad.data import storage
-from ltad.data.manifest import SPLITS, read_manifest
+from ltad.data.manifest import VAL, read_manifest
 from ltad.data.shards import IMAGE_MEMBERS, iterate_shard
 from ltad.errors import UserError
 
@@ -32,7 +32,8 @@ def inspect(uri: str) -> dict[str, Any]:
     """{'uri', 'matches_manifest', 'splits': {split: {samples, per_class, matches_manifest, errors}}}."""
     manifest = read_manifest(uri)
     report: dict[str, Any] = {"uri": uri, "dataset": manifest.dataset, "splits": {}}
-    for split in SPLITS:
+    for split in manifest.present_splits:
+        origin = "train" if split == VAL else split  # held-out normals are training images
         per_class = {c: 0 for c in manifest.classes}
         errors: list[str] = []
         keys: set[str] = set()
@@ -43,7 +44,7 @@ def inspect(uri: str) -> dict[str, Any]:
                     url, entry.samples, lambda s: (s["__key__"], _check_sample(s))
                 ):
                     per_class[cls] = per_class.get(cls, 0) + 1
-                    if sample_split != split:
+                    if sample_split != origin:
                         errors.append(f"{url}: sample '{key}' belongs to split '{sample_split}'")
                     if key in keys:
                         errors.append(f"{url}: sample '{key}' appears twice in {split}")

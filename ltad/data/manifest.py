@@ -16,6 +16,9 @@ from ltad.errors import DataError
 FORMAT = "ltad-shards/1"
 NAME = "manifest.json"
 SPLITS = ("train", "test")
+VAL = "val"
+"""Optional split of held-out normal training images (threshold calibration); manifests written
+before it existed have none, and every reader treats a missing one as empty."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Manifest:
         for split in SPLITS:
             if split not in self.shards or split not in self.counts:
                 raise DataError(f"manifest has no '{split}' split")
+        for split in self.present_splits:
             summed: dict[str, int] = {}
             for shard in self.shards[split]:
                 for cls, n in shard.per_class.items():
@@ -76,8 +80,17 @@ class Manifest:
                     f"manifest {split} shard counts {summed} disagree with its per-class counts {declared}"
                 )
 
+    @property
+    def present_splits(self) -> tuple[str, ...]:
+        """train, test and, when the data has held-out normals, val."""
+        return SPLITS + ((VAL,) if VAL in self.shards else ())
+
+    def val_shards(self) -> tuple[ShardEntry, ...]:
+        """The held-out normal shards (empty for data prepared without a validation split)."""
+        return self.shards.get(VAL, ())
+
     def samples(self, split: str) -> int:
-        return sum(s.samples for s in self.shards[split])
+        return sum(s.samples for s in self.shards.get(split, ()))
 
     def class_id(self, name: str) -> int:
         return self.classes.index(name)
@@ -86,7 +99,7 @@ class Manifest:
         data = asdict(self)
         data["classes"] = list(self.classes)
         data["split"]["class_order"] = list(self.split.class_order)
-        data["shards"] = {s: [asdict(e) for e in self.shards[s]] for s in SPLITS}
+        data["shards"] = {s: [asdict(e) for e in self.shards[s]] for s in self.present_splits}
         return {"format": data.pop("format"), **data}
 
     @classmethod
@@ -97,12 +110,13 @@ class Manifest:
         try:
             split = dict(data["split"])
             split["class_order"] = tuple(split["class_order"])
+            present = SPLITS + ((VAL,) if VAL in data["shards"] else ())
             return cls(
                 dataset=data["dataset"],
                 classes=tuple(data["classes"]),
                 split=SplitProvenance(**split),
-                shards={s: tuple(ShardEntry(**e) for e in data["shards"][s]) for s in SPLITS},
-                counts={s: dict(data["counts"][s]) for s in SPLITS},
+                shards={s: tuple(ShardEntry(**e) for e in data["shards"][s]) for s in present},
+                counts={s: dict(data["counts"][s]) for s in present},
                 image_sizes={c: [list(wh) for wh in v] for c, v in data["image_sizes"].items()},
                 extra=dict(data.get("extra", {})),
                 sample_index=bool(data.get("sample_index", False)),

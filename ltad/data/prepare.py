@@ -33,6 +33,7 @@ from ltad.data import storage
 from ltad.data.datasets import read_dataset
 from ltad.data.executor import Executor, processes
 from ltad.data.manifest import (
+    VAL,
     Manifest,
     ShardEntry,
     SplitProvenance,
@@ -111,9 +112,11 @@ def plan(
     sizes: dict[str, int],
     max_bytes: int,
     test_shard_samples: int,
+    val: Sequence[Record] = (),
 ) -> list[WorkItem]:
     """Work items: `train/{class}-NNNNNN.tar` per class (classes in id order, records in split order),
-    then `test/test-NNNNNN.tar` (the whole test set in dataset order). Pure and deterministic."""
+    then `test/test-NNNNNN.tar` (the whole test set in dataset order), then `val/val-NNNNNN.tar` (the
+    held-out normals, when the split has any). Pure and deterministic."""
     by_class: dict[str, list[Record]] = {c: [] for c in classes}
     for record in train:  # one pass: no per-class filter over every record
         by_class[record.class_name].append(record)
@@ -123,6 +126,8 @@ def plan(
             items.append(WorkItem(f"train/{cls}-{i:06d}.tar", chunk))
     for i, chunk in enumerate(_chunks(test, sizes, max_bytes, test_shard_samples)):
         items.append(WorkItem(f"test/test-{i:06d}.tar", chunk))
+    for i, chunk in enumerate(_chunks(val, sizes, max_bytes, test_shard_samples)):
+        items.append(WorkItem(f"{VAL}/{VAL}-{i:06d}.tar", chunk))
     return items
 
 
@@ -254,13 +259,16 @@ def _prepare(
     dataset = read_dataset(dataset_name, tree)
     split = read_split(split_path, dataset)
     train = split.train_records(dataset)
+    val = split.val_records(dataset)  # held-out normals for threshold calibration (may be empty)
     test = dataset.select("test")
     if not test:
         raise DataError(f"dataset '{dataset_name}' at '{root}' has no test images")
-    records = train + test
+    records = train + val + test
     _check_unique_keys(records)
     previous = try_read_manifest(out_uri)  # also fails early on a bad bucket or credentials
-    items = plan(dataset.classes, train, test, tree.files, int(shard_size_mb * (1 << 20)), test_shard_samples)
+    items = plan(
+        dataset.classes, train, test, tree.files, int(shard_size_mb * (1 << 20)), test_shard_samples, val
+    )
 
     sizes: dict[str, set[tuple[int, int]]] = {c: set() for c in dataset.classes}
     batches = [tuple(records[i : i + CHECK_BATCH]) for i in range(0, len(records), CHECK_BATCH)]
@@ -290,20 +298,22 @@ def _prepare(
         write.add(len(items[index].records))
     write.finish()
 
-    entries: dict[str, list[ShardEntry]] = {"train": [], "test": []}
+    entries: dict[str, list[ShardEntry]] = {"train": [], "test": [], VAL: []}
     for result in results:
         assert result is not None
         entries[result.entry.name.split("/", 1)[0]].append(result.entry)
     _delete_stale(out_uri, {r.entry.name for r in results if r is not None})
     test_counts = Counter(r.class_name for r in test)
+    val_counts = Counter(r.class_name for r in val)
     manifest = Manifest(
         dataset=dataset.name,
         classes=dataset.classes,
         split=SplitProvenance(split.sha256, split.profile, split.ratio, split.seed, tuple(split.class_order)),
-        shards={k: tuple(v) for k, v in entries.items()},
+        shards={k: tuple(v) for k, v in entries.items() if k != VAL or val},
         counts={
             "train": {c: split.counts.get(c, 0) for c in dataset.classes},
             "test": {c: test_counts.get(c, 0) for c in dataset.classes},
+            **({VAL: {c: val_counts.get(c, 0) for c in dataset.classes}} if val else {}),
         },
         image_sizes={c: [list(wh) for wh in sorted(v)] for c, v in sizes.items()},
         sample_index=True,
@@ -328,7 +338,7 @@ def _check_unique_keys(records: list[Record]) -> None:
 
 def _delete_stale(out_uri: str, keep: set[str]) -> None:
     """Remove shards of an earlier run that this run did not write (e.g. a larger split)."""
-    for split in ("train", "test"):
+    for split in ("train", "test", VAL):
         prefix = storage.join(out_uri, split)
         for uri in storage.list(prefix):
             name = f"{split}/{uri.rsplit('/', 1)[-1]}"

@@ -3,6 +3,11 @@
 Only the training set is long-tailed; the test set stays whole. A split is a file that records the
 profile, ratio, seed, class order (head first), counts and every relative path, so it can be shared
 and re-read: `make_split` builds one from a dataset, `read_split` reads ours or a published one.
+
+Validation: `val_fraction` of each class's long-tailed share of normal images is held out (`val` in
+the file, rounded half up, always leaving at least one image for training), never trained on, and
+used to calibrate the decision thresholds (ltad/eval/calibration.py). `counts` are the training
+images that remain. Files without `val` (older ones, published splits) hold no validation images.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,20 @@ from ltad.errors import ConfigError, DataError
 SPLIT_FORMAT = "ltad-split/1"
 PROFILES = ("exp", "step", "pareto", "full")
 GROUPS = ("head", "medium", "tail")
+DEFAULT_VAL_FRACTION = 0.1
+"""Share of each class's normal images `ltad split` / `ltad prepare` hold out for calibration."""
+
+
+def val_count(n: int, val_fraction: float) -> int:
+    """Held-out images of a class with `n` images: round half up, at least one left for training."""
+    return max(0, min(n - 1, math.floor(n * val_fraction + 0.5)))
+
+
+def check_val_fraction(value: Any) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not 0 <= value < 1:
+        raise ConfigError(f"split val_fraction must be a number in [0, 1), got {value!r}")
+    return float(value)
 
 
 def check_ratio(profile: str, ratio: Any) -> float:
@@ -67,9 +86,11 @@ class Split:
     class_order: tuple[str, ...]  # head first
     counts: dict[str, int]
     train_paths: dict[str, tuple[str, ...]]  # class -> relative POSIX paths, in split order
+    val_paths: dict[str, tuple[str, ...]] = field(default_factory=dict)  # held-out normals per class
+    val_fraction: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "format": SPLIT_FORMAT,
             "dataset": self.dataset,
             "profile": self.profile,
@@ -79,6 +100,10 @@ class Split:
             "counts": {c: self.counts[c] for c in self.class_order},
             "train": {c: list(self.train_paths[c]) for c in self.class_order},
         }
+        if self.val_fraction or any(self.val_paths.values()):  # files without val keep their bytes
+            out["val_fraction"] = self.val_fraction
+            out["val"] = {c: list(self.val_paths.get(c, ())) for c in self.class_order}
+        return out
 
     def to_json(self) -> str:
         """Canonical JSON: the exact bytes `save` writes and `sha256` hashes."""
@@ -99,10 +124,17 @@ class Split:
 
     def train_records(self, dataset: Dataset) -> list[Record]:
         """The dataset's records of this split, head class first, in split order."""
+        return self._records(dataset, self.train_paths)
+
+    def val_records(self, dataset: Dataset) -> list[Record]:
+        """The held-out normal records (empty for splits without validation), head class first."""
+        return self._records(dataset, self.val_paths)
+
+    def _records(self, dataset: Dataset, paths: dict[str, tuple[str, ...]]) -> list[Record]:
         by_path = {r.path: r for r in dataset.select("train", 0)}
         out = []
         for cls in self.class_order:
-            for p in self.train_paths[cls]:
+            for p in paths.get(cls, ()):
                 if p not in by_path:
                     raise DataError(
                         f"split path '{p}' is not a normal training image of the dataset at '{dataset.root}'"
@@ -155,14 +187,21 @@ def feasible_n_max(profile: str, available: list[int], ratio: float) -> int:
 
 
 def make_split(
-    dataset: Dataset, profile: str, ratio: float | None = None, seed: int = 0, n_max: int | None = None
+    dataset: Dataset,
+    profile: str,
+    ratio: float | None = None,
+    seed: int = 0,
+    n_max: int | None = None,
+    val_fraction: float = 0.0,
 ) -> Split:
     """A long-tailed split of `dataset`'s normal training images (ratio ignored for 'full').
 
     `n_max` (the head count) defaults to `feasible_n_max`; an explicit one that some rank cannot
-    supply is a DataError, never a silent shortfall.
+    supply is a DataError, never a silent shortfall. `val_fraction` of each class's share is held
+    out as validation (see the module docstring).
     """
     ratio = check_ratio(profile, ratio)
+    val_fraction = check_val_fraction(val_fraction)
     if n_max is not None and (not isinstance(n_max, int) or isinstance(n_max, bool) or n_max < 1):
         raise ConfigError(f"split n_max must be an int >= 1, got {n_max!r}")
     normals = dataset.train_normals()
@@ -183,12 +222,17 @@ def make_split(
         needs = profile_counts(profile, n_max, len(available), ratio)
         ranked = _rank_classes(available, needs, seed, where)
         counts = dict(zip(ranked, needs))
-    train = {}
+    train, val = {}, {}
     for cls in ranked:
         paths = sorted(r.path for r in normals[cls])
         random.Random(f"ltad-split-images:{seed}:{cls}").shuffle(paths)
-        train[cls] = tuple(paths[: counts[cls]])
-    return Split(dataset.name, profile, ratio, seed, tuple(ranked), counts, train)
+        share = paths[: counts[cls]]
+        n_val = val_count(len(share), val_fraction)
+        train[cls] = tuple(share[: len(share) - n_val])
+        val[cls] = tuple(share[len(share) - n_val :])
+        counts[cls] = len(train[cls])
+    val = {c: ps for c, ps in val.items() if ps}
+    return Split(dataset.name, profile, ratio, seed, tuple(ranked), counts, train, val, val_fraction)
 
 
 # --------------------------------------------------------------------------- reading split files
@@ -299,7 +343,37 @@ def read_split(path: str | Path, dataset: Dataset) -> Split:
             except ConfigError as exc:
                 raise DataError(f"split file '{path}': {exc}") from None
         dataset_name = str(doc.get("dataset", dataset.name))
-        return Split(dataset_name, profile, ratio, doc.get("seed"), order, counts, paths)
+        val = _read_val(path, doc, normals, seen)
+        try:
+            val_fraction = check_val_fraction(doc.get("val_fraction", 0.0))
+        except ConfigError as exc:
+            raise DataError(f"split file '{path}': {exc}") from None
+        return Split(dataset_name, profile, ratio, doc.get("seed"), order, counts, paths, val, val_fraction)
     order = tuple(sorted(train, key=lambda c: (-counts[c], c)))
     ratio = counts[order[0]] / counts[order[-1]]
     return Split(dataset.name, "published", ratio, None, order, counts, paths)
+
+
+def _read_val(
+    path: Path, doc: dict[str, Any], normals: dict[str, Record], train: set[str]
+) -> dict[str, tuple[str, ...]]:
+    """The held-out paths of an ltad split file, each a normal training image of its class used once."""
+    raw = doc.get("val", {})
+    if not _is_mapping_of_paths(raw):
+        raise DataError(f"split file '{path}': 'val' must be a mapping of class to path lists")
+    val: dict[str, tuple[str, ...]] = {}
+    seen: set[str] = set()
+    for cls, ps in raw.items():
+        rels = tuple(_normalise(p) for p in ps)
+        for rel in rels:
+            record = normals.get(rel)
+            if record is None or record.class_name != cls:
+                raise DataError(
+                    f"split file '{path}': held-out '{rel}' is not a normal training image of class '{cls}'"
+                )
+            if rel in train or rel in seen:
+                raise DataError(f"split file '{path}': held-out '{rel}' is also listed for training or twice")
+            seen.add(rel)
+        if rels:
+            val[cls] = rels
+    return val

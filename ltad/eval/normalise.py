@@ -17,6 +17,13 @@ def normalisation(scores: np.ndarray, threshold: float) -> dict[str, float]:
     return {"threshold": float(threshold), "min": float(np.min(scores)), "max": float(np.max(scores))}
 
 
+def calibrated_normalisation(threshold: float, low: float) -> dict[str, float]:
+    """A calibrated class's record: 0.5 at its threshold, 0 at the lowest held-out normal score `low`,
+    1 as far above the threshold as `low` is below it (export.json `calibration`, evaluate's scores.csv)."""
+    t = float(threshold)
+    return {"threshold": t, "min": float(low), "max": t + (t - float(low))}
+
+
 def normalise(scores: Any, norm: dict[str, float]) -> Any:
     """Raw scores or maps (numpy or torch) -> [0, 1] with the threshold at 0.5 (see the module docstring)."""
     t, lo, hi = norm["threshold"], norm["min"], norm["max"]

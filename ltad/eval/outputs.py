@@ -62,11 +62,13 @@ class OverlayCandidate:
 
 @dataclass
 class ShareScores:
-    """What one worker sends to rank 0: its samples, per-class pixel accumulators, overlay candidates."""
+    """What one worker sends to rank 0: its samples, per-class pixel accumulators, overlay candidates
+    and its held-out normal samples (threshold calibration)."""
 
     samples: list[ScoredSample]
     pixel: list[PixelMetricAccumulator] | list[StreamingPixelAccumulator]
     candidates: dict[tuple[int, int], list[OverlayCandidate]] = field(default_factory=dict)
+    heldout: list[ScoredSample] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Merged:
     samples: list[ScoredSample]
     pixel: list[PixelMetricAccumulator] | list[StreamingPixelAccumulator]
     candidates: dict[tuple[int, int], list[OverlayCandidate]]
+    heldout: list[ScoredSample] = field(default_factory=list)
 
 
 def merge_shares(shares: list[ShareScores]) -> Merged:
@@ -88,16 +91,17 @@ def merge_shares(shares: list[ShareScores]) -> Merged:
     for share in shares:
         for k, v in share.candidates.items():
             candidates[k].extend(v)
-    return Merged([s for share in shares for s in share.samples], pixel, dict(candidates))
+    heldout = [s for share in shares for s in share.heldout]
+    return Merged([s for share in shares for s in share.samples], pixel, dict(candidates), heldout)
 
 
-def check_exactly_once(samples: list[ScoredSample], expected: int) -> None:
+def check_exactly_once(samples: list[ScoredSample], expected: int, split: str = "test") -> None:
     """Every test sample of the manifest scored once: a shard read twice or not at all is an error."""
     keys = [s.key for s in samples]
     if len(keys) != expected or len(set(keys)) != expected:
         raise DataError(
             f"evaluation scored {len(keys)} samples ({len(set(keys))} distinct) but the manifest lists {expected} "
-            "test samples: a shard was read twice or not at all"
+            f"{split} samples: a shard was read twice or not at all"
         )
 
 
@@ -122,7 +126,11 @@ def evaluation_metrics(
     # corrupt training samples skipped per phase (None: that phase was not run by this pipeline call)
     metrics["training"] = dict(training or {})
     threshold = image_threshold(scores, labels)
-    metrics["threshold"] = {"image_score": threshold, "rule": "F1-max over all test images"}
+    metrics["threshold"] = {
+        "image_score": threshold,
+        "rule": "F1-max over all test images (a diagnostic: fitted on test labels; the export decides by "
+        "the calibrated per-class thresholds under 'calibration' when the data has held-out normals)",
+    }
     return metrics
 
 
@@ -131,9 +139,25 @@ def summary(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: metrics[k] for k in METRICS}
 
 
-def write_scores(path: Path, samples: list[ScoredSample], classes: list[str], threshold: float) -> None:
-    """scores.csv: one row per test sample, sorted by key (normalised as the export: ltad/eval/normalise.py)."""
-    norm = normalisation(np.array([r.pred_score for r in samples], dtype=np.float64), threshold)
+def write_scores(
+    path: Path,
+    samples: list[ScoredSample],
+    classes: list[str],
+    threshold: float,
+    class_norms: list[dict[str, float]] | None = None,
+) -> None:
+    """scores.csv: one row per test sample, sorted by key. With `class_norms` (per class id, from the
+    calibration: ltad/eval/normalise.py) each sample is decided and normalised on its predicted
+    class's scale, exactly as the export (`ltad predict`) does; without, at the global `threshold`
+    with 0 and 1 at the lowest and highest test score."""
+    scores = np.array([r.pred_score for r in samples], dtype=np.float64)
+    default = normalisation(scores, threshold) if len(scores) else None
+
+    def norm(r: ScoredSample) -> dict[str, float]:
+        found = default if class_norms is None else class_norms[r.pred_class]
+        assert found is not None
+        return found
+
     with path.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(SCORES_COLUMNS)
@@ -144,8 +168,8 @@ def write_scores(path: Path, samples: list[ScoredSample], classes: list[str], th
                     classes[r.class_id],
                     r.gt_label,
                     f"{r.pred_score:.6g}",
-                    f"{float(normalise(np.float64(r.pred_score), norm)):.6g}",
-                    int(r.pred_score >= threshold),
+                    f"{float(normalise(np.float64(r.pred_score), norm(r))):.6g}",
+                    int(r.pred_score >= norm(r)["threshold"]),
                     classes[r.pred_class],
                 ]
             )
@@ -168,13 +192,14 @@ def render_overlays(
     chosen: dict[int, list[OverlayCandidate]],
     images: dict[str, dict[str, Any]],
     classes: list[str],
-    threshold: float,
+    threshold: float | dict[int, float],
     out: Path,
 ) -> dict[str, str]:
     """One gallery PNG per class under `out`; `images` maps keys to decoded `image` / `gt_mask` tensors
     for the candidates that did not capture theirs at scoring time.
 
-    Returns {class: path relative to out's parent} for the report. One colour scale for all classes.
+    Returns {class: path relative to out's parent} for the report. One colour scale for all classes;
+    `threshold` is one value or one per class id (each gallery drawn at its class's threshold).
     """
     all_maps = [c.anomaly_map.astype(np.float32) for cs in chosen.values() for c in cs]
     value_range = (
@@ -192,7 +217,7 @@ def render_overlays(
                     image,
                     c.anomaly_map.astype(np.float32),
                     mask,
-                    threshold,
+                    threshold[cid] if isinstance(threshold, dict) else threshold,
                     value_range=value_range,
                     title=f"{c.key} (label {c.label})",
                 )

@@ -81,6 +81,7 @@ def write_report(path: Path, metrics: dict[str, Any], overlays: dict[str, str]) 
         f"Class prediction accuracy (test, predicted class mode): {_fmt(metrics['class_prediction_accuracy'])} %. "
         f"Image threshold ({metrics['threshold']['rule']}): {metrics['threshold']['image_score']:.4g}.",
         "",
+        *_calibration_lines(metrics.get("calibration")),
     ]
     undefined = {m: u["classes"] for m, u in metrics.get("undefined", {}).items() if u["classes"]}
     if undefined:
@@ -94,3 +95,21 @@ def write_report(path: Path, metrics: dict[str, Any], overlays: dict[str, str]) 
         lines += [f"![{c}]({p})" for c, p in overlays.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _calibration_lines(cal: dict | None) -> list[str]:
+    """The decision rule of the exported model and its rates on the test set (none for old metrics)."""
+    if not cal:
+        return []
+    test = cal["test"]
+    rates = f"on the test set: false-positive rate {_fmt(test['fpr'])} %, true-positive rate {_fmt(test['tpr'])} %."
+    if not cal["calibrated"]:
+        return [f"Decision threshold: uncalibrated ({cal['reason']}); {rates}", ""]
+    rows = ", ".join(
+        f"{c} {r['threshold']:.4g} ({r['source']}, n={r['n_heldout']})" for c, r in cal["per_class"].items()
+    )
+    return [
+        f"Decision thresholds ({cal['rule']}, target_fpr {cal['target_fpr']:g}; fewer than "
+        f"{cal['min_heldout_per_class']} held-out images: {cal['fallback']}): {rows}. Decisions {rates}",
+        "",
+    ]

@@ -1,4 +1,5 @@
-"""Evaluation work on one Ray Train worker: score its share of the test set, read overlay images.
+"""Evaluation work on one Ray Train worker: score its share of the test set and of the held-out
+normal images (threshold calibration), read overlay images.
 
 Each worker scores its exactly-once share of the test shards (images encoded online, or cached
 features) into a typed `ShareScores` for rank 0, in memory that does not grow with the test set:
@@ -16,6 +17,7 @@ reads by a per-sample index would cut that to the chosen samples alone.
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,7 +25,7 @@ import torch
 
 from ltad.data import storage
 from ltad.data.shards import iterate_shard
-from ltad.data.streams import decode_image_sample
+from ltad.data.streams import ExactlyOnceStream, decode_image_sample, make_loader
 from ltad.eval.metrics import StreamingPixelAccumulator
 from ltad.eval.outputs import OverlayCandidate, ScoredSample, ShareScores
 from ltad.training.data import evaluation_loader
@@ -79,6 +81,29 @@ def _candidate(
         image=image,
         gt_mask=gt.copy() if image is not None else None,
     )
+
+
+def score_heldout(w: Worker, model) -> list[ScoredSample]:
+    """Score this worker's exactly-once share of the held-out normal shards (none: an empty list).
+
+    Exactly as `ltad predict` scores an image: encoded online from its image shard (no feature
+    cache) and with the predicted class (never the oracle one), so the calibrated thresholds apply
+    to what predict computes.
+    """
+    shards = w.manifest.val_shards()
+    if not shards:
+        return []
+    size = w.cfg.model.encoder.image_size
+    decode = partial(decode_image_sample, image_size=size, with_mask=False)
+    stream = ExactlyOnceStream(w.data_uri, shards, w.rank, w.world_size, decode)
+    samples: list[ScoredSample] = []
+    for batch in make_loader(stream, w.cfg.eval.batch_size, w.cfg.data.loader_workers):
+        enc = model.encoder.encode_images(batch["image"].to(w.device))
+        out = model.score(enc.patches.float(), enc.global_emb.float(), (size, size))
+        for i, key in enumerate(batch["key"]):
+            cid = int(batch["class_id"][i])
+            samples.append(ScoredSample(key, cid, 0, float(out.pred_score[i]), int(out.pred_class[i])))
+    return samples
 
 
 def overlay_images(w: Worker, candidates: list[OverlayCandidate]) -> dict[str, dict[str, Any]]:

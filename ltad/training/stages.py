@@ -31,6 +31,8 @@ from ltad.config import LTADConfig
 from ltad.data import storage
 from ltad.data.manifest import Manifest, read_manifest
 from ltad.eval.aggregate import to_json
+from ltad.eval.calibration import calibrate, calibration_metrics, describe, thresholds_of
+from ltad.eval.normalise import calibrated_normalisation
 from ltad.eval.outputs import (
     check_exactly_once,
     choose_overlays,
@@ -52,7 +54,7 @@ from ltad.training.engine import build_engine, deepspeed_config, param_groups
 from ltad.training.inputs import StageInput
 from ltad.training.loop import LoopSpec, run_steps
 from ltad.training.objectives import Phase1Objective, Phase2Objective, features
-from ltad.training.scoring import overlay_images, score_share
+from ltad.training.scoring import overlay_images, score_heldout, score_share
 
 PHASE1_KEYS = ("names.", "vae.", "feature_norm.")
 PHASE2_KEYS = ("reconstruction.", "semantic.")
@@ -301,7 +303,8 @@ def evaluate_state(w: Worker, state: dict[str, torch.Tensor], extra: dict[str, f
     cache = feature_source(w.cfg, w.data_uri, w.manifest)
     w.log(f"evaluate: scoring this worker's test shards ({cache or 'images encoded online'})")
     share = score_share(w, model, cache)
-    w.log(f"evaluate: scored {len(share.samples)} samples on rank 0")
+    share.heldout = score_heldout(w, model)  # held-out normals: the thresholds' calibration data
+    w.log(f"evaluate: scored {len(share.samples)} test and {len(share.heldout)} held-out samples on rank 0")
     gathered = gather_to_rank0(share, w.rank, w.world_size)
     if gathered is None:
         ray.train.report({EVALUATED: len(share.samples)})
@@ -320,17 +323,40 @@ def write_evaluation(w: Worker, model: LTAD, shares: list, out: Path, *, cache: 
     """Rank 0: exactly-once check, metrics.json, scores.csv, overlays, report and export under `out`."""
     merged = merge_shares(shares)
     check_exactly_once(merged.samples, w.manifest.samples("test"))
+    check_exactly_once(merged.heldout, w.manifest.samples("val"), split="held-out (val)")
     classes = list(w.manifest.classes)
     metrics = evaluation_metrics(merged, classes, w.manifest.counts["train"], w.inp.training)
-    threshold = metrics["threshold"]["image_score"]
+    threshold = metrics["threshold"]["image_score"]  # F1 on test: a diagnostic, unless uncalibrated
+    scores = np.array([s.pred_score for s in merged.samples], dtype=np.float64)
+    heldout = np.array([s.pred_score for s in merged.heldout], dtype=np.float64)
+    calibration = calibrate(
+        heldout, np.array([s.pred_class for s in merged.heldout]), classes, w.cfg.eval.target_fpr
+    )
+    metrics["calibration"] = calibration_metrics(
+        calibration,
+        scores,
+        np.array([s.gt_label for s in merged.samples]),
+        np.array([s.pred_class for s in merged.samples]),
+        classes,
+        threshold,
+    )
+    w.log(
+        describe(calibration)
+        if calibration
+        else f"evaluate: uncalibrated: {metrics['calibration']['reason']}"
+    )
+    per_class = thresholds_of(calibration, classes) if calibration else None
     metrics["provenance"] = provenance(w, model, cache)
     (out / "metrics.json").write_text(to_json(metrics))
-    write_scores(out / "scores.csv", merged.samples, classes, threshold)
+    norms = (
+        None if per_class is None else [calibrated_normalisation(t, calibration["low"]) for t in per_class]
+    )
+    write_scores(out / "scores.csv", merged.samples, classes, threshold, norms)
     chosen = choose_overlays(merged.candidates, len(classes), w.cfg.eval.overlays_per_class)
     images = overlay_images(w, [c for cs in chosen.values() for c in cs])
-    overlays = render_overlays(chosen, images, classes, threshold, out / "overlays")
-    scores = np.array([s.pred_score for s in merged.samples], dtype=np.float64)
-    write_export(out / "model", model, w.cfg, classes, scores, threshold, metrics["provenance"])
+    drawn = threshold if per_class is None else {c: float(t) for c, t in enumerate(per_class)}
+    overlays = render_overlays(chosen, images, classes, drawn, out / "overlays")
+    write_export(out / "model", model, w.cfg, classes, scores, threshold, metrics["provenance"], calibration)
     write_report(out / "report.md", metrics, overlays)
     return metrics
 

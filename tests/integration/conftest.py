@@ -59,15 +59,17 @@ def tiny_config(tmp: Path, data_uri: str, **sections):
 
 @pytest.fixture(scope="session")
 def tiny_data(s3_server, tmp_path_factory) -> str:
-    """3 synthetic classes at 64 px, an exp split, shards on S3 (several test shards for 2 readers)."""
+    """3 synthetic classes at 64 px, an exp split holding half of each class's share out as validation
+    (40/20/10 -> train 20/10/5, held out 20/10/5: enough to calibrate thresholds), shards on S3
+    (several test shards for 2 readers)."""
     from ltad.data.datasets import read_dataset
     from ltad.data.prepare import prepare
     from ltad.data.splits import make_split
     from ltad.data.synth import synthesize
 
     tmp = tmp_path_factory.mktemp("tiny-data")
-    root = synthesize(tmp / "synth", classes=3, image_size=64, train_per_class=8, test_per_class=6, seed=0)
-    split = make_split(read_dataset("synth", root), "exp", ratio=4, seed=0)
+    root = synthesize(tmp / "synth", classes=3, image_size=64, train_per_class=40, test_per_class=6, seed=0)
+    split = make_split(read_dataset("synth", root), "exp", ratio=4, seed=0, val_fraction=0.5)
     split_path = split.save(tmp / "split.json")
     uri = f"s3://{s3_server.bucket}/tiny"
     prepare("synth", root, split_path, uri, test_shard_samples=5, log=lambda _msg: None)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ltad.eval.metrics import PixelMetricAccumulator, pixel_auroc
+from ltad.eval.normalise import calibrated_normalisation
 from ltad.eval.outputs import (
     SCORES_COLUMNS,
     OverlayCandidate,
@@ -91,3 +92,31 @@ def test_overlays_draw_captured_images_and_read_only_the_others(tmp_path):
     assert written == {"cls": "overlays/cls.png"} and (tmp_path / "overlays" / "cls.png").stat().st_size > 0
     with pytest.raises(KeyError):  # a candidate without a captured image needs its decoded one
         render_overlays({0: [read]}, {}, ["cls"], 0.5, tmp_path / "again")
+
+
+def test_scores_csv_decides_by_the_predicted_class_threshold(tmp_path):
+    """With calibrated thresholds, each row is decided at its predicted class's (as `ltad predict`)."""
+    samples = [
+        ScoredSample("a", 0, 0, 0.9, 0),
+        ScoredSample("b", 0, 0, 0.9, 1),
+        ScoredSample("c", 1, 1, 3.0, 1),
+    ]
+    norms = [calibrated_normalisation(0.5, 0.0), calibrated_normalisation(2.0, 0.0)]
+    write_scores(tmp_path / "scores.csv", samples, ["c0", "c1"], 0.5, class_norms=norms)
+    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    assert [r["pred_anomalous"] for r in rows] == ["1", "0", "1"]
+    # normalised on the predicted class's scale, as export.json: 0.5 at its threshold
+    assert [float(r["pred_score_normalised"]) for r in rows] == pytest.approx([0.9, 0.5 * 0.9 / 2.0, 0.75])
+
+
+def test_calibration_metrics_rates_on_test_and_the_uncalibrated_fallback():
+    from ltad.eval.calibration import calibrate, calibration_metrics
+
+    cal = calibrate(np.arange(40.0), np.zeros(40, dtype=int), ["c0"], 0.05)
+    scores, labels, pred = np.array([10.0, 39.0, 50.0, 5.0]), np.array([0, 0, 1, 1]), np.zeros(4, dtype=int)
+    got = calibration_metrics(cal, scores, labels, pred, ["c0"], fallback_threshold=0.0)
+    assert got["calibrated"] and got["per_class"]["c0"]["threshold"] == 38.0
+    assert got["test"] == {"fpr": 0.5, "tpr": 0.5, "n_normal": 2, "n_anomalous": 2}
+    none = calibration_metrics(None, scores, labels, pred, ["c0"], fallback_threshold=7.0)
+    assert not none["calibrated"] and "re-run `ltad prepare`" in none["reason"]
+    assert none["test"]["fpr"] == 1.0 and none["test"]["tpr"] == 0.5

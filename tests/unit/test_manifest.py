@@ -83,3 +83,19 @@ def test_class_weights():
     assert class_weights(counts, 1.0) == pytest.approx({"head": 1 / 3, "mid": 1 / 3, "tail": 1 / 3})
     half = class_weights(counts, 0.5)  # sqrt: 10, 5, 2
     assert half == pytest.approx({"head": 10 / 17, "mid": 5 / 17, "tail": 2 / 17})
+
+
+def test_val_split_is_optional_and_round_trips(tmp_path):
+    """Manifests without held-out normals keep working; with them, val is checked like the others."""
+    plain = _manifest()
+    assert (
+        plain.val_shards() == () and plain.samples("val") == 0 and plain.present_splits == ("train", "test")
+    )
+    assert "val" not in plain.to_dict()["shards"]
+    val = (ShardEntry("val/val-000000.tar", 3, 90, "4" * 64, {"a": 1, "b": 2}),)
+    m = _manifest(shards={**plain.shards, "val": val}, counts={**plain.counts, "val": {"a": 1, "b": 2}})
+    write_manifest(str(tmp_path), m)
+    back = read_manifest(str(tmp_path))
+    assert back == m and back.val_shards() == val and back.samples("val") == 3
+    with pytest.raises(DataError, match="manifest val shard counts .* disagree"):
+        _manifest(shards={**plain.shards, "val": val}, counts={**plain.counts, "val": {"a": 3, "b": 0}})

@@ -12,7 +12,7 @@ import pytest
 from ltad.cli import main
 from ltad.data.datasets import read_dataset
 from ltad.data.records import build_dataset
-from ltad.data.splits import make_split, profile_counts, read_split
+from ltad.data.splits import make_split, profile_counts, read_split, val_count
 from ltad.errors import ConfigError, DataError
 from tests.helpers.trees import make_mvtec
 
@@ -204,7 +204,7 @@ def test_cli_split(dataset, tmp_path, capsys):
     out = tmp_path / "s.json"
     args = ["split", "--dataset", "mvtec", "--root", dataset.root, "--profile", "exp", "--out", str(out)]
     assert main([*args, "--ratio", "4", "--seed", "2"]) == 0
-    assert read_split(out, dataset) == make_split(dataset, "exp", 4, seed=2)
+    assert read_split(out, dataset) == make_split(dataset, "exp", 4, seed=2, val_fraction=0.1)
     capsys.readouterr()
     for extra, key in (
         (["--ratio", "1"], "ratio"),
@@ -223,3 +223,48 @@ def test_cli_exit_code_in_a_process(tmp_path):
         [*cmd, "--profile", "full", "--out", str(tmp_path / "s.json")], capture_output=True, text=True
     )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and str(tmp_path / "none") in proc.stderr
+
+
+def test_val_reserves_held_out_normals_and_keeps_one_for_training(dataset, tmp_path):
+    """Each class's share loses round-half-up val_fraction to validation, never its last image."""
+    plain = make_split(dataset, "exp", 4, seed=3)
+    split = make_split(dataset, "exp", 4, seed=3, val_fraction=0.3)
+    for cls in split.class_order:
+        share = plain.train_paths[cls]
+        val = split.val_paths.get(cls, ())
+        assert len(val) == val_count(len(share), 0.3) and split.counts[cls] == len(share) - len(val) >= 1
+        assert set(split.train_paths[cls]) | set(val) == set(share)
+        assert not set(val) & set(split.train_paths[cls])
+    assert sum(len(v) for v in split.val_paths.values()) > 0
+    assert (
+        val_count(1, 0.9) == 0
+        and val_count(2, 0.5) == 1
+        and val_count(10, 0.1) == 1
+        and val_count(4, 0.1) == 0
+    )
+    # recorded in the file and read back; the held-out records are normal training images of their class
+    path = split.save(tmp_path / "split.json")
+    doc = json.loads(path.read_text())
+    assert doc["val_fraction"] == 0.3 and {c: len(v) for c, v in doc["val"].items() if v} == {
+        c: len(v) for c, v in split.val_paths.items()
+    }
+    back = read_split(path, dataset)
+    assert back == split and back.sha256 == split.sha256
+    assert all(r.label == 0 for r in back.val_records(dataset))
+    # a file without val reads as no validation (older files keep their bytes and hash)
+    assert (
+        "val" not in plain.to_dict() and read_split(plain.save(tmp_path / "p.json"), dataset).val_paths == {}
+    )
+    with pytest.raises(ConfigError, match="val_fraction"):
+        make_split(dataset, "exp", 4, val_fraction=1.0)
+
+
+def test_val_path_listed_for_training_too_is_an_error(dataset, tmp_path):
+    split = make_split(dataset, "exp", 4, seed=3, val_fraction=0.3)
+    doc = split.to_dict()
+    cls = next(iter(split.val_paths))
+    doc["val"][cls].append(doc["train"][cls][0])
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="also listed for training"):
+        read_split(path, dataset)
