@@ -348,9 +348,9 @@ def write_evaluation(w: Worker, model: LTAD, shares: list, out: Path, *, cache: 
     per_class = thresholds_of(calibration, classes) if calibration else None
     metrics["provenance"] = provenance(w, model, cache)
     (out / "metrics.json").write_text(to_json(metrics))
-    norms = (
-        None if per_class is None else [calibrated_normalisation(t, calibration["low"]) for t in per_class]
-    )
+    norms = None
+    if calibration is not None and per_class is not None:  # each class's scale, as in export.json
+        norms = [calibrated_normalisation(t, calibration["low"]) for t in per_class]
     write_scores(out / "scores.csv", merged.samples, classes, threshold, norms)
     chosen = choose_overlays(merged.candidates, len(classes), w.cfg.eval.overlays_per_class)
     images = overlay_images(w, [c for cs in chosen.values() for c in cs])
