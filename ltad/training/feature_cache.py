@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -35,6 +34,7 @@ from ltad.data.shards import ShardInfo, ShardWriter, iterate_shard
 from ltad.data.streams import decode_image_sample
 from ltad.errors import DataError, StorageError
 from ltad.log import get_logger
+from ltad.training.progress import Progress
 
 FP16_RTOL = 2.0**-11
 """Relative rounding bound of the fp16 cache (documented tolerance of cached vs online features)."""
@@ -116,7 +116,7 @@ def encode_shards(
     log = log or get_logger("encode").info
     work = [(split, e) for split in SPLITS for e in manifest.shards[split]][rank::world_size]
     written: list[tuple[str, ShardEntry]] = []
-    started, done = time.monotonic(), 0
+    progress = Progress(sum(e.samples for _, e in work))
 
     def on_done(path: Path, info: ShardInfo) -> None:
         storage.upload_file(path, storage.join(out_uri, info.name), metadata={"sha256": info.sha256})
@@ -137,10 +137,7 @@ def encode_shards(
                 for key, files, cls in _encode_batch(encoder, raw, encoder.cfg.image_size):
                     writer.write(key, files, cls)
             writer.close()
-            done += entry.samples
-            log(
-                f"{entry.name}: {entry.samples} samples ({done} on rank {rank}, {done / (time.monotonic() - started):.1f}/s)"
-            )
+            log(f"{entry.name}: {entry.samples} samples; rank {rank}: {progress.advance(entry.samples)}")
     return written
 
 
