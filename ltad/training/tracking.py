@@ -107,9 +107,15 @@ class MlflowLogger:
 
         self.uri = uri
         self.client = MlflowClient(uri)
-        found = self.client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
-        self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        except Exception as exc:  # noqa: BLE001 - any failure to open the store is the same one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"run.tracking_uri '{uri}': MLflow cannot start a run in experiment '{experiment}': {first}"
+            ) from None
 
     def log_params(self, params: dict[str, str], text: str) -> None:
         from mlflow.entities import Param

@@ -138,6 +138,18 @@ def test_a_missing_package_is_one_config_error(tmp_path, monkeypatch):
         Tracker(tb)
 
 
+def test_an_unreachable_tracking_server_is_one_config_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    cfg = LTADConfig().with_overrides(
+        [f"run.output={tmp_path}", "run.loggers=mlflow", "run.tracking_uri=http://127.0.0.1:9"]
+    )
+    with pytest.raises(
+        ConfigError, match=r"^run.tracking_uri 'http://127.0.0.1:9': MLflow cannot start a run"
+    ):
+        Tracker(cfg)
+
+
 # --------------------------------------------------------------------------- trackers
 
 
