@@ -157,10 +157,13 @@ def test_each_trial_has_its_history_and_an_mlflow_run(killed_and_restored):
     experiment = client.get_experiment_by_name(space.name)
     runs = client.search_runs([experiment.experiment_id])
     finished = [r for r in runs if r.info.status == "FINISHED"]
-    assert sorted(r.data.params["trial"] for r in finished) == sorted(t.name for t in space.trials())
+    # a trial that finished after Tune's last snapshot of the killed job is restored and republished,
+    # so it may have two finished runs; the republishing one reports no phase-2 steps
+    assert {r.data.params["trial"] for r in finished} == {t.name for t in space.trials()}
     for run in finished:
         assert 0.0 <= run.data.metrics["image_AUROC"] <= 1.0
-        assert len(client.get_metric_history(run.info.run_id, "phase2/loss")) >= 1
+    trained = [r for r in finished if "phase2/loss" in r.data.metrics]
+    assert trained and all(len(client.get_metric_history(r.info.run_id, "phase2/loss")) >= 2 for r in trained)
 
 
 def test_restore_keeps_finished_trials_and_completes_the_rest(killed_and_restored):
