@@ -242,15 +242,38 @@ def test_a_rerun_replaces_the_tensorboard_stage_file(tmp_path):
     assert [e.step for e in acc.Scalars("phase1/loss")] == [1, 2, 3]  # not [1, 1, 2, 2, 3, 3]
 
 
-def test_tune_callback_only_with_mlflow(tmp_path):
+class _Trial:
+    """What Tune's MLflowLoggerCallback reads of a trial (no Tune run needed to drive it)."""
+
+    def __init__(self, name: str) -> None:
+        self.config, self.name, self.local_path = {"trial": name}, name, ""
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def test_tune_callback_only_with_mlflow_and_it_logs_trials_to_the_file_store(tmp_path):
+    from mlflow.tracking import MlflowClient
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     assert tune_mlflow_callbacks(LTADConfig().run, str(tmp_path), "sweep") == []
     run = LTADConfig().with_overrides(["run.loggers=mlflow"]).run
     (callback,) = tune_mlflow_callbacks(run, str(tmp_path / "root"), "sweep")
     assert isinstance(callback, MLflowLoggerCallback)
-    assert callback.tracking_uri == (tmp_path / "root" / "mlruns").as_uri()
-    assert callback.experiment_name == "sweep"
+    uri = (tmp_path / "root" / "mlruns").as_uri()
+    assert callback.tracking_uri == uri and callback.experiment_name == "sweep"
+    # the calls Tune makes in the sweep's driver, in its order
+    callback.setup()
+    trial = _Trial("exp4-L1-s0.5")
+    callback.log_trial_start(trial)
+    for i, loss in enumerate((0.9, 0.7), 1):
+        callback.log_trial_result(i, trial, {"training_iteration": i, "phase2/loss": loss, "published": "x"})
+    callback.log_trial_end(trial)
+    client = MlflowClient(uri)
+    (found,) = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+    assert found.info.status == "FINISHED" and found.data.params["trial"] == "exp4-L1-s0.5"
+    history = client.get_metric_history(found.info.run_id, "phase2/loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.9), (2, 0.7)]
 
 
 def test_progress_counts_rate_and_eta():
