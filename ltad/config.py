@@ -268,6 +268,10 @@ class ScalingConfig:
         check(self.zero_stage in (0, 1, 2, 3), "scaling.zero_stage", "one of 0, 1, 2, 3", self.zero_stage)
 
 
+LOGGERS = ("mlflow", "tensorboard")
+"""The experiment trackers `run.loggers` may name."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Run identity, storage and fault tolerance."""
@@ -284,9 +288,20 @@ class RunConfig:
     shared_fs: bool = False
     """The local paths in this config (data, output, storage, weights) are on a filesystem that every
     node mounts at the same path (e.g. NFS); without it a cluster of several nodes needs s3:// URIs."""
+    loggers: tuple[str, ...] = ()
+    """Experiment trackers the driver logs params, per-step metrics and outputs to: 'mlflow',
+    'tensorboard' (ltad/training/tracking.py). history.jsonl is written whatever this holds."""
+    tracking_uri: str = ""
+    """MLflow tracking URI (http://server, or a local directory / file: URI); '' = `{run.output}/mlruns`
+    when run.output is local."""
 
     def __post_init__(self) -> None:
         check(bool(self.name), "run.name", "a non-empty string", self.name)
+        for i, name in enumerate(self.loggers):
+            check(name in LOGGERS, f"run.loggers[{i}]", f"one of {', '.join(LOGGERS)}", name)
+        check(
+            len(set(self.loggers)) == len(self.loggers), "run.loggers", "a list without repeats", self.loggers
+        )
         check(self.max_failures >= -1, "run.max_failures", "an int >= -1", self.max_failures)
         check(self.log_every >= 1, "run.log_every", "an int >= 1", self.log_every)
         check(self.checkpoint_every >= 1, "run.checkpoint_every", "an int >= 1", self.checkpoint_every)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import IO
 import numpy as np
 from PIL import Image
 
+from ltad.data.progress import Progress
 from ltad.errors import ConfigError, DataError
 from ltad.eval.outputs import SCORES_COLUMNS
 from ltad.eval.visualize import save_overlay
@@ -80,35 +80,6 @@ class Summary:
     seconds: float
 
 
-class Progress:
-    """Images done, rate and ETA on stderr: a tqdm bar on a terminal, else a log line every `every` s."""
-
-    def __init__(self, total: int, every: float = 10.0) -> None:
-        self.total, self.every, self.done = total, every, 0
-        self.start = self.last = time.monotonic()
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="img", desc="predict", file=sys.stderr)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        now = time.monotonic()
-        if now - self.last >= self.every or self.done == self.total:
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            log.info("predict: %d/%d images, %.1f img/s, ETA %.0f s", self.done, self.total, rate, eta)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 class _Rows:
     """A CSV opened at its first row, flushed after every row (absent when nothing was written)."""
 
@@ -150,7 +121,7 @@ def predict_folder(predictor: Predictor, images: str, out: str | Path) -> Summar
     out.mkdir(parents=True, exist_ok=True)
     names = output_names(files, root)
     scores, errors = _Rows(out / "scores.csv", SCORES_COLUMNS), _Rows(out / "errors.csv", ERRORS_COLUMNS)
-    progress = Progress(len(files))
+    progress = Progress("predict", total=len(files), unit="images", log=log.info, every=10.0)
     started, scored, failed, anomalous = time.monotonic(), 0, 0, 0
     try:
         for start in range(0, len(files), predictor.batch_size):
@@ -179,9 +150,9 @@ def predict_folder(predictor: Predictor, images: str, out: str | Path) -> Summar
                     )
                 scored += len(batch)
                 anomalous += int(result.decisions.sum())
-            progress.update(min(predictor.batch_size, len(files) - start))
+            progress.add(min(predictor.batch_size, len(files) - start))
     finally:
-        progress.close()
+        progress.finish()
         scores.close()
         errors.close()
     return Summary(scored, failed, anomalous, time.monotonic() - started)

@@ -8,7 +8,11 @@ Order of work, each step skipped when its result is already in storage (so a res
 3. Tune experiment `trials`: one trial per (level, length, synthesis ratio) that loads that phase-1
    checkpoint and runs phase 2 and the evaluation as one stage (`phase2-evaluate`; its phase-2
    metrics go to Tune for ASHA every `run.log_every` steps), and publishes the evaluation to
-   `<root>/trials/<trial>/`; `sweep.json` is rewritten as trials end.
+   `<root>/trials/<trial>/` with the trial's history.jsonl (phase 1 and phase 2); `sweep.json` is
+   rewritten as trials end. With `run.loggers` holding mlflow, Ray Tune's own MLflowLoggerCallback
+   logs every trial (its config and every result Tune receives) as one MLflow run of the experiment
+   named after the sweep (ltad/training/tracking.py: `run.tracking_uri`, else `<root>/mlruns` when
+   the root is local).
 Both experiments live under `<root>/tune/` and are restored with `Tuner.restore` when present, so
 finished trials are never re-run. Every stage a trial launches leaves `<root>/launches/<stage>/...`.
 With `reuse: false` (the naive baseline of benchmarks/sweep_reuse.py) steps 1-2 are skipped and every
@@ -45,10 +49,12 @@ from ltad.sweep.space import Space, Trial
 from ltad.training import identity, preflight
 from ltad.training.cluster import DRIVER_RESOURCE
 from ltad.training.feature_cache import find_cache
+from ltad.training.history import run_history, write_history
 from ltad.training.inputs import StageInput, git_commit, stage_input
 from ltad.training.pipeline import publish, stage_checkpoint
 from ltad.training.ray_run import fit, resolve_storage
 from ltad.training.stages import EVALUATED, encode_stage, phase1, phase2_and_evaluate
+from ltad.training.tracking import tune_mlflow_callbacks
 
 DRIVER_CPU = 0.01
 """CPU of a trial's driver where no node declares `ltad_driver`; its TorchTrainer workers hold the
@@ -223,8 +229,16 @@ def sweep_trial(config: dict[str, Any], space: Space, commit: str) -> None:
     else:
         log(f"{trial.name}: evaluated before, republishing its results")
     publish(evaluation, space.trial_dir(trial))
+    _write_history(space, trial, cfg)
     metrics = storage.read_json(storage.join(space.trial_dir(trial), "metrics.json"))
     tune.report({**last, **summary(metrics), "published": space.trial_dir(trial)})
+
+
+def _write_history(space: Space, trial: Trial, cfg) -> None:
+    """The trial's history.jsonl: its phase 1 (shared or own) and its phase 2, from their final checkpoints."""
+    p1 = space.run_config(trial, phase1=True) if space.reuse else cfg
+    checkpoints = {"phase1": _finished(p1, "phase1"), "phase2": _finished(cfg, TRIAL_STAGE)}
+    write_history(space.trial_dir(trial), run_history(checkpoints))
 
 
 def _provenance(space: Space, trial: Trial, cfg, ids: dict[str, identity.Identity]) -> dict[str, Any]:
@@ -377,6 +391,7 @@ def run_sweep(space: Space) -> dict[str, Any]:
     import ray
 
     space = preflight.check_sweep(space, log)  # before any stage: locations every node can reach
+    trackers = tune_mlflow_callbacks(space.base.run, space.root, space.name)  # a bad setting fails here
     commit = git_commit()
     for level in space.levels:
         read_manifest(level.data)  # fail here, in one sentence, on a level that was never prepared
@@ -402,7 +417,7 @@ def run_sweep(space: Space) -> dict[str, Any]:
         names,
         commit,
         drivers,
-        callbacks=[_recorder(space)],
+        callbacks=[_recorder(space), *trackers],
         scheduler=_asha(space),
     ).fit()
     statuses = {r.config["trial"]: "ERROR" if r.error else "TERMINATED" for r in results}

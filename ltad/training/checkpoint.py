@@ -18,6 +18,7 @@ import torch
 
 from ltad.errors import DataError
 from ltad.training.engine import consolidated_state_dict
+from ltad.training.history import History
 
 TAG = "ds"
 MODEL_FILE = "model.pt"
@@ -27,12 +28,19 @@ Finalize = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
 def save_and_report(
-    engine, step: int, metrics: dict[str, Any], *, final: bool = False, finalize: Finalize | None = None
+    engine,
+    step: int,
+    metrics: dict[str, Any],
+    *,
+    final: bool = False,
+    finalize: Finalize | None = None,
+    history: History | None = None,
 ) -> None:
     """Save the engine state (all ranks) and report it to Ray with `metrics` (a barrier).
 
     On the final save, rank 0 writes `model.pt`: the consolidated state, mapped by `finalize` (e.g. into
-    the whole model's keys, with statistics fitted after training) when given.
+    the whole model's keys, with statistics fitted after training) when given. Rank 0 also writes its
+    `history` (history.jsonl) into every checkpoint.
     """
     import ray.train
 
@@ -43,6 +51,8 @@ def save_and_report(
             state = consolidated_state_dict(engine)
             if rank == 0:
                 torch.save(finalize(state) if finalize else state, Path(tmp) / MODEL_FILE)
+        if rank == 0 and history is not None:
+            history.write(tmp)
         ray.train.report(
             dict(metrics, step=step, final=final),
             checkpoint=ray.train.Checkpoint.from_directory(tmp),
@@ -50,8 +60,9 @@ def save_and_report(
         )
 
 
-def restore(engine) -> int:
+def restore(engine, history: History | None = None) -> int:
     """Load the latest reported checkpoint of this run into `engine`; the step to resume from (0).
+    `history` takes the checkpoint's records up to that step.
 
     Each worker downloads the checkpoint into its own temporary directory: `Checkpoint.as_directory`
     shares one download among the processes of a node, and a reader of that shared copy once met a
@@ -65,9 +76,12 @@ def restore(engine) -> int:
     with tempfile.TemporaryDirectory(prefix="ltad-restore-") as directory:
         ckpt.to_directory(directory)
         _, client_state = engine.load_checkpoint(directory, tag=TAG)
-    if client_state is None:
-        raise DataError(f"checkpoint '{ckpt.path}' holds no DeepSpeed state under tag '{TAG}'")
-    return int(client_state["step"])
+        if client_state is None:
+            raise DataError(f"checkpoint '{ckpt.path}' holds no DeepSpeed state under tag '{TAG}'")
+        step = int(client_state["step"])
+        if history is not None:
+            history.resume(directory, step)
+    return step
 
 
 def load_model_state(checkpoint) -> dict[str, torch.Tensor]:

@@ -95,6 +95,7 @@ def param_groups(objective: nn.Module, lr_by_prefix: dict[str, float] | None = N
         group: dict[str, Any] = {"params": params}
         if prefix is not None:
             group["lr"] = lr_by_prefix[prefix]
+            group["name"] = prefix.rstrip(".")  # the history's `lr_<name>`
         out.append(group)
     return out
 

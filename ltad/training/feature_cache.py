@@ -37,7 +37,6 @@ import heapq
 import io
 import json
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -51,6 +50,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ltad.config import EncoderConfig, to_dict
 from ltad.data import blobs, storage
 from ltad.data.manifest import SPLITS, Manifest, ShardEntry, manifest_uri, read_manifest, write_manifest
+from ltad.data.progress import Progress
 from ltad.data.sample_index import write_shard_index
 from ltad.data.shards import ShardInfo, ShardWriter, iterate_shard
 from ltad.data.streams import decode_image_sample
@@ -245,7 +245,10 @@ def encode_shards(
             work.append((split, entry))
     if written:
         log(f"rank {rank}: {len(written)} feature shards already done, {len(work)} to encode")
-    started, total = time.monotonic(), 0
+    # one line per finished shard: its name, then counts, rate and ETA of this rank's share
+    progress = Progress(
+        f"encode (rank {rank})", total=sum(e.samples for _, e in work), unit="samples", log=lambda _m: None
+    )
 
     def on_done(path: Path, info: ShardInfo) -> None:
         entry = ShardEntry(info.name, info.samples, info.bytes, info.sha256, info.per_class)
@@ -276,9 +279,8 @@ def encode_shards(
             if count == entry.samples:
                 writer.close()
                 del open_writers[pos]
-                total += entry.samples
-                rate = total / max(time.monotonic() - started, 1e-9)
-                log(f"{entry.name}: {entry.samples} samples ({total} encoded on rank {rank}, {rate:.1f}/s)")
+                progress.add(entry.samples)
+                log(f"{entry.name}: {entry.samples} samples; {progress.line()}")
     if open_writers:  # iterate_shard checks counts, so this means a shard of the manifest is empty
         names = sorted(work[pos][1].name for pos in open_writers)
         raise DataError(f"feature shards {names} did not receive the samples the manifest lists")

@@ -3,7 +3,9 @@
 Training runs for a number of steps, not epochs (epochs shrink with the long tail). Logged values are
 averaged over the interval and over ranks, so the reported loss does not depend on which rank is 0;
 `bad_samples` is the number of corrupt training samples skipped (within `data.max_bad_samples`),
-summed over ranks, since the phase started or last resumed.
+summed over ranks, since the phase started or last resumed; `samples_per_s` counts real samples of all
+ranks; `lr` (and `lr_<group>`) is the optimizer's current learning rate. Rank 0 appends every logged
+interval to the stage's history (history.py), which travels with each checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.distributed as dist
 from ltad.training.checkpoint import Finalize, restore, save_and_report
 from ltad.training.dist import all_reduce, is_distributed
 from ltad.training.engine import move_batch
+from ltad.training.history import History
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class LoopSpec:
     seed: int = 0
 
 
-LOOP_LOGS = ("bad_samples", "steps_per_s")
+LOOP_LOGS = ("bad_samples", "steps_per_s", "samples_per_s", "lr")
 """What the loop reports beside the objective's logs (as `<phase>/<name>`)."""
 
 
@@ -48,7 +51,8 @@ def run_steps(
     Returns the last reported metrics. Every rank must call this (reports are barriers). `finalize`
     maps the consolidated state saved with the final checkpoint (see checkpoint.save_and_report).
     """
-    start = restore(engine)
+    history = History(spec.phase) if rank == 0 else None
+    start = restore(engine, history)
     stream = batches(start)
     device = engine.device
     bar = _progress(spec, start) if rank == 0 else None
@@ -61,6 +65,7 @@ def run_steps(
         batch = next(stream)
         skipped = batch.pop("bad_skipped", None)
         bad += int(skipped.sum()) if skipped is not None else 0
+        samples = _batch_size(batch)
         batch = move_batch(batch, device)
         torch.manual_seed(spec.seed * 1_000_003 + rank * 100_003 + step)
         loss, logs = engine(batch)
@@ -68,6 +73,7 @@ def run_steps(
         engine.step()
         for k, v in {"loss": loss, **logs}.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v)
+        sums["samples"] = sums.get("samples", 0.0) + samples
         count += 1
         if bar is not None:
             bar.update(1)
@@ -75,18 +81,41 @@ def run_steps(
         if step % spec.log_every == 0 or step == spec.steps:
             metrics = _over_ranks(sums, count, bad)
             metrics["steps_per_s"] = count / max(time.perf_counter() - tic, 1e-9)
+            per_step = metrics.pop("samples", 0.0) * (dist.get_world_size() if is_distributed() else 1)
+            metrics["samples_per_s"] = per_step * metrics["steps_per_s"]
+            metrics.update(learning_rates(engine))
+            if history is not None:
+                history.add(step, metrics)
             metrics = {f"{spec.phase}/{k}": v for k, v in metrics.items()}
             sums, count, tic = {}, 0, time.perf_counter()
             if step == spec.steps:
                 break
             if step % spec.checkpoint_every == 0:
-                save_and_report(engine, step, metrics)
+                save_and_report(engine, step, metrics, history=history)
             else:
                 _report(metrics, step)
     if bar is not None:
         bar.close()
-    save_and_report(engine, spec.steps, metrics, final=True, finalize=finalize)
+    save_and_report(engine, spec.steps, metrics, final=True, finalize=finalize, history=history)
     return metrics
+
+
+def learning_rates(engine) -> dict[str, float]:
+    """The current learning rate of each parameter group: `lr` for the main group (unnamed, see
+    engine.param_groups), `lr_<name>` for a named one."""
+    groups = engine.optimizer.param_groups
+    out: dict[str, float] = {}
+    for i, group in enumerate(groups):
+        name = group.get("name")
+        key = "lr" if not name else f"lr_{name}"
+        out[key if key not in out else f"lr_{i}"] = float(group["lr"])
+    return out
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    """Real samples in a batch (its class ids)."""
+    ids = batch.get("class_id")
+    return int(ids.shape[0]) if isinstance(ids, torch.Tensor) else 0
 
 
 def _report(metrics: dict[str, float], step: int) -> None:

@@ -113,7 +113,7 @@ class Phase1Objective(nn.Module):
 class Phase2Objective(nn.Module):
     """Reconstruction MSE + semantic classifier CE on real + VAE-synthesised features."""
 
-    LOGS = ("loss", "rec_mse", "sem_ce", "synthetic", "pseudo_image_level")
+    LOGS = ("loss", "rec_mse", "sem_ce", "synthetic", "synthetic_fraction", "pseudo_image_level")
     """The names `forward` logs (reported as `phase2/<name>`; a sweep's ASHA metric may be one)."""
     class_counts: torch.Tensor  # buffers, registered in __init__
     seen: torch.Tensor
@@ -178,6 +178,7 @@ class Phase2Objective(nn.Module):
             "rec_mse": rec_loss.item(),
             "sem_ce": sem_loss.item(),
             "synthetic": float(syn.shape[0]),
+            "synthetic_fraction": syn.shape[0] / max(x.shape[0], 1),
             "pseudo_image_level": float(image_level),
         }
         return loss, logs

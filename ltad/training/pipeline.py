@@ -19,19 +19,23 @@ from ltad.config import LTADConfig
 from ltad.data import storage
 from ltad.data.manifest import read_manifest
 from ltad.errors import ConfigError
+from ltad.eval.outputs import summary
 from ltad.log import get_logger
 from ltad.training import preflight
 from ltad.training.feature_cache import find_cache
+from ltad.training.history import run_history, write_history
 from ltad.training.identity import RunIdentities, run_root
 from ltad.training.inputs import stage_input
 from ltad.training.ray_run import fit
+from ltad.training.tracking import Tracker
 
 Log = Callable[[str], None]
 _log = get_logger("pipeline").info
 
 
-def publish(checkpoint, output: str) -> list[str]:
-    """Copy a checkpoint's files (metrics, report, overlays, model) to a local dir or S3 prefix."""
+def publish(checkpoint, output: str, then: Callable[[Path], None] | None = None) -> list[str]:
+    """Copy a checkpoint's files (metrics, report, overlays, model) to a local dir or S3 prefix;
+    `then` gets the local folder holding them before it is removed."""
     written = []
     with tempfile.TemporaryDirectory(prefix="ltad-publish-") as tmp:
         local = Path(checkpoint.to_directory(tmp))
@@ -42,6 +46,8 @@ def publish(checkpoint, output: str) -> list[str]:
             uri = storage.join(output, rel)
             storage.upload_file(path, uri)
             written.append(uri)
+        if then is not None:
+            then(local)
     return written
 
 
@@ -82,11 +88,19 @@ def run_pipeline(
     `checkpoints` supplies the results of stages that are not run ({'phase2': Checkpoint} to only
     evaluate); a needed stage that is neither run nor supplied is the run's own finished one. Every
     stage resumed or found by run name must have been made from the same inputs (`identity.py`):
-    checked before any stage runs.
+    checked before any stage runs. Every training stage rewrites `{run.output}/history.jsonl`
+    (history.py) and feeds `run.loggers` (tracking.py).
     """
+    cfg = preflight.check_run(cfg, log)  # before any stage: locations every node can reach
+    with Tracker(cfg, log) as tracker:
+        return _run_stages(cfg, tracker, stages, checkpoints, log)
+
+
+def _run_stages(
+    cfg: LTADConfig, tracker: Tracker, stages: tuple[str, ...], checkpoints: dict[str, Any] | None, log: Log
+) -> dict:
     from ltad.training.stages import encode_stage, evaluate, phase1, phase2
 
-    cfg = preflight.check_run(cfg, log)  # before any stage: locations every node can reach
     data_uri = cfg.data.uri
     if not data_uri:
         raise ConfigError(
@@ -126,12 +140,17 @@ def run_pipeline(
         done[stage] = result.checkpoint
         if stage != "evaluate":
             training[f"{stage}_bad_samples"] = (result.metrics or {}).get(f"{stage}/bad_samples")
+            history = run_history(done)
+            write_history(cfg.run.output, history)
+            tracker.stage(stage, history)
         log(f"{stage}: done in {time.monotonic() - tic:.0f} s; {_brief(result.metrics)}")
     if "evaluate" not in stages:
         return {}
-    written = publish(done["evaluate"], cfg.run.output)
+    written = publish(done["evaluate"], cfg.run.output, then=tracker.outputs)
     log(f"wrote {len(written)} files to {cfg.run.output}")
-    return storage.read_json(storage.join(cfg.run.output, "metrics.json"))
+    metrics = storage.read_json(storage.join(cfg.run.output, "metrics.json"))
+    tracker.evaluation(summary(metrics))
+    return metrics
 
 
 def _brief(metrics: dict[str, Any] | None) -> str:

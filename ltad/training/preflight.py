@@ -83,8 +83,16 @@ def absolute(value: str) -> str:
     return str(Path(value).expanduser().resolve())
 
 
+def absolute_tracking(uri: str) -> str:
+    """A `run.tracking_uri` that is a plain local path made absolute; URIs (http://, file:) and '' unchanged."""
+    if not uri or "://" in uri or uri.startswith("file:"):
+        return uri
+    return absolute(uri)
+
+
 def absolute_config(cfg: LTADConfig) -> LTADConfig:
-    """`cfg` with its local locations (data, feature caches, output, storage, weights file) absolute."""
+    """`cfg` with its local locations (data, feature caches, output, storage, weights file, MLflow
+    store) absolute."""
     encoder = cfg.model.encoder
     if is_weights_path(encoder.pretrained):
         encoder = dataclasses.replace(encoder, pretrained=absolute(encoder.pretrained))
@@ -95,7 +103,10 @@ def absolute_config(cfg: LTADConfig) -> LTADConfig:
             cfg.data, uri=absolute(cfg.data.uri), cache_uri=absolute(cfg.data.cache_uri)
         ),
         run=dataclasses.replace(
-            cfg.run, output=absolute(cfg.run.output), storage_path=absolute(cfg.run.storage_path)
+            cfg.run,
+            output=absolute(cfg.run.output),
+            storage_path=absolute(cfg.run.storage_path),
+            tracking_uri=absolute_tracking(cfg.run.tracking_uri),
         ),
     )
 

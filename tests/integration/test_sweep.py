@@ -27,7 +27,14 @@ def _space(tmp, data_uri: str, root: str) -> str:
         data={"use_feature_cache": True},
         phase2={"steps": 6},
         scaling={"num_workers": 1, "cpus_per_worker": 0.99},
-        run={"log_every": 2, "checkpoint_every": 2, "max_failures": 0},
+        run={
+            "log_every": 2,
+            "checkpoint_every": 2,
+            "max_failures": 0,
+            # Tune's MLflow callback, into a store on this machine (the job's driver runs here)
+            "loggers": ["mlflow"],
+            "tracking_uri": str(tmp / "mlruns"),
+        },
     )
     (tmp / "base.yaml").write_text(cfg.to_yaml())
     space = {
@@ -120,6 +127,43 @@ def test_four_trials_finish_with_sweep_json_and_phase1_once_per_length(killed_an
     # the local head declares `ltad_driver` like cluster.yaml's: drivers hold no CPU, Tune queues all
     assert "trial drivers take {'CPU': 0, 'ltad_driver': 1}; at most all trials at once" in first_log
     assert "sweep test: {'finished': 4}" in log
+
+
+def test_each_trial_has_its_history_and_an_mlflow_run(killed_and_restored):
+    """history.jsonl per trial (its shared phase 1, then its phase 2); Tune's MLflowLoggerCallback
+    logged each trial (runs of the killed first job's unfinished trials stay unfinished there)."""
+    import json
+    import math
+
+    from mlflow.tracking import MlflowClient
+
+    from ltad.data import storage
+    from ltad.training.tracking import allow_file_store, mlflow_uri
+
+    space = killed_and_restored[0]
+    base = space.base
+    for trial in space.trials():
+        records = [
+            json.loads(x) for x in storage.read_bytes(f"{space.trial_dir(trial)}/history.jsonl").splitlines()
+        ]
+        steps = [(r["stage"], r["step"]) for r in records]
+        assert steps == [("phase1", s) for s in range(2, base.phase1.steps + 1, 2)] + [
+            ("phase2", s) for s in range(2, base.phase2.steps + 1, 2)
+        ]
+        assert all(math.isfinite(r["loss"]) for r in records)
+    uri = mlflow_uri(base.run)
+    allow_file_store(uri)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(space.name)
+    runs = client.search_runs([experiment.experiment_id])
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    # a trial that finished after Tune's last snapshot of the killed job is restored and republished,
+    # so it may have two finished runs; the republishing one reports no phase-2 steps
+    assert {r.data.params["trial"] for r in finished} == {t.name for t in space.trials()}
+    for run in finished:
+        assert 0.0 <= run.data.metrics["image_AUROC"] <= 1.0
+    trained = [r for r in finished if "phase2/loss" in r.data.metrics]
+    assert trained and all(len(client.get_metric_history(r.info.run_id, "phase2/loss")) >= 2 for r in trained)
 
 
 def test_restore_keeps_finished_trials_and_completes_the_rest(killed_and_restored):

@@ -1,7 +1,8 @@
 """Both phases and evaluation on 2 Ray Train workers with DeepSpeed on the CPU, checkpoints on S3.
 
-One module-scoped run (ZeRO-2, images encoded online) feeds the checks; a second phase-2 run with
-ZeRO-3 on cached features fails once on purpose and must resume from its S3 checkpoint.
+One module-scoped run (ZeRO-2, images encoded online, MLflow and TensorBoard loggers) feeds the
+checks; a second phase-2 run with ZeRO-3 on cached features fails once on purpose and must resume
+from its S3 checkpoint, with its history continuing at the resumed step.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def trained(ray_local, tiny_data, s3_server, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("trained")
     storage = f"s3://{s3_server.bucket}/ray-{tmp.name}"
-    cfg = tiny_config(tmp, tiny_data, run={"storage_path": storage, "name": "z2"})
+    run = {"storage_path": storage, "name": "z2", "loggers": ["mlflow", "tensorboard"]}
+    cfg = tiny_config(tmp, tiny_data, run=run)
     return cfg, run_pipeline(cfg), tmp / "out"
 
 
@@ -148,6 +150,41 @@ def test_onnx_export_of_the_trained_model_matches_torch_and_predicts(trained, tm
     assert len((pred / "scores.csv").read_text().splitlines()) == 1 + len(list(folder.rglob("*.png")))
 
 
+def test_history_jsonl_and_trackers(trained):
+    """history.jsonl: every logged step of both phases, increasing, finite; the same points in MLflow
+    (a real file store) and TensorBoard (real event files), logged once although 2 workers trained."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, metrics, out = trained
+    records = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    for stage in ("phase1", "phase2"):
+        rows = [r for r in records if r["stage"] == stage]
+        steps = getattr(cfg, stage).steps
+        assert [r["step"] for r in rows] == list(range(cfg.run.log_every, steps + 1, cfg.run.log_every))
+        for r in rows:
+            assert math.isfinite(r["loss"]) and r["lr"] > 0 and r["samples_per_s"] > 0, r
+    phase1 = [r for r in records if r["stage"] == "phase1"]
+    assert all(r["lr_names"] == cfg.phase1.names_lr and r["lr"] == cfg.phase1.lr for r in phase1)
+    phase2 = [r for r in records if r["stage"] == "phase2"]
+    assert all(0 < r["synthetic_fraction"] < 1 for r in phase2)  # synthesis_ratio 0.25 of each batch
+
+    client = MlflowClient((out / "mlruns").as_uri())
+    (experiment,) = [e for e in client.search_experiments() if e.name == "z2"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["phase2.steps"] == str(cfg.phase2.steps)
+    history = client.get_metric_history(run.info.run_id, "phase2/loss")
+    assert sorted((m.step, m.value) for m in history) == [(r["step"], r["loss"]) for r in phase2]
+    assert run.data.metrics["evaluate/image_AUROC"] == metrics["image_AUROC"]
+    artefacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "report.md", "scores.csv", "history.jsonl", "model"} <= artefacts
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("phase1/loss")] == [r["step"] for r in phase1]
+    assert [e.value for e in acc.Scalars("phase2/loss")] == pytest.approx([r["loss"] for r in phase2])
+
+
 def test_checkpoints_in_s3_hold_every_rank(trained):
     from ltad.data import storage
 
@@ -168,6 +205,7 @@ def test_phase2_zero3_cached_features_fails_once_and_resumes(trained, tiny_data,
     from ltad.training import stages
     from ltad.training.checkpoint import load_model_state
     from ltad.training.feature_cache import encode
+    from ltad.training.history import read_checkpoint_history
     from ltad.training.inputs import StageInput, stage_input
     from ltad.training.pipeline import stage_checkpoint
     from ltad.training.ray_run import fit
@@ -200,6 +238,8 @@ def test_phase2_zero3_cached_features_fails_once_and_resumes(trained, tiny_data,
     final = [u for u in listed if "/z3-phase2/step-0000004-final/" in u]
     assert any("zero_pp_rank_0_mp_rank_00_model_states.pt" in u for u in final)
     assert any("zero_pp_rank_1_mp_rank_00_model_states.pt" in u for u in final)
+    # the history went on from the resumed step: each logged step once, in order
+    assert [r["step"] for r in read_checkpoint_history(result.checkpoint)] == [2, 4]
     state = load_model_state(result.checkpoint)
     assert bool(state["stats_ready"]) and all(
         torch.isfinite(v).all() for v in state.values() if v.is_floating_point()

@@ -152,7 +152,7 @@ def test_predict_cli_on_onnx_nested_names_errors_and_columns(exports, tmp_path, 
     assert "cannot read image" in errors[0]["error"]
     captured = capsys.readouterr()
     assert "scored 3 of 4 images" in captured.out
-    assert "predict: 4/4 images" in captured.err and "img/s, ETA" in captured.err  # progress, not a TTY
+    assert "predict: 4/4 images" in captured.err and "/s, " in captured.err  # progress, not a TTY
     # never overwrites: a second run into the same folder is refused
     assert main(argv) == 2
     assert "already holds predictions" in capsys.readouterr().err
