@@ -184,7 +184,8 @@ def write_item(target: Target, item: WorkItem) -> ShardResult:
         writer.close()
         ((path, info),) = finished
         assert info.name == item.name, (info.name, item.name)
-        # The shard is complete here (`path`, `info`): the one place to derive per-shard sidecars.
+        # The shard is complete here (local `path`, its `info`) and not yet published: the one place
+        # to derive a per-shard sidecar (e.g. a per-sample index for ranged reads) and upload it first.
         uploaded = _publish_shard(target, path, info)
         write_shard_index(path, storage.join(target.out_uri, info.name), info.sha256)
     entry = ShardEntry(info.name, info.samples, info.bytes, info.sha256, info.per_class)
