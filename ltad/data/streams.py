@@ -2,8 +2,10 @@
 
 Training is resampled with a fixed epoch length split evenly over ranks and DataLoader workers, so
 every rank runs the same number of steps whatever the shard sizes (no DDP hang), and mixes classes by
-weights ~ count^(1 - class_balance). Evaluation reads every test sample exactly once across ranks x
-workers, each shard checked against its manifest count. The shard machinery takes a `decode`
+weights ~ count^(1 - class_balance); each reader holds a bounded number of open class sources and
+reads the other classes sample by sample through the shards' sample index (ranged reads), and
+`endless_batches` serves a whole phase from one DataLoader with persistent workers. Evaluation reads
+every test sample exactly once across ranks x workers, each shard checked against its manifest count. The shard machinery takes a `decode`
 callable, so the feature cache streams its own shards through the same code.
 """
 

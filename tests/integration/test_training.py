@@ -290,3 +290,17 @@ def test_cached_features_match_online_encoding_within_fp16_rounding(tiny_data, t
         err = (got.float() - ref).abs()
         bound = FP16_RTOL * ref.abs() + BATCH_ATOL * float(ref.abs().max())
         assert bool((err <= bound).all()), f"{name}: max error {float(err.max())}"
+    # the cache's shards carry sample indexes too: one ranged read gives the sample the stream gave
+    from ltad.data.sample_index import read_fragment, read_shard_index
+
+    assert cached_manifest.sample_index
+    for e in cached_manifest.shards["train"] + cached_manifest.shards["test"]:
+        index = read_shard_index(storage.join(cache, e.name), e.sha256, e.bytes)
+        assert index is not None and len(index.offsets) == e.samples, e.name
+    centry = next(e for e in cached_manifest.shards["test"] if e.name == entry.name)
+    index = read_shard_index(storage.join(cache, centry.name), centry.sha256, centry.bytes)
+    url, offset, length = storage.join(cache, centry.name), int(index.offsets[-1]), int(index.lengths[-1])
+    ranged = feature_decoder(size, with_mask=True)(
+        read_fragment(storage.read_range(url, offset, length), url, offset, length)
+    )
+    assert ranged["key"] == cached[-1]["key"] and torch.equal(ranged["patches"], cached[-1]["patches"])
