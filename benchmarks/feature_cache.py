@@ -47,11 +47,20 @@ def epoch_seconds(cfg: LTADConfig, data: str, manifest, cache: str | None) -> tu
 
     model = build_model(cfg, len(manifest.classes))
     counts = [manifest.counts["train"][c] for c in manifest.classes]
-    objective = Phase2Objective(model, counts, cfg.phase2)
+    objective = Phase2Objective(model, counts, cfg.phase2, batch_size=cfg.data.batch_size)
     opt = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=cfg.phase2.lr)
     steps = math.ceil(manifest.samples("train") / cfg.data.batch_size)
     batches = training_batches(
-        cfg, data, manifest, cache, seed=0, rank=0, world_size=1, start_step=0, epoch_steps=steps
+        cfg,
+        data,
+        manifest,
+        cache,
+        seed=0,
+        rank=0,
+        world_size=1,
+        start_step=0,
+        epoch_steps=steps,
+        batch_size=objective.n_real,
     )
     tic = time.perf_counter()
     for _, batch in zip(range(steps), batches):

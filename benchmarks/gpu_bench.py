@@ -78,7 +78,7 @@ def phase2(zero: int, steps: int, batch: int) -> dict:
         }
     )
     model = build_model(cfg, 15).cuda()
-    objective = Phase2Objective(model, list(range(15, 0, -1)), cfg.phase2)
+    objective = Phase2Objective(model, list(range(15, 0, -1)), cfg.phase2, batch_size=batch)
     p = cfg.phase2
     ds = deepspeed_config(
         load_zero_config(zero),

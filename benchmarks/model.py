@@ -77,7 +77,7 @@ def main() -> None:
     p1_step = timed(step(p1), args.repeats)
     peaks["after_phase1"] = peak_mb()
     start = time.perf_counter()
-    p2 = Phase2Objective(model, counts, Phase2Config()).train()
+    p2 = Phase2Objective(model, counts, Phase2Config(), batch_size=args.batch).train()
     phase2_start_s = time.perf_counter() - start
     p2_fwd = timed(lambda: p2(batch), args.repeats)
     p2_step = timed(step(p2), args.repeats)

@@ -38,7 +38,9 @@ def make(cfg: LTADConfig, num_classes: int = 8):
     from ltad.training.objectives import Phase2Objective
 
     model = build_model(cfg, num_classes)
-    objective = Phase2Objective(model, [num_classes - c for c in range(num_classes)], cfg.phase2)
+    objective = Phase2Objective(
+        model, [num_classes - c for c in range(num_classes)], cfg.phase2, batch_size=cfg.data.batch_size
+    )
     g = torch.Generator().manual_seed(0)
     b, d, grid = cfg.data.batch_size, model.feature_dim, model.grid
     batch = {

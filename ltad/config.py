@@ -182,7 +182,9 @@ class DataConfig:
     loader_workers: int = 0
     """DataLoader worker processes per Ray worker."""
     class_balance: float = 0.5
-    """Class weights ~ count^(1 - class_balance): 0 keeps the natural mix, 1 is class-balanced."""
+    """Phase-2 sampling (and the samples its score standardisation is fitted on): class weights
+    ~ count^(1 - class_balance); 0 keeps the natural mix, 1 is class-balanced. Phase 1 has its own
+    `phase1.class_balance`."""
     use_feature_cache: bool = True
     """Read cached encoder features when they exist; encode online otherwise."""
     cache_uri: str = ""
@@ -215,9 +217,14 @@ class Phase1Config:
     grad_clip: float = 1.0
     norm_samples: int = 256
     """Training samples whose patches fit the per-channel feature standardisation before phase 1."""
+    class_balance: float = 1.0
+    """Phase-1 sampling (names, VAE and the feature standardisation samples): class weights
+    ~ count^(1 - class_balance). 1, the default, is class-balanced as the method specifies: every
+    class is drawn equally often, so each pseudo name and the VAE's condition see every class alike."""
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, "phase1.steps", "an int >= 1", self.steps)
+        check(0 <= self.class_balance <= 1, "phase1.class_balance", "in [0, 1]", self.class_balance)
         check(self.lr > 0, "phase1.lr", "a positive float", self.lr)
         check(self.names_lr > 0, "phase1.names_lr", "a positive float", self.names_lr)
         check(self.norm_samples >= 1, "phase1.norm_samples", "an int >= 1", self.norm_samples)
@@ -232,7 +239,9 @@ class Phase2Config:
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     synthesis_ratio: float = 0.25
-    """Share of each phase-2 batch that the VAE synthesises, allocated to flatten the class mix."""
+    """Share of each phase-2 batch that the VAE synthesises, allocated to flatten the class mix. The
+    batch keeps `data.batch_size` samples: round(batch_size * ratio) synthetic ones replace as many
+    real ones, so changing the ratio never changes the samples per step."""
     synthesis_target: Literal["both", "semantic"] = "both"
     """Which branches train on the synthetic features: both (the paper) or the semantic head only
     (the reconstruction module then sees real features only)."""
@@ -324,6 +333,13 @@ class EvalConfig:
         check(0 < self.aupro_fpr_limit <= 1, "eval.aupro_fpr_limit", "in (0, 1]", self.aupro_fpr_limit)
 
 
+def split_batch(batch_size: int, synthesis_ratio: float) -> tuple[int, int]:
+    """(real, synthetic) samples of one phase-2 step of `batch_size` samples in all: synthesis replaces
+    round(batch_size * ratio) of the real samples, so the ratio never changes the samples per step."""
+    synthetic = round(batch_size * synthesis_ratio)
+    return batch_size - synthetic, synthetic
+
+
 @dataclass(frozen=True)
 class LTADConfig:
     """A whole run: model, data, both phases, scaling, run and evaluation."""
@@ -335,6 +351,11 @@ class LTADConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        b, r = self.data.batch_size, self.phase2.synthesis_ratio
+        expected = f"small enough to leave a real sample in a batch of data.batch_size {b}"
+        check(split_batch(b, r)[0] >= 1, "phase2.synthesis_ratio", expected, r)
 
     # ---- construction
     @classmethod

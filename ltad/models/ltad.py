@@ -190,6 +190,10 @@ class LTAD(nn.Module):
         m = self.stats
         return (s_rec - m[0]) / m[1], (s_sem - m[2]) / m[3], cls, probs
 
+    def fuse(self, z_rec: torch.Tensor, z_sem: torch.Tensor) -> torch.Tensor:
+        """The fused patch score z(S_rec) + lambda * z(S_sem): higher is more anomalous."""
+        return z_rec + self.cfg.score.fusion_lambda * z_sem
+
     def to_maps(self, fused: torch.Tensor, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch scores B x g x g -> (anomaly maps at `image_size`, image scores B)."""
         sc = self.cfg.score
@@ -209,7 +213,7 @@ class LTAD(nn.Module):
     ) -> ScoreOutput:
         """Anomaly maps at `image_size`, image scores, and the class used (predicted unless oracle)."""
         z_rec, z_sem, cls, probs = self.standardised_scores(patches, global_emb, class_id)
-        maps, scores = self.to_maps(z_rec + self.cfg.score.fusion_lambda * z_sem, image_size)
+        maps, scores = self.to_maps(self.fuse(z_rec, z_sem), image_size)
         return ScoreOutput(maps, scores, cls, probs)
 
     def _need_text(self) -> None:

@@ -137,17 +137,16 @@ def run_group(
                 "sem_ce": logs2.get("sem_ce"),
                 "names_acc": logs1.get("names_acc"),
             }
-            lam = vcfg.model.score.fusion_lambda
             z_rec, z_sem, acc = ltad_terms(model, test, oracle=False)
             extra["class_accuracy"] = acc
             scorings = {}
             if kind == "synth":
-                scorings = {"ltad": z_rec + lam * z_sem, "sem_only": z_sem}
+                scorings = {"ltad": model.fuse(z_rec, z_sem), "sem_only": z_sem}
                 if "oracle" in spec.methods:
                     o_rec, o_sem, _ = ltad_terms(model, test, oracle=True)
-                    scorings["oracle"] = o_rec + lam * o_sem
+                    scorings["oracle"] = model.fuse(o_rec, o_sem)
             else:
-                scorings = {"no_vae": z_rec + lam * z_sem, "rec_only": z_rec}
+                scorings = {"no_vae": model.fuse(z_rec, z_sem), "rec_only": z_rec}
             for method, fused in scorings.items():
                 if method in spec.methods:
                     rows.append(

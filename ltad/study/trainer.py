@@ -3,8 +3,10 @@
 It runs the very objectives, model and optimiser settings of the distributed job
 (`ltad/training/stages.py`): Phase1Objective / Phase2Objective, AdamW with the configured learning
 rates, weight decay and gradient clipping, the feature standardisation fitted on
-`phase1.norm_samples` training samples, class-weighted sampling with `data.class_balance`, fixed
-step counts and the standardisation fit on `phase2.stats_samples` training samples. What it leaves
+`phase1.norm_samples` training samples, class-weighted sampling with `phase1.class_balance` in
+phase 1 and `data.class_balance` in phase 2, phase-2 steps of `data.batch_size` samples of which
+synthesis replaces `synthetic_count` real ones, fixed step counts and the standardisation fit on
+`phase2.stats_samples` training samples. What it leaves
 out is the distribution shell (Ray Train workers, DeepSpeed, S3 streaming), whose start-up would
 dominate a study of hundreds of small runs on a CPU; the integration tests check that shell.
 """
@@ -21,7 +23,7 @@ from ltad.models.ltad import LTAD
 from ltad.models.state import build_model
 from ltad.study.features import FeatureSet
 from ltad.training.engine import param_groups
-from ltad.training.objectives import Phase1Objective, Phase2Objective
+from ltad.training.objectives import Phase1Objective, Phase2Objective, real_count
 
 
 def class_counts(train: FeatureSet, num_classes: int) -> list[int]:
@@ -75,12 +77,12 @@ def train_phase1(cfg: LTADConfig, train: FeatureSet, num_classes: int) -> tuple[
     """A model whose pseudo names and VAE are trained (phase 1)."""
     p, seed = cfg.phase1, cfg.run.seed
     model = build_model(cfg, num_classes)
-    norm_idx = sampler(train, num_classes, cfg.data.class_balance, cfg.data.batch_size, seed * 1000 + 4)
+    norm_idx = sampler(train, num_classes, p.class_balance, cfg.data.batch_size, seed * 1000 + 4)
     n_batches = -(-p.norm_samples // cfg.data.batch_size)
     model.fit_feature_norm(train.patches[next(norm_idx)].float() for _ in range(n_batches))
     objective = Phase1Objective(model, class_counts(train, num_classes))
     groups = param_groups(objective, {"names.": p.names_lr})
-    idx = sampler(train, num_classes, cfg.data.class_balance, cfg.data.batch_size, seed * 1000 + 1)
+    idx = sampler(train, num_classes, p.class_balance, cfg.data.batch_size, seed * 1000 + 1)
     batches = (_batch(train, i) for i in idx)
     logs = _optimise(objective, groups, p.lr, p.weight_decay, p.grad_clip, batches, p.steps, seed * 7 + 1)
     return model, logs
@@ -89,9 +91,11 @@ def train_phase1(cfg: LTADConfig, train: FeatureSet, num_classes: int) -> tuple[
 def train_phase2(cfg: LTADConfig, model: LTAD, train: FeatureSet) -> dict[str, float]:
     """Train the reconstruction module and semantic head of `model` in place, then fit the standardisation."""
     p, seed, n = cfg.phase2, cfg.run.seed, model.num_classes
-    objective = Phase2Objective(model, class_counts(train, n), p)
+    objective = Phase2Objective(model, class_counts(train, n), p, batch_size=cfg.data.batch_size)
     groups = param_groups(objective)
-    idx = sampler(train, n, cfg.data.class_balance, cfg.data.batch_size, seed * 1000 + 2)
+    # as the job's stream: only the real part of each step is drawn, synthesis fills the rest
+    real = real_count(cfg.data.batch_size, p.synthesis_ratio)
+    idx = sampler(train, n, cfg.data.class_balance, real, seed * 1000 + 2)
     batches = (_batch(train, i) for i in idx)
     logs = _optimise(objective, groups, p.lr, p.weight_decay, p.grad_clip, batches, p.steps, seed * 7 + 2)
     model.eval()

@@ -54,9 +54,16 @@ def training_batches(
     start_step: int,
     epoch_steps: int = 100,
     batch_size: int | None = None,
+    class_balance: float | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Endless training batches (images or cached features) for this rank, fresh after a resume."""
+    """Endless training batches (images or cached features) for this rank, fresh after a resume.
+
+    `batch_size` (default `data.batch_size`) is the real samples per step: phase 2 reads fewer, as its
+    synthetic samples fill the rest of the step; every rank still runs `epoch_steps` steps an epoch.
+    `class_balance` (default `data.class_balance`, phase 2's) sets the class weights; phase 1 passes its own.
+    """
     bs = batch_size or cfg.data.batch_size
+    balance = cfg.data.class_balance if class_balance is None else class_balance
     size = cfg.model.encoder.image_size
     common = dict(
         epoch_samples=bs * world_size * epoch_steps,
@@ -68,15 +75,13 @@ def training_batches(
         max_open_sources=cfg.data.max_open_sources,
     )
     if cache is None:
-        stream = train_stream(
-            data_uri, manifest, image_size=size, class_balance=cfg.data.class_balance, **common
-        )
+        stream = train_stream(data_uri, manifest, image_size=size, class_balance=balance, **common)
     else:
         fman = read_manifest(cache)
         stream = ResampledStream(
             cache,
             _by_class(fman),
-            class_weights(fman.counts["train"], cfg.data.class_balance),
+            class_weights(fman.counts["train"], balance),
             decode=feature_decoder(size, with_mask=False),
             sample_index=fman.sample_index,
             **common,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltad.config import Phase2Config
+from ltad.config import Phase2Config, split_batch
 from ltad.models.ltad import LTAD
 from ltad.models.pseudo_anomalies import feature_anomalies, image_anomalies, mask_to_grid
 from ltad.models.semantic import SemanticHead
@@ -46,8 +46,13 @@ def features(model: LTAD, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torc
 
 
 def synthetic_count(batch_size: int, ratio: float) -> int:
-    """Synthetic samples to add to `batch_size` real ones so that they make `ratio` of the whole."""
-    return round(batch_size * ratio / (1 - ratio))
+    """Synthetic samples in a phase-2 step of `batch_size` samples in all (they replace real ones)."""
+    return split_batch(batch_size, ratio)[1]
+
+
+def real_count(batch_size: int, ratio: float) -> int:
+    """Real samples a phase-2 step of `batch_size` samples reads from the data: the rest are synthetic."""
+    return split_batch(batch_size, ratio)[0]
 
 
 def allocate_synthetic(
@@ -77,7 +82,9 @@ class Phase1Objective(nn.Module):
     def __init__(self, model: LTAD, class_counts) -> None:
         super().__init__()
         self._model = (model,)
-        _counts(class_counts, model)  # validated for symmetry with phase 2; sampling balances classes
+        # Validated for symmetry with phase 2 but unused: the class mix is the sampler's, whose
+        # weights ~ count^(1 - phase1.class_balance) (1, the default, draws every class equally often).
+        _counts(class_counts, model)
         # registered so its fitted statistics travel in phase 1's checkpoint to phase 2
         self.names, self.vae, self.feature_norm = model.names, model.vae, model.feature_norm
         model.names.requires_grad_(True)
@@ -111,17 +118,25 @@ class Phase1Objective(nn.Module):
 
 
 class Phase2Objective(nn.Module):
-    """Reconstruction MSE + semantic classifier CE on real + VAE-synthesised features."""
+    """Reconstruction MSE + semantic classifier CE on real + VAE-synthesised features.
+
+    A step holds `batch_size` samples in all (`data.batch_size`): `real_count(batch_size, ratio)` real
+    ones, which the training stream delivers as its batch (any beyond that are dropped), and
+    `synthetic_count(batch_size, ratio)` synthetic ones, so the ratio changes the mix, not the size.
+    """
 
     LOGS = ("loss", "rec_mse", "sem_ce", "synthetic", "synthetic_fraction", "pseudo_image_level")
     """The names `forward` logs (reported as `phase2/<name>`; a sweep's ASHA metric may be one)."""
     class_counts: torch.Tensor  # buffers, registered in __init__
     seen: torch.Tensor
 
-    def __init__(self, model: LTAD, class_counts, cfg: Phase2Config) -> None:
+    def __init__(self, model: LTAD, class_counts, cfg: Phase2Config, *, batch_size: int) -> None:
         super().__init__()
         self._model = (model,)
         self.cfg = cfg
+        self.n_real, self.n_synthetic = split_batch(batch_size, cfg.synthesis_ratio)
+        if self.n_real < 1:
+            raise ValueError(f"synthesis_ratio {cfg.synthesis_ratio} leaves no real sample in {batch_size}")
         for frozen in (model.names, model.vae):
             frozen.requires_grad_(False)
             frozen.eval()
@@ -136,7 +151,7 @@ class Phase2Objective(nn.Module):
 
     def _synthesise(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         model = self._model[0]
-        n = synthetic_count(y.shape[0], self.cfg.synthesis_ratio)
+        n = self.n_synthetic
         real = torch.bincount(y.cpu(), minlength=model.num_classes)
         alloc = allocate_synthetic(self.seen.cpu() + real, n, self.class_counts.cpu())
         ids = torch.repeat_interleave(torch.arange(model.num_classes), alloc).to(y.device)
@@ -151,6 +166,7 @@ class Phase2Objective(nn.Module):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         model = self._model[0]
+        batch = {k: v[: self.n_real] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         patches, _, y = features(model, batch)
         patches = model.feature_norm(patches)
         syn, syn_y = self._synthesise(y)

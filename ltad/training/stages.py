@@ -163,14 +163,16 @@ def phase1(loop: dict[str, Any]) -> None:
     model = build_model(w.cfg, len(w.manifest.classes)).to(w.device)
     cache = feature_source(w.cfg, w.data_uri, w.manifest)
     # every rank reads the same samples, so the statistics agree without communication
-    model.fit_feature_norm(x for x, _ in _sample_batches(w, model, cache, p.norm_samples, seed=4))
+    model.fit_feature_norm(
+        x for x, _ in _sample_batches(w, model, cache, p.norm_samples, seed=4, class_balance=p.class_balance)
+    )
     objective = Phase1Objective(model, w.class_counts)
     groups = param_groups(objective, {"names.": p.names_lr})
     engine = _engine(w, objective, groups, p.lr, p.weight_decay, p.grad_clip)
     w.log(
         f"phase1: model and ZeRO-{engine.zero_optimization_stage()} engine ready; features {cache or 'online'}"
     )
-    batches = _batches(w, cache, seed=w.cfg.run.seed * 1000 + 1)
+    batches = _batches(w, cache, seed=w.cfg.run.seed * 1000 + 1, class_balance=p.class_balance)
     run_steps(
         engine, batches, _spec(w, "phase1", p.steps), rank=w.rank, finalize=lambda s: _model_keys(model, s)
     )
@@ -189,14 +191,15 @@ def train_phase2(w: Worker) -> tuple[dict[str, torch.Tensor] | None, dict[str, f
     model = build_model(w.cfg, len(w.manifest.classes))
     load_trained(model, phase1_state, PHASE1_KEYS)
     model.to(w.device)
-    objective = Phase2Objective(model, w.class_counts, p)
+    objective = Phase2Objective(model, w.class_counts, p, batch_size=w.cfg.data.batch_size)
     groups = param_groups(objective)
     engine = _engine(w, objective, groups, p.lr, p.weight_decay, p.grad_clip)
     cache = feature_source(w.cfg, w.data_uri, w.manifest, allow=p.pseudo_anomaly == "feature")
     w.log(
         f"phase2: model and ZeRO-{engine.zero_optimization_stage()} engine ready; features {cache or 'online'}"
     )
-    batches = _batches(w, cache, seed=w.cfg.run.seed * 1000 + 2)
+    # the stream delivers only the real part of each step; the objective adds the synthetic rest
+    batches = _batches(w, cache, seed=w.cfg.run.seed * 1000 + 2, batch_size=objective.n_real)
     final: dict[str, dict[str, torch.Tensor]] = {}
 
     def finalize(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -231,7 +234,14 @@ def _spec(w: Worker, phase: str, steps: int) -> LoopSpec:
     return LoopSpec(phase, steps, w.cfg.run.log_every, w.cfg.run.checkpoint_every, w.cfg.run.seed)
 
 
-def _batches(w: Worker, cache: str | None, seed: int):
+def _batches(
+    w: Worker,
+    cache: str | None,
+    seed: int,
+    *,
+    batch_size: int | None = None,
+    class_balance: float | None = None,
+):
     def make(start: int):
         return training_batches(
             w.cfg,
@@ -242,6 +252,8 @@ def _batches(w: Worker, cache: str | None, seed: int):
             rank=w.rank,
             world_size=w.world_size,
             start_step=start,
+            batch_size=batch_size,
+            class_balance=class_balance,
         )
 
     return make
@@ -252,7 +264,9 @@ def _model_keys(model: LTAD, state: dict[str, torch.Tensor]) -> dict[str, torch.
     return {k: v for k, v in state.items() if k in own}
 
 
-def _sample_batches(w: Worker, model: LTAD, cache: str | None, samples: int, seed: int):
+def _sample_batches(
+    w: Worker, model: LTAD, cache: str | None, samples: int, seed: int, class_balance: float | None = None
+):
     """(raw patches, class ids) of `samples` training samples, read on this worker alone."""
     bs = w.cfg.data.batch_size
     n = math.ceil(samples / bs)
@@ -266,6 +280,7 @@ def _sample_batches(w: Worker, model: LTAD, cache: str | None, samples: int, see
         world_size=1,
         start_step=0,
         epoch_steps=n,
+        class_balance=class_balance,
     )
     for _, batch in zip(range(n), stream):
         batch = {k: v.to(w.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -88,7 +88,7 @@ def phase2_epoch(uri: str, manifest, limit: int | None, trace: list[int]) -> int
     image_size, batch_size = cfg.model.encoder.image_size, cfg.data.batch_size
     model = build_model(cfg, len(manifest.classes))
     counts = [manifest.counts["train"].get(c, 0) for c in manifest.classes]
-    objective = Phase2Objective(model, counts, cfg.phase2)
+    objective = Phase2Objective(model, counts, cfg.phase2, batch_size=batch_size)
     params = [p for p in objective.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.phase2.lr)
     n = min(manifest.samples("train"), limit or manifest.samples("train"))

@@ -25,6 +25,12 @@ def test_overrides_parse_yaml_scalars_and_lists():
     assert cfg.run.name == "x"
 
 
+def test_phase1_is_class_balanced_by_default_and_apart_from_phase2():
+    cfg = LTADConfig()
+    assert cfg.phase1.class_balance == 1.0 and cfg.data.class_balance == 0.5
+    assert LTADConfig.from_dict({"phase1": {"class_balance": 0.5}}).data.class_balance == 0.5
+
+
 def test_int_is_accepted_where_a_float_is_expected():
     assert LTADConfig.from_dict({"phase2": {"lr": 1}}).phase2.lr == 1.0
 
@@ -37,6 +43,11 @@ def test_int_is_accepted_where_a_float_is_expected():
         ({"phase2": {"steps": "ten"}}, "'phase2.steps' must be an int"),
         ({"phase2": {"synthesis_ratio": 1.0}}, "'phase2.synthesis_ratio' must be in [0, 1)"),
         ({"phase2": {"synthesis_ratio": -0.1}}, "'phase2.synthesis_ratio'"),
+        (
+            {"data": {"batch_size": 2}, "phase2": {"synthesis_ratio": 0.75}},
+            "'phase2.synthesis_ratio' must be small enough to leave a real sample in a batch of data.batch_size 2",
+        ),
+        ({"phase1": {"class_balance": 1.5}}, "'phase1.class_balance' must be in [0, 1]"),
         ({"model": {"prompts": {"length": 0}}}, "'model.prompts.length'"),
         ({"scaling": {"zero_stage": 4}}, "'scaling.zero_stage' must be one of 0, 1, 2, 3"),
         ({"scaling": {"precision": "fp16"}}, "'scaling.precision' must be one of 'fp32', 'bf16'"),

@@ -16,7 +16,13 @@ from ltad.config import (
     VAEConfig,
 )
 from ltad.models.ltad import LTAD
-from ltad.training.objectives import Phase1Objective, Phase2Objective, allocate_synthetic, synthetic_count
+from ltad.training.objectives import (
+    Phase1Objective,
+    Phase2Objective,
+    allocate_synthetic,
+    real_count,
+    synthetic_count,
+)
 
 C = 3
 COUNTS = [20, 5, 1]
@@ -86,7 +92,9 @@ def test_phase1_trains_exactly_names_and_vae(batches, source):
 def test_phase2_trains_exactly_reconstruction_and_semantic(batches, mode):
     torch.manual_seed(2)
     model = tiny_model()
-    objective = Phase2Objective(model, COUNTS, Phase2Config(synthesis_ratio=0.5, pseudo_anomaly=mode)).train()
+    objective = Phase2Objective(
+        model, COUNTS, Phase2Config(synthesis_ratio=0.5, pseudo_anomaly=mode), batch_size=8
+    ).train()
     assert ids(objective.parameters()) == ids(model.reconstruction.parameters()) | ids(
         model.semantic.parameters()
     )
@@ -101,7 +109,7 @@ def test_phase2_trains_exactly_reconstruction_and_semantic(batches, mode):
 
 def test_phase2_on_cached_features_falls_back_to_feature_pseudo_anomalies(batches):
     model = tiny_model()
-    objective = Phase2Objective(model, COUNTS, Phase2Config(pseudo_anomaly="image"))
+    objective = Phase2Objective(model, COUNTS, Phase2Config(pseudo_anomaly="image"), batch_size=4)
     _, logs = objective(batches[1])
     assert logs["pseudo_image_level"] == 0.0
 
@@ -111,14 +119,17 @@ def test_objectives_are_deterministic_given_the_seed(batches):
     for _ in range(2):
         torch.manual_seed(3)
         model = tiny_model()
-        objective = Phase2Objective(model, COUNTS, Phase2Config())
+        objective = Phase2Objective(model, COUNTS, Phase2Config(), batch_size=4)
         losses.append(objective(batches[1])[0].item())
     assert losses[0] == losses[1]
 
 
 def test_objectives_hold_the_frozen_encoder_outside_their_module_tree():
     model = tiny_model()
-    for objective in (Phase1Objective(model, COUNTS), Phase2Objective(model, COUNTS, Phase2Config())):
+    for objective in (
+        Phase1Objective(model, COUNTS),
+        Phase2Objective(model, COUNTS, Phase2Config(), batch_size=8),
+    ):
         modules = list(objective.modules())
         assert all(m is not model.encoder and m is not model for m in modules)
         assert not any(k.startswith("encoder") for k in objective.state_dict())
@@ -149,10 +160,38 @@ def test_allocation_ties_go_to_the_tail():
     assert alloc.tolist() == [0, 1, 0]
 
 
-def test_synthetic_count_gives_the_ratio_of_the_whole_batch():
-    assert synthetic_count(8, 0.0) == 0
-    assert synthetic_count(8, 0.5) == 8
-    assert synthetic_count(6, 0.25) == 2
+def test_synthesis_replaces_part_of_a_fixed_batch():
+    assert synthetic_count(8, 0.0) == 0 and real_count(8, 0.0) == 8
+    assert synthetic_count(16, 0.5) == 8 and real_count(16, 0.5) == 8
+    assert synthetic_count(8, 0.25) == 2 and real_count(8, 0.25) == 6
+    # the swept ratio changes the mix, never the samples per step
+    for ratio in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9):
+        assert real_count(16, ratio) + synthetic_count(16, ratio) == 16
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 0.75])
+def test_phase2_trains_on_batch_size_samples_whatever_the_ratio(ratio):
+    torch.manual_seed(5)
+    model = tiny_model()
+    objective = Phase2Objective(model, COUNTS, Phase2Config(synthesis_ratio=ratio), batch_size=8).train()
+    seen: dict[str, int] = {}
+    model.reconstruction.register_forward_hook(lambda m, args, out: seen.update(rec=args[0].shape[0]))
+    n_real = real_count(8, ratio)
+    patches = torch.randn(8, model.feature_dim, model.grid, model.grid)  # a full batch: extras dropped
+    batch = {
+        "patches": patches,
+        "global_emb": torch.randn(8, model.embed_dim),
+        "class_id": torch.arange(8) % C,
+    }
+    _, logs = objective(batch)
+    assert (objective.n_real, objective.n_synthetic) == (n_real, 8 - n_real)
+    assert seen["rec"] == 8 and logs["synthetic"] == 8 - n_real
+    assert int(objective.seen.sum()) == 8
+
+
+def test_a_ratio_that_leaves_no_real_sample_is_refused():
+    with pytest.raises(ValueError, match="no real sample"):
+        Phase2Objective(tiny_model(), COUNTS, Phase2Config(synthesis_ratio=0.75), batch_size=2)
 
 
 @pytest.mark.parametrize(("target", "rec_batch"), [("both", 8), ("semantic", 4)])
@@ -160,7 +199,7 @@ def test_synthesis_target_decides_which_branch_sees_synthetic_features(batches, 
     torch.manual_seed(4)
     model = tiny_model()
     cfg = Phase2Config(synthesis_ratio=0.5, synthesis_target=target)
-    objective = Phase2Objective(model, COUNTS, cfg).train()
+    objective = Phase2Objective(model, COUNTS, cfg, batch_size=8).train()
     seen: dict[str, int] = {}
     model.reconstruction.register_forward_hook(lambda m, args, out: seen.update(rec=args[0].shape[0]))
     model.semantic.register_forward_hook(lambda m, args, out: seen.update(sem=args[0].shape[0]))
