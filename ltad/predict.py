@@ -116,7 +116,7 @@ class _OnnxRunner:
             raise ConfigError(
                 f"'{directory}' is an ONNX model but onnxruntime is not installed (pip install onnxruntime)"
             ) from None
-        providers = ["CPUExecutionProvider"]
+        providers: list[Any] = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
                 raise ConfigError(

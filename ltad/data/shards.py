@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,7 +222,7 @@ def _split_name(name: str) -> tuple[str, str]:
 
 def iterate_shard(
     url: str, expected_count: int | None, decode: Callable[[dict[str, Any]], Any] | None = None
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """Samples ({'__key__', '__url__', ext: bytes}, or `decode(sample)`) of one shard, checked.
 
     Raises DataError naming the shard for a truncated or corrupt tar, a decode failure, or a sample

@@ -285,7 +285,10 @@ class ResampledStream(IterableDataset):
         sidecar or one that disagrees with the manifest (the class is then read sequentially)."""
         if cls in self._index:
             return self._index[cls]
-        urls, shard, offsets, lengths = [], [], [], []
+        urls: list[str] = []
+        shard: list[np.ndarray] = []  # per shard: its position in `urls`, once per sample of the class
+        offsets: list[np.ndarray] = []
+        lengths: list[np.ndarray] = []
         found: _ClassIndex | None = None
         for entry in self.shards_by_class[cls]:
             url = storage.join(self.uri, entry.name)

@@ -297,7 +297,7 @@ def _add_batch(
     ids, n_regions = _regions(masks)
     ids = ids.ravel()
     normal = ids == 0
-    share = np.zeros(bins, dtype=np.float64)
+    share: np.ndarray = np.zeros(bins, dtype=np.float64)
     if n_regions:
         sizes = np.bincount(ids)
         share = np.bincount(idx[~normal], weights=1.0 / sizes[ids[~normal]], minlength=bins)

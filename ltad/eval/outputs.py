@@ -86,7 +86,7 @@ def merge_shares(shares: list[ShareScores]) -> Merged:
     pixel = shares[0].pixel
     for share in shares[1:]:
         for a, b in zip(pixel, share.pixel):
-            a.merge(b)
+            a.merge(b)  # type: ignore[attr-defined]  # same accumulator type on every rank
     candidates: dict[tuple[int, int], list[OverlayCandidate]] = defaultdict(list)
     for share in shares:
         for k, v in share.candidates.items():
