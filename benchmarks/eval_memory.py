@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test", type=int, default=40, help="test images per class at 1x")
     p.add_argument("--size", type=int, default=128, help="evaluation image size")
     p.add_argument("--base", default="e4c574a", help="git revision of the earlier scoring module")
+    p.add_argument(
+        "--paths", default="bounded,retained", help="which scoring paths to measure (comma-separated)"
+    )
     p.add_argument("--measure", nargs=2, metavar=("DATA", "PATH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.measure:
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for path in ("bounded", "retained"):
+    paths = [x for x in args.paths.split(",") if x]
+    for path in paths:
         for n in (args.test, 10 * args.test):
             data = prepare_data(work, n, args.size)
             cmd = [
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             / next(r["peak_rss_mib"] for r in rows if r["path"] == path and r["scale"] == "1x"),
             3,
         )
-        for path in ("bounded", "retained")
+        for path in paths
     }
     print(
         json.dumps(

@@ -36,8 +36,16 @@ TARGETS = {
     "eval_rss_ratio_10x_test": ("<=", 1.3),
 }
 SIZES = {  # quick: under 5 minutes on 2 busy cores
-    "quick": {"prepare": ["--classes", "4", "--image-size", "128"], "stream_epochs": "2", "eval_test": "8"},
-    "full": {"prepare": ["--classes", "6", "--image-size", "256"], "stream_epochs": "4", "eval_test": "40"},
+    "quick": {
+        "prepare": ["--classes", "4", "--image-size", "128"],
+        "stream_epochs": "2",
+        "eval": ["--test", "4", "--size", "64", "--paths", "bounded"],
+    },
+    "full": {
+        "prepare": ["--classes", "6", "--image-size", "256"],
+        "stream_epochs": "4",
+        "eval": ["--test", "40", "--size", "256"],
+    },
 }
 
 
@@ -75,7 +83,7 @@ def measure(quick: bool, work: Path) -> dict:
             ["--classes", str(classes), "--epochs", sizes["stream_epochs"], "--out", str(out)],
             out,
         )
-    ev = _run("eval_memory.py", ["--work", str(work / "eval"), "--test", sizes["eval_test"]])
+    ev = _run("eval_memory.py", ["--work", str(work / "eval"), *sizes["eval"]])
     workers = prep["throughput"]["workers"]
     rss = {c: streams[c]["indexed"]["peak_rss_mb"] for c in streams}
     figures = {
