@@ -63,7 +63,7 @@ def _feature_cache(d: dict) -> str:
     return (
         f"{_g(d['phase2_epoch_s_cached'])} s vs {_g(d['phase2_epoch_s_online'])} s per epoch "
         f"(**{_g(d['speedup'])}×**); building the cache took {_g(d['cache_build_s_train_and_test'])} s "
-        f"for {d['train_samples'] + d['test_samples']} images"
+        f"for {d['train_samples']} training + {d['test_samples']} test images"
     )
 
 
