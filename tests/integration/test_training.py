@@ -92,26 +92,24 @@ def test_fresh_normals_flagged_at_most_target_fpr(trained, tmp_path):
     """Normal images drawn with another seed (never seen in training, validation or test): the share
     `ltad predict` flags stays within target_fpr plus 3 standard errors of the binomial spread of both
     samples, sqrt(a (1 - a) (1/N_fresh + 1/N_heldout)) (the fresh draw and the calibration draw)."""
+    from ltad import Predictor
     from ltad.data.synth import synthesize
-    from ltad.export import load_export
-    from ltad.predict import predict
 
     cfg, _, out = trained
     fresh = synthesize(
         tmp_path / "fresh", classes=3, image_size=64, train_per_class=30, test_per_class=2, seed=7
     )
-    rows = predict(str(out / "model"), str(fresh / "*" / "train" / "good" / "*.png"), str(tmp_path / "pred"))
-    _, meta = load_export(out / "model")
-    a, n_fresh, n_heldout = cfg.eval.target_fpr, len(rows), meta["calibration"]["n_heldout"]
-    flagged = sum(r["anomalous"] for r in rows) / n_fresh
+    predictor = Predictor.load(out / "model")
+    result = predictor.predict(sorted(fresh.glob("*/train/good/*.png")))
+    meta = predictor.meta
+    a, n_fresh, n_heldout = cfg.eval.target_fpr, len(result), meta["calibration"]["n_heldout"]
+    flagged = float(result.decisions.mean())
     tolerance = 3 * math.sqrt(a * (1 - a) * (1 / n_fresh + 1 / n_heldout))
     print(f"fresh normals flagged: {flagged:.3f} of {n_fresh} (target {a}, tolerance {tolerance:.3f})")
     assert n_fresh == 90 and flagged <= a + tolerance
     # and the decision is the predicted class's calibrated threshold
-    for r in rows:
-        assert r["anomalous"] == int(
-            r["score"] >= meta["calibration"]["per_class"][r["pred_class"]]["threshold"]
-        )
+    for score, cls, decision in zip(result.scores, result.pred_class, result.decisions):
+        assert bool(decision) == bool(score >= meta["calibration"]["per_class"][cls]["threshold"])
 
 
 def test_onnx_export_of_the_trained_model_matches_torch_and_predicts(trained, tmp_path, capsys):
