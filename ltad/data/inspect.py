@@ -17,6 +17,8 @@ from ltad.errors import UserError
 def _check_sample(sample: dict[str, Any]) -> tuple[str, str]:
     """(class_name, split) of a raw sample after fully decoding its image and mask."""
     meta = json.loads(sample["json"])
+    if not any(ext in sample for ext in IMAGE_MEMBERS):  # e.g. a tar cut inside the image's header
+        raise ValueError(f"no image member ({', '.join('key.' + e for e in IMAGE_MEMBERS)})")
     for ext in (*IMAGE_MEMBERS, "mask.png"):
         if ext in sample:
             with Image.open(io.BytesIO(sample[ext])) as im:
