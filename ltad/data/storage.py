@@ -306,25 +306,13 @@ def read_range(uri: str, offset: int, length: int, retries: int | None = None) -
         except FileNotFoundError:
             raise StorageError(f"no file at {uri}") from None
     bucket, key = split_s3(uri)
-    budget = retry_budget() if retries is None else retries
-    attempt = 0
-    while True:
-        try:
-            response = client().get_object(
-                Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}"
-            )
-            return response["Body"].read()
-        except Exception as exc:
-            if _code(exc) == "InvalidRange":  # the range starts past the end: a truncated object
-                return b""
-            if not _is_transient(exc):
-                raise _translate(uri, exc) from None
-            if attempt >= budget:
-                raise StorageError(
-                    f"{_error(uri, exc)} after {budget} retries (budget: LTAD_S3_RETRIES)"
-                ) from None
-            time.sleep(min(8.0, 0.5 * 2**attempt))
-            attempt += 1
+    return _get_retrying(
+        uri,
+        lambda: client().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}"),
+        absent=("InvalidRange",),  # the range starts past the end: a truncated object
+        default=b"",
+        retries=retries,
+    )
 
 
 def read_optional(uri: str, retries: int | None = None) -> bytes | None:
@@ -334,14 +322,26 @@ def read_optional(uri: str, retries: int | None = None) -> bytes | None:
         path = Path(uri)
         return path.read_bytes() if path.is_file() else None
     bucket, key = split_s3(uri)
+    return _get_retrying(
+        uri,
+        lambda: client().get_object(Bucket=bucket, Key=key),
+        absent=("NoSuchKey", "404", "NotFound"),
+        default=None,
+        retries=retries,
+    )
+
+
+def _get_retrying(uri: str, get, *, absent: tuple[str, ...], default, retries: int | None):
+    """The body of `get()` (one GetObject), `default` for an error code in `absent`; transient errors
+    are retried with a stream's back-off (budget LTAD_S3_RETRIES), anything else is a StorageError."""
     budget = retry_budget() if retries is None else retries
     attempt = 0
     while True:
         try:
-            return client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            return get()["Body"].read()
         except Exception as exc:
-            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
-                return None
+            if _code(exc) in absent:
+                return default
             if not _is_transient(exc):
                 raise _translate(uri, exc) from None
             if attempt >= budget:
