@@ -36,12 +36,6 @@ def all_reduce(values: torch.Tensor, op=None) -> torch.Tensor:
     return on.cpu()
 
 
-def global_range(lo: float, hi: float) -> tuple[float, float]:
-    """(min of `lo`, max of `hi`) over all ranks: one all-reduce."""
-    bounds = all_reduce(torch.tensor([-lo, hi], dtype=torch.float64), op=dist.ReduceOp.MAX)
-    return -float(bounds[0]), float(bounds[1])
-
-
 def gather_to_rank0(obj: Any, rank: int, world_size: int) -> list[Any] | None:
     """Every rank's picklable `obj` as a list on rank 0 (by rank); None elsewhere."""
     if world_size == 1:
