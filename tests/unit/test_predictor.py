@@ -16,22 +16,10 @@ import torch
 from PIL import Image
 
 from ltad.errors import ConfigError, DataError
+from tests.integration.conftest import TINY_MODEL
 
 SIZE = 64
-TINY = {
-    "encoder": {"image_size": SIZE, "grid": 8},
-    "prompts": {"length": 2},
-    "reconstruction": {
-        "hidden": 32,
-        "encoder_layers": 1,
-        "decoder_layers": 1,
-        "heads": 4,
-        "ffn": 64,
-        "neighbor_mask": 3,
-    },
-    "semantic": {"projection_hidden": 32},
-    "vae": {"latent": 8, "hidden": 32},
-}
+TINY = {**TINY_MODEL, "vae": {"latent": 8, "hidden": 32}}  # the integration tests' tiny model
 
 
 def _image(seed: int, h: int = SIZE, w: int = SIZE) -> np.ndarray:
