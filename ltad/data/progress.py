@@ -48,6 +48,7 @@ class Progress:
             clock,
         )
         self.done = 0
+        self._logged = -1  # `done` at the last line logged
         self.note = ""
         self.started = self._last = clock()
 
@@ -70,8 +71,10 @@ class Progress:
         self.done += n
         now = self.clock()
         if now - self._last >= self.every:
-            self._last = now
+            self._last, self._logged = now, self.done
             self.log(self.line())
 
     def finish(self) -> None:
-        self.log(self.line())
+        """The closing line, unless the last `add` already logged this count."""
+        if self._logged != self.done:
+            self.log(self.line())
