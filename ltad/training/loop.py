@@ -53,6 +53,12 @@ def run_steps(
     """
     history = History(spec.phase) if rank == 0 else None
     start = restore(engine, history)
+    if start >= spec.steps:
+        # Resumed from this run's own final checkpoint (a restart after it was reported): it is in
+        # storage with its model.pt. Reporting it again under the same directory name would make Ray's
+        # retention (num_to_keep) delete that directory as the older copy once a later checkpoint (the
+        # evaluation) is reported, and the run would lose its final model and history.
+        return _last_metrics(spec, history)
     stream = batches(start)
     device = engine.device
     bar = _progress(spec, start) if rank == 0 else None
@@ -146,3 +152,11 @@ def _progress(spec: LoopSpec, start: int):
         ascii=True,
         dynamic_ncols=False,
     )
+
+
+def _last_metrics(spec: LoopSpec, history: History | None) -> dict[str, float]:
+    """The metrics of the last logged interval, as reported (rank 0, from the history; {} elsewhere)."""
+    if history is None or not history.records:
+        return {}
+    last = history.records[-1]
+    return {f"{spec.phase}/{k}": v for k, v in last.items() if k not in ("stage", "step", "time")}

@@ -214,6 +214,11 @@ def train_phase2(w: Worker) -> tuple[dict[str, torch.Tensor] | None, dict[str, f
         return final["state"]
 
     metrics = run_steps(engine, batches, _spec(w, "phase2", p.steps), rank=w.rank, finalize=finalize)
+    if w.rank == 0 and "state" not in final:  # resumed from its own final checkpoint: model.pt is the model
+        import ray.train
+
+        final["state"] = load_model_state(ray.train.get_checkpoint())
+        w.log("phase2: resumed at its final checkpoint; its model.pt is the final model")
     w.log("phase2: done")
     return final.get("state"), metrics
 

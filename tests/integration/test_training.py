@@ -2,7 +2,8 @@
 
 One module-scoped run (ZeRO-2, images encoded online, MLflow and TensorBoard loggers) feeds the
 checks; a second phase-2 run with ZeRO-3 on cached features fails once on purpose and must resume
-from its S3 checkpoint, with its history continuing at the resumed step.
+from its S3 checkpoint, with its history continuing at the resumed step, then restarts once more at
+its final checkpoint and must evaluate from it without losing it.
 """
 
 from __future__ import annotations
@@ -243,6 +244,15 @@ def test_phase2_zero3_cached_features_fails_once_and_resumes(trained, tiny_data,
         torch.isfinite(v).all() for v in state.values() if v.is_floating_point()
     )
     assert cache.startswith(tiny_data + "/features/")
+    # Restarted at its final checkpoint (a sweep trial killed after phase 2 reported it, before the
+    # evaluation did), the stage goes on from it without reporting it again: a second report under the
+    # same name made Ray's retention (num_to_keep=2) delete that directory once the evaluation came.
+    again = fit(stages.phase2_and_evaluate, inp, name="z3-phase2")
+    assert str(again.checkpoint.path).rstrip("/").endswith("/evaluation")
+    kept = stage_checkpoint(cfg3, "phase2")
+    assert str(kept.path).rstrip("/").endswith("/z3-phase2/step-0000004-final")
+    assert [r["step"] for r in read_checkpoint_history(kept)] == [2, 4]
+    assert load_model_state(kept).keys() == state.keys()
 
 
 def test_cached_features_match_online_encoding_within_fp16_rounding(tiny_data, tmp_path):
