@@ -31,6 +31,7 @@ import torch  # noqa: E402
 from record import add_json_flag, emit  # noqa: E402  (benchmarks/record.py, beside this script)
 
 from ltad.data.splits import make_split  # noqa: E402
+from ltad.study.cache import write_training_cache  # noqa: E402
 from ltad.study.run import model_config, study_features  # noqa: E402
 from ltad.study.spec import load_spec  # noqa: E402
 from ltad.study.trainer import train_phase1  # noqa: E402
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     split = make_split(ds, level.profile, None if level.profile == "full" else level.ratio, seed=seed)
     wanted = {r.path for r in split.train_records(ds)}
     train = train_all.subset(torch.tensor([i for i, p in enumerate(train_all.paths) if p in wanted]))
-    model, logs = train_phase1(cfg, train, len(ds.classes))
+    model, logs = train_phase1(cfg, write_training_cache(train, ds.classes, Path(args.work) / "train-cache"))
     model.eval()
     model.cache_text()
     with torch.no_grad():

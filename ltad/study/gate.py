@@ -26,6 +26,7 @@ from ltad.data.synth import synthesize
 from ltad.eval.metrics import image_auroc
 from ltad.models.encoder import Encoder
 from ltad.models.ltad import LTAD
+from ltad.study.cache import write_training_cache
 from ltad.study.features import FeatureSet, encode_records
 from ltad.study.trainer import train_phase1, train_phase2
 
@@ -60,8 +61,8 @@ def gate_config(seed: int, overrides: tuple[str, ...] = ()) -> LTADConfig:
     return cfg.with_overrides([*GATE_OVERRIDES, *overrides, f"run.seed={seed}"])
 
 
-def gate_features(work: Path, cfg: LTADConfig, data: GateData) -> tuple[FeatureSet, FeatureSet]:
-    """(train, test) features of the gate's synthetic dataset, encoded with the config's encoder."""
+def gate_features(work: Path, cfg: LTADConfig, data: GateData) -> tuple[FeatureSet, FeatureSet, list[str]]:
+    """(train, test, class names) of the gate's synthetic dataset, encoded with the config's encoder."""
     root = synthesize(
         work / "synth",
         classes=data.classes,
@@ -74,7 +75,7 @@ def gate_features(work: Path, cfg: LTADConfig, data: GateData) -> tuple[FeatureS
     enc = Encoder(cfg.model.encoder)
     train = encode_records(enc, root, ds.select("train"), with_masks=False)
     test = encode_records(enc, root, ds.select("test"), with_masks=False)
-    return train, test
+    return train, test, list(ds.classes)
 
 
 @torch.no_grad()
@@ -108,9 +109,10 @@ def run_gate(work: Path, seed: int = 0, data: GateData | None = None) -> dict[st
     """Train the gate's model with `seed` and return its image AUROCs (see the module docstring)."""
     data = data or GateData()
     cfg = gate_config(seed)
-    train, test = gate_features(work, cfg, data)
-    model, _ = train_phase1(cfg, train, data.classes)
-    train_phase2(cfg, model, train)
+    train, test, classes = gate_features(work, cfg, data)
+    cache = write_training_cache(train, classes, work / "train-cache")
+    model, _ = train_phase1(cfg, cache)
+    train_phase2(cfg, model, cache)
     size = cfg.model.encoder.image_size
     labels = test.label
     return {

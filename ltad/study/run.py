@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,6 +27,7 @@ from ltad.data.synth import synthesize
 from ltad.errors import ConfigError
 from ltad.log import get_logger
 from ltad.models.encoder import Encoder
+from ltad.study.cache import TrainingCache, write_training_cache
 from ltad.study.features import FeatureSet, cache_key, encode_records, load_features, save_features
 from ltad.study.scoring import ltad_terms, maps_from, metrics, summarise
 from ltad.study.spec import Level, StudySpec
@@ -101,6 +104,54 @@ def _row(level: Level, seed: int, method: str, report: dict, extra: dict, counts
     }
 
 
+def _ltad_rows(
+    spec: StudySpec,
+    cfg: LTADConfig,
+    data: TrainingCache,
+    test: FeatureSet,
+    level: Level,
+    seed: int,
+    report: Callable[[torch.Tensor, torch.Tensor], dict],
+    counts: dict[str, int],
+) -> list[dict]:
+    """The LTAD methods' rows of one (level, seed): phase 1 once, phase 2 per synthesis variant."""
+    size = cfg.model.encoder.image_size
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    base, logs1 = train_phase1(cfg, data)
+    t_p1 = time.perf_counter() - t0
+    variants = []
+    if {"ltad", "sem_only", "oracle"} & set(spec.methods):
+        variants.append(("synth", cfg))
+    if {"no_vae", "rec_only"} & set(spec.methods):
+        variants.append(("real", cfg.with_overrides(["phase2.synthesis_ratio=0"])))
+    for kind, vcfg in variants:
+        model = copy.deepcopy(base)
+        t0 = time.perf_counter()
+        logs2 = train_phase2(vcfg, model, data)
+        extra = {
+            "phase1_s": round(t_p1, 1),
+            "phase2_s": round(time.perf_counter() - t0, 1),
+            "rec_mse": logs2.get("rec_mse"),
+            "sem_ce": logs2.get("sem_ce"),
+            "names_acc": logs1.get("names_acc"),
+        }
+        z_rec, z_sem, acc = ltad_terms(model, test, oracle=False)
+        extra["class_accuracy"] = acc
+        scorings = {}
+        if kind == "synth":
+            scorings = {"ltad": model.fuse(z_rec, z_sem), "sem_only": z_sem}
+            if "oracle" in spec.methods:
+                o_rec, o_sem, _ = ltad_terms(model, test, oracle=True)
+                scorings["oracle"] = model.fuse(o_rec, o_sem)
+        else:
+            scorings = {"no_vae": model.fuse(z_rec, z_sem), "rec_only": z_rec}
+        for method, fused in scorings.items():
+            if method in spec.methods:
+                rows.append(_row(level, seed, method, report(*maps_from(model, fused, size)), extra, counts))
+    return rows
+
+
 def run_group(
     spec: StudySpec, ds, train_all: FeatureSet, test: FeatureSet, level: Level, seed: int
 ) -> list[dict]:
@@ -110,7 +161,6 @@ def run_group(
     wanted = {r.path for r in split.train_records(ds)}
     train = train_all.subset(torch.tensor([i for i, p in enumerate(train_all.paths) if p in wanted]))
     counts, order, size = split.counts, split.class_order, cfg.model.encoder.image_size
-    n_cls = len(ds.classes)
     rows: list[dict] = []
 
     def report(maps, scores):
@@ -118,40 +168,10 @@ def run_group(
 
     ltad_methods = {"ltad", "sem_only", "oracle", "no_vae", "rec_only"} & set(spec.methods)
     if ltad_methods:
-        t0 = time.perf_counter()
-        base, logs1 = train_phase1(cfg, train, n_cls)
-        t_p1 = time.perf_counter() - t0
-        variants = []
-        if {"ltad", "sem_only", "oracle"} & set(spec.methods):
-            variants.append(("synth", cfg))
-        if {"no_vae", "rec_only"} & set(spec.methods):
-            variants.append(("real", cfg.with_overrides(["phase2.synthesis_ratio=0"])))
-        for kind, vcfg in variants:
-            model = copy.deepcopy(base)
-            t0 = time.perf_counter()
-            logs2 = train_phase2(vcfg, model, train)
-            extra = {
-                "phase1_s": round(t_p1, 1),
-                "phase2_s": round(time.perf_counter() - t0, 1),
-                "rec_mse": logs2.get("rec_mse"),
-                "sem_ce": logs2.get("sem_ce"),
-                "names_acc": logs1.get("names_acc"),
-            }
-            z_rec, z_sem, acc = ltad_terms(model, test, oracle=False)
-            extra["class_accuracy"] = acc
-            scorings = {}
-            if kind == "synth":
-                scorings = {"ltad": model.fuse(z_rec, z_sem), "sem_only": z_sem}
-                if "oracle" in spec.methods:
-                    o_rec, o_sem, _ = ltad_terms(model, test, oracle=True)
-                    scorings["oracle"] = model.fuse(o_rec, o_sem)
-            else:
-                scorings = {"no_vae": model.fuse(z_rec, z_sem), "rec_only": z_rec}
-            for method, fused in scorings.items():
-                if method in spec.methods:
-                    rows.append(
-                        _row(level, seed, method, report(*maps_from(model, fused, size)), extra, counts)
-                    )
+        # the trainer reads the job's training stream, so the split is written as a feature cache
+        with tempfile.TemporaryDirectory(prefix="ltad-study-cache-") as tmp:
+            data = write_training_cache(train, ds.classes, Path(tmp))
+            rows.extend(_ltad_rows(spec, cfg, data, test, level, seed, report, counts))
     if "knn" in spec.methods:
         t0 = time.perf_counter()
         bank = PatchCore(coreset_ratio=spec.knn_coreset, seed=seed).fit(

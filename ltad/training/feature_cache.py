@@ -164,7 +164,8 @@ def verified_shard(out_uri: str, name: str, cache_id: str, mode: str) -> ShardEn
     return entry if sha == entry.sha256 else None
 
 
-def _npy(array: torch.Tensor) -> bytes:
+def npy_bytes(array: torch.Tensor) -> bytes:
+    """A feature tensor as the cache stores it: fp16 .npy bytes (a value fp16 cannot hold is an error)."""
     values = array.detach().cpu().to(torch.float16).numpy()
     if not np.isfinite(values).all():
         raise DataError("encoder features overflow fp16 (values beyond +-65504): the cache cannot hold them")
@@ -207,7 +208,7 @@ def _encode_chunk(encoder, images: torch.Tensor, samples: list[dict[str, Any]], 
         enc = encoder.encode_images(images.to(device))
     out = []
     for i, sample in enumerate(samples):
-        files = {"feat.npy": _npy(enc.patches[i]), "glob.npy": _npy(enc.global_emb[i])}
+        files = {"feat.npy": npy_bytes(enc.patches[i]), "glob.npy": npy_bytes(enc.global_emb[i])}
         files.update({k: sample[k] for k in ("cls", "json", "mask.png") if k in sample})
         out.append((sample["__key__"], files, json.loads(sample["json"])["class_name"]))
     return out

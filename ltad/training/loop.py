@@ -38,6 +38,11 @@ LOOP_LOGS = ("bad_samples", "steps_per_s", "samples_per_s", "lr")
 """What the loop reports beside the objective's logs (as `<phase>/<name>`)."""
 
 
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The torch seed of one training step on one rank (the study's trainer uses it as rank 0)."""
+    return seed * 1_000_003 + rank * 100_003 + step
+
+
 def run_steps(
     engine,
     batches: Callable[[int], Iterator[dict[str, Any]]],
@@ -73,7 +78,7 @@ def run_steps(
         bad += int(skipped.sum()) if skipped is not None else 0
         samples = _batch_size(batch)
         batch = move_batch(batch, device)
-        torch.manual_seed(spec.seed * 1_000_003 + rank * 100_003 + step)
+        torch.manual_seed(step_seed(spec.seed, rank, step))
         loss, logs = engine(batch)
         engine.backward(loss)
         engine.step()
