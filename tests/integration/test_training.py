@@ -12,6 +12,7 @@ import json
 import math
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -312,3 +313,109 @@ def test_cached_features_match_online_encoding_within_fp16_rounding(tiny_data, t
         read_fragment(storage.read_range(url, offset, length), url, offset, length)
     )
     assert ranged["key"] == cached[-1]["key"] and torch.equal(ranged["patches"], cached[-1]["patches"])
+
+
+# --------------------------------------------------------------------------- one training path
+
+WEIGHT_TOL = 1e-5
+METRIC_TOL = 0.005
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, str]:
+    """The largest |a - b| over every tensor of `a`, and where."""
+    diffs = {k: float((v.double() - b[k].double()).abs().max()) for k, v in a.items() if v.numel()}
+    where = max(diffs, key=lambda k: diffs[k])
+    return diffs[where], where
+
+
+def _cached_test_set(cache: str, size: int):
+    """The feature cache's test split as the study's FeatureSet (fp16 patches, masks)."""
+    from ltad.data import storage
+    from ltad.data.manifest import read_manifest
+    from ltad.data.shards import iterate_shard
+    from ltad.study.features import FeatureSet
+    from ltad.training.feature_cache import feature_decoder
+
+    samples = [
+        s
+        for e in read_manifest(cache).shards["test"]
+        for s in iterate_shard(storage.join(cache, e.name), e.samples, feature_decoder(size, with_mask=True))
+    ]
+    return FeatureSet(
+        torch.stack([s["patches"] for s in samples]),
+        torch.stack([s["global_emb"] for s in samples]).float(),
+        torch.tensor([s["class_id"] for s in samples]),
+        torch.tensor([s["gt_label"] for s in samples]),
+        torch.stack([s["gt_mask"][0] for s in samples]).to(torch.uint8),
+        [s["key"] for s in samples],
+    )
+
+
+def test_study_trainer_trains_what_a_one_worker_zero0_job_trains(ray_local, tiny_data, s3_server, tmp_path):
+    """One training path (issue 16): the same feature cache, config and seed through the job's stages
+    (one Ray Train worker, DeepSpeed ZeRO-0: phase 1, then phase 2 + evaluation in one worker group)
+    and through the study's in-process trainer give the same weights within 1e-5 and the same image
+    and pixel AUROC within 0.005 (the job's metrics.json against the study's scoring of its model)."""
+    from ltad.models.encoder import Encoder
+    from ltad.models.state import build_model, trained_state
+    from ltad.study.cache import TrainingCache
+    from ltad.study.scoring import ltad_terms, maps_from, metrics
+    from ltad.study.trainer import train_phase1, train_phase2
+    from ltad.training import stages
+    from ltad.training.checkpoint import load_model_state
+    from ltad.training.feature_cache import encode
+    from ltad.training.inputs import stage_input
+    from ltad.training.pipeline import stage_checkpoint
+    from ltad.training.ray_run import fit
+
+    cfg = tiny_config(
+        tmp_path,
+        tiny_data,
+        data={"use_feature_cache": True},
+        phase1={"steps": 12, "norm_samples": 32},
+        phase2={"steps": 12, "stats_samples": 16},
+        scaling={"num_workers": 1, "zero_stage": 0},
+        run={"name": "eq", "storage_path": f"s3://{s3_server.bucket}/ray-{tmp_path.name}", "log_every": 6},
+        eval={"pixel_bins": 1000},
+    )
+    cache = encode(Encoder(cfg.model.encoder), tiny_data)  # in process: the stages find and read it
+    base = stage_input(cfg)
+    fit(stages.phase1, base, name="eq-phase1")
+    evaluated = fit(
+        stages.phase2_and_evaluate,
+        replace(base, phase1_checkpoint=stage_checkpoint(cfg, "phase1")),
+        name="eq-phase2",
+    )
+    job1 = load_model_state(stage_checkpoint(cfg, "phase1"))
+    job2 = load_model_state(stage_checkpoint(cfg, "phase2"))
+    with evaluated.checkpoint.as_directory() as d:
+        job_metrics = json.loads((Path(d) / "metrics.json").read_text())
+
+    data = TrainingCache.read(cache)
+    model, _ = train_phase1(cfg, data)
+    study1 = {k: v for k, v in trained_state(model).items() if k in job1}
+    assert study1.keys() == job1.keys()
+    diff1, where1 = _max_diff(job1, study1)
+    train_phase2(cfg, model, data)
+    study2 = trained_state(model)
+    assert study2.keys() == job2.keys()
+    diff2, where2 = _max_diff(job2, study2)
+    initial = trained_state(build_model(cfg, data.num_classes))
+    trained = {k: v for k, v in job2.items() if k.startswith(stages.PHASE2_KEYS)}
+    moved, _ = _max_diff(trained, initial)
+    print(
+        f"max |job - study| phase 1 {diff1:.3g} ({where1}), phase 2 {diff2:.3g} ({where2}); trained {moved:.3g}"
+    )
+    assert diff1 <= WEIGHT_TOL, f"phase 1 weights differ by {diff1} at {where1}"
+    assert diff2 <= WEIGHT_TOL, f"phase 2 weights differ by {diff2} at {where2}"
+    assert moved > 100 * WEIGHT_TOL  # not equal by doing nothing: phase 2 moved its weights
+
+    size = cfg.model.encoder.image_size
+    test = _cached_test_set(cache, size)
+    z_rec, z_sem, _ = ltad_terms(model, test, oracle=False)
+    m = data.manifest
+    maps, scores = maps_from(model, model.fuse(z_rec, z_sem), size)
+    study_metrics = metrics(maps, scores, test, m.classes, m.counts["train"], m.split.class_order)
+    for name in ("image_AUROC", "pixel_AUROC"):
+        print(f"{name}: job {job_metrics[name]:.5f}, study {study_metrics[name]:.5f}")
+        assert abs(job_metrics[name] - study_metrics[name]) <= METRIC_TOL, name

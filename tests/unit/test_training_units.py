@@ -142,6 +142,44 @@ def test_engine_trains_and_consolidates_full_fp32_weights(process_group, stage, 
     assert torch.count_nonzero(state["names"]) > 0  # the names group got its gradient and lr
 
 
+def test_study_optimiser_and_clipping_step_as_a_zero0_engine(process_group):
+    """The study trainer's AdamW + clipping (ltad/study/trainer.py) against a real ZeRO-0 engine:
+    two param groups, weight decay, gradients clipped every step; bit-for-bit equal weights."""
+    import copy
+
+    from ltad.study.trainer import clip_like_deepspeed, optimiser
+    from ltad.training.dist import init_distributed
+    from ltad.training.engine import build_engine, deepspeed_config, load_zero_config, param_groups
+
+    init_distributed(False)
+    cfg = LTADConfig.from_dict({"scaling": {"zero_stage": 0}})
+    torch.manual_seed(0)
+    toy, twin = _Toy(), None
+    twin = copy.deepcopy(toy)
+    batches = [{"x": 10 * torch.randn(2, 4)} for _ in range(4)]
+    ds = deepspeed_config(
+        load_zero_config(0), cfg.scaling, batch_size=2, lr=1e-2, weight_decay=0.05, grad_clip=0.5
+    )
+    engine = build_engine(toy, param_groups(toy, {"names": 1e-1}), ds)
+    groups = param_groups(twin, {"names": 1e-1})
+    opt, clip = optimiser(cfg, groups, lr=1e-2, weight_decay=0.05, grad_clip=0.5)
+    assert clip == 0.5 and opt.defaults["weight_decay"] == 0.05 and opt.defaults["eps"] == 1e-8
+    for batch in batches:
+        loss, _ = engine(batch)
+        engine.backward(loss)
+        engine.step()
+        loss, _ = twin(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        assert (
+            float(torch.cat([p.grad.flatten() for p in twin.parameters() if p.grad is not None]).norm()) > 0.5
+        )
+        clip_like_deepspeed(list(twin.parameters()), clip)
+        opt.step()
+    for (name, a), b in zip(toy.named_parameters(), twin.parameters()):
+        assert torch.equal(a.detach(), b.detach()), name
+
+
 def test_param_groups_must_belong_to_the_module():
     from ltad.training.engine import build_engine
 
