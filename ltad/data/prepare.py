@@ -312,9 +312,9 @@ def _prepare(
     write.finish()
 
     entries: dict[str, list[ShardEntry]] = {"train": [], "test": [], VAL: []}
-    for result in results:
-        assert result is not None
-        entries[result.entry.name.split("/", 1)[0]].append(result.entry)
+    for written in results:
+        assert written is not None
+        entries[written.entry.name.split("/", 1)[0]].append(written.entry)
     _delete_stale(out_uri, {r.entry.name for r in results if r is not None})
     test_counts = Counter(r.class_name for r in test)
     val_counts = Counter(r.class_name for r in val)
