@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
         "throughput": {
             "tree": (
                 f"ltad synth: {args.classes} classes, {args.image_size} px PNG, split full, {images} images "
-                f"(each train image and {args.copies} byte copies)"
+                f"(each train image plus {args.copies} byte copies)"
             ),
             "passes": f"{args.passes} per worker count, alternating 1, 2; images/s from the median pass",
             "workers": rates,
