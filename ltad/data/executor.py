@@ -33,7 +33,7 @@ def start_context() -> multiprocessing.context.BaseContext:
     fork (a few ms, everything already imported; `storage.client` makes a new boto3 client in a new
     pid, so none is shared). Otherwise a fork server that has imported `ltad.data.prepare` once, so
     no worker inherits another thread's held locks; it costs a fresh interpreter, that import and a
-    re-import of the main module (about 1-3 s on 2 busy cores, measured in benchmarks/prepare_parallel.py).
+    re-import of the main module in each worker: seconds on a busy 2-core machine (docs/SCALE.md).
     """
     if sys.platform == "linux" and threading.active_count() == 1:
         return multiprocessing.get_context("fork")
