@@ -323,8 +323,12 @@ def evaluate_state(w: Worker, state: dict[str, torch.Tensor], extra: dict[str, f
     cache = feature_source(w.cfg, w.data_uri, w.manifest)
     w.log(f"evaluate: scoring this worker's test shards ({cache or 'images encoded online'})")
     share = score_share(w, model, cache)
-    share.heldout = score_heldout(w, model)  # held-out normals: the thresholds' calibration data
-    w.log(f"evaluate: scored {len(share.samples)} test and {len(share.heldout)} held-out samples on rank 0")
+    # held-out normals: the thresholds' calibration data; with their pseudo-anomalies, the validation set
+    share.heldout, share.pseudo = score_heldout(w, model)
+    w.log(
+        f"evaluate: scored {len(share.samples)} test, {len(share.heldout)} held-out and "
+        f"{len(share.pseudo)} pseudo-anomalous samples on rank 0"
+    )
     gathered = gather_to_rank0(share, w.rank, w.world_size)
     if gathered is None:
         ray.train.report({EVALUATED: len(share.samples)})
