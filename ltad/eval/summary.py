@@ -181,7 +181,7 @@ def read_sweep(root: str) -> dict[str, Any]:
 
 
 def write_sweep(
-    root: str, name: str, levels: list[dict], trials: list[dict], metric: str = "image_AUROC"
+    root: str, name: str, levels: list[dict], trials: list[dict], metric: str = VAL_METRIC
 ) -> str:
     """Validate and write `<root>/sweep.json` (for tune/sweep.py: call it again whenever a trial ends)."""
     where = storage.join(root, "sweep.json")

@@ -93,27 +93,32 @@ def score_heldout(w: Worker, model) -> tuple[list[ScoredSample], list[ScoredSamp
     cache) and with the predicted class (never the oracle one), so the calibrated thresholds apply
     to what predict computes, and the validation AUROC ranks what predict would score.
     """
-    shards = w.manifest.val_shards()
-    if not shards:
-        return [], []
     size = w.cfg.model.encoder.image_size
-    decode = partial(decode_image_sample, image_size=size, with_mask=False)
-    stream = ExactlyOnceStream(w.data_uri, shards, w.rank, w.world_size, decode)
     normals: list[ScoredSample] = []
     pseudo: list[ScoredSample] = []
-    for batch in make_loader(stream, w.cfg.eval.batch_size, w.cfg.data.loader_workers):
-        keys, cids = list(batch["key"]), [int(c) for c in batch["class_id"]]
-        for images, out, label in (
-            (batch["image"], normals, 0),
-            (pseudo_batch(batch["image"], keys), pseudo, 1),
-        ):
-            scored = _score_images(model, images.to(w.device), size)
+    for keys, cids, images in heldout_batches(w, w.rank, w.world_size):
+        for imgs, out, label in ((images[0], normals, 0), (images[1], pseudo, 1)):
+            scored = _score_images(model, imgs.to(w.device), size)
             for i, key in enumerate(keys):
                 name = key if label == 0 else pseudo_key(key)
                 out.append(
                     ScoredSample(name, cids[i], label, float(scored.pred_score[i]), int(scored.pred_class[i]))
                 )
     return normals, pseudo
+
+
+def heldout_batches(w: Worker, rank: int, world_size: int):
+    """(keys, class ids, (normal images, their pseudo-anomalous copies)) per batch of reader `rank`'s
+    exactly-once share of the held-out normal shards (nothing when the data has none)."""
+    shards = w.manifest.val_shards()
+    if not shards:
+        return
+    size = w.cfg.model.encoder.image_size
+    decode = partial(decode_image_sample, image_size=size, with_mask=False)
+    stream = ExactlyOnceStream(w.data_uri, shards, rank, world_size, decode)
+    for batch in make_loader(stream, w.cfg.eval.batch_size, w.cfg.data.loader_workers):
+        keys = list(batch["key"])
+        yield keys, [int(c) for c in batch["class_id"]], (batch["image"], pseudo_batch(batch["image"], keys))
 
 
 def _score_images(model, images: torch.Tensor, size: int):
