@@ -103,3 +103,15 @@ def test_metrics_json_gets_the_validation_auroc_without_reading_test_labels():
     none["validation"] = validation_metrics([], [], [], [], ["only"])
     assert "n/a" in validation_lines(none["validation"])[0]
     assert validation_value({}) is None and validation_value({VAL_METRIC: float("nan")}) is None
+
+
+def test_validating_during_phase2_leaves_the_run_identity_unchanged():
+    """Validation reads the model and never changes it: resuming with another interval is allowed."""
+    from ltad.config import LTADConfig
+    from ltad.training.identity import _training_inputs
+
+    base = LTADConfig()
+    other = base.with_overrides(["phase2.validate_every=5"])
+    assert other.phase2.validate_every == 5
+    assert _training_inputs(base, "h", "phase2") == _training_inputs(other, "h", "phase2")
+    assert "phase2.validate_every" not in _training_inputs(other, "h", "phase2")
