@@ -50,6 +50,7 @@ from ltad.eval.validation import VAL_METRIC
 from ltad.log import get_logger
 from ltad.sweep.space import Space, Trial
 from ltad.training import identity, preflight
+from ltad.training.checkpoint import EVALUATION_PREFIX
 from ltad.training.cluster import DRIVER_RESOURCE
 from ltad.training.feature_cache import find_cache
 from ltad.training.history import run_history, write_history
@@ -163,9 +164,15 @@ def _evaluation(cfg):
     """The finished evaluation of a run (its checkpoint holds metrics.json), or None."""
     import ray.train
 
-    uri = storage.join(cfg.run.storage_path, f"{cfg.run.name}-{TRIAL_STAGE}", "evaluation")
-    if not storage.exists(storage.join(uri, "metrics.json")):
+    root = storage.join(cfg.run.storage_path, f"{cfg.run.name}-{TRIAL_STAGE}")
+    found = sorted(
+        u.rsplit("/", 1)[0]
+        for u in storage.list(root)
+        if u.endswith("/metrics.json") and u.rsplit("/", 2)[-2].startswith(EVALUATION_PREFIX)
+    )
+    if not found:
         return None
+    uri = found[-1]
     path, fs = resolve_storage(uri, cfg.run.output)
     return ray.train.Checkpoint(path, filesystem=fs) if fs is not None else ray.train.Checkpoint(path)
 

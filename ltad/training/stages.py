@@ -47,7 +47,7 @@ from ltad.export import write_export
 from ltad.log import get_logger, set_rank
 from ltad.models.ltad import LTAD
 from ltad.models.state import build_model, load_trained, trained_state
-from ltad.training.checkpoint import load_model_state
+from ltad.training.checkpoint import evaluation_dir_name, load_model_state
 from ltad.training.data import feature_source, training_batches
 from ltad.training.dist import broadcast_from_rank0, gather_to_rank0, init_distributed
 from ltad.training.engine import build_engine, deepspeed_config, param_groups
@@ -368,7 +368,7 @@ def evaluate_state(w: Worker, state: dict[str, torch.Tensor], extra: dict[str, f
         ray.train.report(
             {**(extra or {}), **summary(metrics), EVALUATED: metrics["n_evaluated"]},
             checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            checkpoint_dir_name="evaluation",
+            checkpoint_dir_name=evaluation_dir_name(),
         )
 
 
