@@ -115,3 +115,52 @@ def test_validating_during_phase2_leaves_the_run_identity_unchanged():
     assert other.phase2.validate_every == 5
     assert _training_inputs(base, "h", "phase2") == _training_inputs(other, "h", "phase2")
     assert "phase2.validate_every" not in _training_inputs(other, "h", "phase2")
+
+
+def test_loop_validates_at_the_first_logged_step_after_each_interval(monkeypatch):
+    """run_steps calls `validate` at logged steps only, at most once per `validate_every` interval, and
+    its (unprefixed) values join that step's report and history; without it nothing changes."""
+    from ltad.training import loop
+
+    reports: list[tuple[int, dict]] = []
+    monkeypatch.setattr(loop, "restore", lambda engine, history: 0)
+    monkeypatch.setattr(loop, "_report", lambda metrics, step: reports.append((step, metrics)))
+    monkeypatch.setattr(
+        loop, "save_and_report", lambda engine, step, metrics, **kw: reports.append((step, metrics))
+    )
+
+    class Engine:
+        device = torch.device("cpu")
+
+        def __init__(self):
+            self.optimizer = type("O", (), {"param_groups": [{"lr": 0.1}]})()
+
+        def __call__(self, batch):
+            return torch.tensor(1.0), {}
+
+        def backward(self, loss):
+            pass
+
+        def step(self):
+            pass
+
+    def batches(start):
+        while True:
+            yield {"class_id": torch.zeros(2, dtype=torch.long)}
+
+    calls: list[int] = []
+
+    def validate():
+        calls.append(len(reports))
+        return {VAL_METRIC: 0.5 + len(calls) / 10}
+
+    spec = loop.LoopSpec("phase2", steps=10, log_every=2, checkpoint_every=100, validate_every=3)
+    loop.run_steps(Engine(), batches, spec, rank=1, validate=validate)
+    steps = {step: m for step, m in reports}
+    assert sorted(steps) == [2, 4, 6, 8, 10] and len(calls) == 3  # after 3 -> 4, after 6 -> 6, after 9 -> 10
+    assert [s for s, m in reports if VAL_METRIC in m] == [4, 6, 10]
+    assert steps[4][VAL_METRIC] == pytest.approx(0.6) and "phase2/loss" in steps[4]
+    assert "phase2/val_image_AUROC" not in steps[4]
+    reports.clear()
+    loop.run_steps(Engine(), batches, spec, rank=1)
+    assert not any(VAL_METRIC in m for _, m in reports)
