@@ -59,6 +59,11 @@ def test_metrics_json_keys_ranges_and_exactly_once(trained, tiny_data):
     assert prov["weights"]["real_clip"] is False
     assert prov["config"] == cfg.to_dict() and prov["seed"] == cfg.run.seed and prov["git_commit"]
     assert prov["world_size"] == 2
+    # validation: every held-out normal and its pseudo-anomalous copy scored once across the workers
+    val = metrics["validation"]
+    assert val["n_normal"] == val["n_pseudo"] == manifest.samples("val")
+    assert metrics["val_image_AUROC"] == val["image_AUROC"] and 0.0 <= val["image_AUROC"] <= 1.0
+    assert set(val["per_class"]) <= set(manifest.classes) and val["per_class"]
 
 
 def test_outputs_report_overlays_and_export(trained, tiny_data):
@@ -87,6 +92,7 @@ def test_outputs_report_overlays_and_export(trained, tiny_data):
         c: r["threshold"] for c, r in metrics["calibration"]["per_class"].items()
     }
     assert "Decision thresholds (per-class split-conformal" in report
+    assert "Validation image AUROC (image AUROC of held-out normals vs synthetic pseudo-anomalies" in report
 
 
 def test_fresh_normals_flagged_at_most_target_fpr(trained, tmp_path):
