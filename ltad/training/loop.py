@@ -170,4 +170,9 @@ def _last_metrics(spec: LoopSpec, history: History | None) -> dict[str, float]:
     if history is None or not history.records:
         return {}
     last = history.records[-1]
-    return {f"{spec.phase}/{k}": v for k, v in last.items() if k not in ("stage", "step", "time")}
+    # as reported: validation values (`val_*`, from `validate`) unprefixed, the loop's own under the phase
+    return {
+        k if k.startswith("val_") else f"{spec.phase}/{k}": v
+        for k, v in last.items()
+        if k not in ("stage", "step", "time")
+    }
