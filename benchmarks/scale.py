@@ -3,7 +3,8 @@ memory and read amplification over many classes, evaluation memory against the t
 
 Runs the three measuring scripts, each in its own processes so every peak RSS is its own:
 - benchmarks/prepare_parallel.py: `ltad prepare` images/s with 1 and 2 worker processes on a synthetic
-  PNG tree; shard bytes / source bytes of a tree of 1024 px JPEGs (kept as they are);
+  PNG tree (median of alternating passes; the pool's start timed on its own); shard bytes / source
+  bytes of a tree of 1024 px JPEGs (kept as they are);
 - benchmarks/training_stream.py: one training reader (loader worker) over 10 and over 300 classes with
   the per-sample index: its peak RSS, bytes read from storage / bytes delivered;
 - benchmarks/eval_memory.py: peak RSS of the evaluation's scoring + merge at 1x and 10x test images.
@@ -37,12 +38,12 @@ TARGETS = {
 }
 SIZES = {  # quick: under 5 minutes on 2 busy cores
     "quick": {
-        "prepare": ["--classes", "4", "--image-size", "128"],
+        "prepare": ["--classes", "4", "--image-size", "256", "--copies", "4"],
         "stream_epochs": "2",
         "eval": ["--test", "4", "--size", "64", "--paths", "bounded"],
     },
     "full": {
-        "prepare": ["--classes", "6", "--image-size", "256"],
+        "prepare": ["--classes", "6", "--image-size", "384", "--copies", "4"],
         "stream_epochs": "4",
         "eval": ["--test", "40", "--size", "256"],
     },
@@ -93,6 +94,8 @@ def measure(quick: bool, work: Path) -> dict:
         "prepare_images_per_s_2_workers": workers["2"]["images_per_s"]
         if "2" in workers
         else workers[2]["images_per_s"],
+        "prepare_pool_start_s": prep["throughput"]["pool_start_s"],
+        "cpu_bound_speedup_2_vs_1": prep["throughput"]["cpu_bound_speedup_2_vs_1"],
         "jpeg_shard_bytes_ratio": prep["jpeg"]["ratio_kept"],
         "stream_rss_mb_10_classes": rss[10],
         "stream_rss_mb_300_classes": rss[300],
@@ -110,6 +113,8 @@ def measure(quick: bool, work: Path) -> dict:
         "met": met,
         "sizes": {
             "prepare": prep["throughput"]["tree"],
+            "prepare_passes": prep["throughput"]["passes"],
+            "prepare_pool_start_method": prep["throughput"]["pool_start_method"],
             "jpeg": prep["jpeg"]["tree"],
             "stream": {
                 c: {

@@ -251,12 +251,17 @@ class Phase2Config:
     """Weight of the semantic classifier loss against the reconstruction loss."""
     stats_samples: int = 256
     """Training samples whose patch scores give the S_rec / S_sem standardisation after phase 2."""
+    validate_every: int = 0
+    """Steps between validation AUROCs during phase 2 (`val_image_AUROC` in the report of the first
+    logged step at or after each multiple: held-out normals vs pseudo-anomalies, scored on rank 0 as
+    the evaluation scores them; ltad/training/validation.py); 0 = none. What a sweep's ASHA ranks on."""
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, "phase2.steps", "an int >= 1", self.steps)
         check(self.lr > 0, "phase2.lr", "a positive float", self.lr)
         check(0 <= self.synthesis_ratio < 1, "phase2.synthesis_ratio", "in [0, 1)", self.synthesis_ratio)
         check(self.stats_samples >= 1, "phase2.stats_samples", "an int >= 1", self.stats_samples)
+        check(self.validate_every >= 0, "phase2.validate_every", "an int >= 0", self.validate_every)
 
 
 @dataclass(frozen=True)

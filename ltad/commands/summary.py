@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ltad.eval.summary import summarize
+    from ltad.eval.summary import choice_lines, evaluated, summarize
 
     if not args.sweep and not args.run:
         raise ConfigError("give at least one --sweep or --run")
@@ -33,5 +33,6 @@ def run(args: argparse.Namespace) -> int:
     runs = [resolve(u, "--run") for u in args.run]
     out = resolve(args.out, "--out")
     results = summarize(sweeps, runs, out)
-    print(f"summary: {len(results)} runs -> {out}/report.md, results.csv, plots/", flush=True)
+    print(f"summary: {len(evaluated(results))} runs -> {out}/report.md, results.csv, plots/")
+    print("\n".join(choice_lines(results)), flush=True)
     return 0

@@ -8,6 +8,8 @@ the items not yet started cancelled), so a bad image stops the phase instead of 
 from __future__ import annotations
 
 import multiprocessing
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
@@ -23,14 +25,28 @@ def serial(fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int
         yield i, fn(item)
 
 
+PRELOAD = ["ltad.data.prepare"]
+
+
+def start_context() -> multiprocessing.context.BaseContext:
+    """How worker processes start. On Linux, from a process that runs no other Python thread: a plain
+    fork (a few ms, everything already imported; `storage.client` makes a new boto3 client in a new
+    pid, so none is shared). Otherwise a fork server that has imported `ltad.data.prepare` once, so
+    no worker inherits another thread's held locks; it costs a fresh interpreter, that import and a
+    re-import of the main module in each worker: seconds on a busy 2-core machine (docs/SCALE.md).
+    """
+    if sys.platform == "linux" and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
 class Processes:
     """An executor over `workers` local processes, one pool for every phase (`close()` ends it).
 
-    Workers come from a fork server that has imported `ltad.data.prepare` once, so a worker starts in
-    milliseconds without inheriting this process's threads or its boto3 client (as a plain fork would).
+    The pool starts on the first call (`start_context`: fork when safe, else a fork server).
     """
-
-    PRELOAD = ["ltad.data.prepare"]
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -40,9 +56,7 @@ class Processes:
         if not items:
             return
         if self._pool is None:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(self.PRELOAD)
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=start_context())
         pending: dict[Future, int] = {self._pool.submit(fn, item): i for i, item in enumerate(items)}
         try:
             while pending:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -192,6 +192,18 @@ def write_item(target: Target, item: WorkItem) -> ShardResult:
     return ShardResult(entry, uploaded, source_bytes)
 
 
+def largest_first(
+    run: Executor, fn: Callable[[WorkItem], ShardResult], items: Sequence[WorkItem], sizes: dict[str, int]
+) -> Iterator[tuple[int, ShardResult]]:
+    """`run(fn, items)` with the items handed out largest first (by their sources' listed bytes), yielding
+    each result with its index in `items`. With N workers a phase ends when its last item does: one
+    class's large shard started last would leave the other workers idle (train shards are cut per class,
+    so their sizes vary by class); started first, the small test shards fill in around it."""
+    order = sorted(range(len(items)), key=lambda i: -sum(_estimate(r, sizes) for r in items[i].records))
+    for position, result in run(fn, [items[i] for i in order]):
+        yield order[position], result
+
+
 def _publish_shard(target: Target, path: Path, info: ShardInfo) -> bool:
     """Upload a finished shard unless the object holds the same bytes already; True when uploaded."""
     uri = storage.join(target.out_uri, info.name)
@@ -287,7 +299,7 @@ def _prepare(
     results: list[ShardResult | None] = [None] * len(items)
     counts = {"uploaded": 0, "unchanged": 0, "bytes": 0, "source": 0}
     write = Progress("write/upload", total=len(records), unit="images", log=log)
-    for index, result in run(partial(write_item, target), items):
+    for index, result in largest_first(run, partial(write_item, target), items, tree.files):
         results[index] = result
         counts["uploaded" if result.uploaded else "unchanged"] += 1
         counts["bytes"] += result.entry.bytes
@@ -300,9 +312,9 @@ def _prepare(
     write.finish()
 
     entries: dict[str, list[ShardEntry]] = {"train": [], "test": [], VAL: []}
-    for result in results:
-        assert result is not None
-        entries[result.entry.name.split("/", 1)[0]].append(result.entry)
+    for written in results:
+        assert written is not None
+        entries[written.entry.name.split("/", 1)[0]].append(written.entry)
     _delete_stale(out_uri, {r.entry.name for r in results if r is not None})
     test_counts = Counter(r.class_name for r in test)
     val_counts = Counter(r.class_name for r in val)

@@ -19,6 +19,7 @@ from ltad.errors import DataError
 from ltad.eval.aggregate import METRICS, aggregate
 from ltad.eval.metrics import PixelMetricAccumulator, StreamingPixelAccumulator, f1_max_threshold
 from ltad.eval.normalise import normalisation, normalise
+from ltad.eval.validation import VAL_METRIC, validation_metrics
 from ltad.eval.visualize import class_gallery, overlay_panel
 
 SCORES_COLUMNS = (
@@ -62,13 +63,15 @@ class OverlayCandidate:
 
 @dataclass
 class ShareScores:
-    """What one worker sends to rank 0: its samples, per-class pixel accumulators, overlay candidates
-    and its held-out normal samples (threshold calibration)."""
+    """What one worker sends to rank 0: its samples, per-class pixel accumulators, overlay candidates,
+    its held-out normal samples (threshold calibration, validation) and their synthetic
+    pseudo-anomalous copies (validation: ltad/eval/validation.py)."""
 
     samples: list[ScoredSample]
     pixel: list[PixelMetricAccumulator] | list[StreamingPixelAccumulator]
     candidates: dict[tuple[int, int], list[OverlayCandidate]] = field(default_factory=dict)
     heldout: list[ScoredSample] = field(default_factory=list)
+    pseudo: list[ScoredSample] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Merged:
     pixel: list[PixelMetricAccumulator] | list[StreamingPixelAccumulator]
     candidates: dict[tuple[int, int], list[OverlayCandidate]]
     heldout: list[ScoredSample] = field(default_factory=list)
+    pseudo: list[ScoredSample] = field(default_factory=list)
 
 
 def merge_shares(shares: list[ShareScores]) -> Merged:
@@ -92,7 +96,8 @@ def merge_shares(shares: list[ShareScores]) -> Merged:
         for k, v in share.candidates.items():
             candidates[k].extend(v)
     heldout = [s for share in shares for s in share.heldout]
-    return Merged([s for share in shares for s in share.samples], pixel, dict(candidates), heldout)
+    pseudo = [s for share in shares for s in share.pseudo]
+    return Merged([s for share in shares for s in share.samples], pixel, dict(candidates), heldout, pseudo)
 
 
 def check_exactly_once(samples: list[ScoredSample], expected: int, split: str = "test") -> None:
@@ -113,7 +118,9 @@ def image_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 def evaluation_metrics(
     merged: Merged, classes: list[str], train_counts: dict[str, int], training: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """metrics.json without provenance: the aggregate, class accuracy, error bounds, counts, threshold."""
+    """metrics.json without provenance: the aggregate, class accuracy, error bounds, counts, threshold,
+    and the validation AUROC (`val_image_AUROC`, with details under `validation`; NaN without
+    held-out images)."""
     rows = merged.samples
     scores = np.array([r.pred_score for r in rows], dtype=np.float64)
     labels = np.array([r.gt_label for r in rows], dtype=np.int64)
@@ -123,6 +130,15 @@ def evaluation_metrics(
     metrics["class_prediction_accuracy"] = float(np.mean([r.pred_class == r.class_id for r in rows]))
     metrics["pixel_error_bounds"] = {classes[c]: merged.pixel[c].error_bounds() for c in range(len(classes))}
     metrics["n_evaluated"] = len(rows)
+    # chooses settings without test labels: held-out normals vs their pseudo-anomalies
+    metrics["validation"] = validation_metrics(
+        [s.pred_score for s in merged.heldout],
+        [s.class_id for s in merged.heldout],
+        [s.pred_score for s in merged.pseudo],
+        [s.class_id for s in merged.pseudo],
+        classes,
+    )
+    metrics[VAL_METRIC] = metrics["validation"]["image_AUROC"]
     # corrupt training samples skipped per phase (None: that phase was not run by this pipeline call)
     metrics["training"] = dict(training or {})
     threshold = image_threshold(scores, labels)
@@ -135,8 +151,12 @@ def evaluation_metrics(
 
 
 def summary(metrics: dict[str, Any]) -> dict[str, float]:
-    """The four headline metrics of a metrics.json (what stages report and sweeps forward to Tune)."""
-    return {k: metrics[k] for k in METRICS}
+    """The four headline (test) metrics of a metrics.json and its validation AUROC when it has one
+    (what stages report and sweeps forward to Tune)."""
+    out = {k: metrics[k] for k in METRICS}
+    if VAL_METRIC in metrics:
+        out[VAL_METRIC] = metrics[VAL_METRIC]
+    return out
 
 
 def write_scores(

@@ -82,6 +82,7 @@ def write_report(path: Path, metrics: dict[str, Any], overlays: dict[str, str]) 
         f"Image threshold ({metrics['threshold']['rule']}): {metrics['threshold']['image_score']:.4g}.",
         "",
         *_calibration_lines(metrics.get("calibration")),
+        *validation_lines(metrics.get("validation")),
     ]
     undefined = {m: u["classes"] for m, u in metrics.get("undefined", {}).items() if u["classes"]}
     if undefined:
@@ -95,6 +96,21 @@ def write_report(path: Path, metrics: dict[str, Any], overlays: dict[str, str]) 
         lines += [f"![{c}]({p})" for c, p in overlays.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def validation_lines(val: dict | None) -> list[str]:
+    """The validation AUROC (what chooses settings; no test label) and its per-class values."""
+    if not val:
+        return []
+    if val["n_normal"] == 0 or val["n_pseudo"] == 0:
+        return ["Validation image AUROC: n/a (no held-out normal images: split with --val-fraction > 0).", ""]
+    per_class = ", ".join(f"{c} {_fmt(v)}" for c, v in val["per_class"].items())
+    return [
+        f"Validation image AUROC ({val['rule']}; {val['n_normal']} held-out normals, {val['n_pseudo']} "
+        f"pseudo-anomalies): {_fmt(val['image_AUROC'])} %"
+        + (f"; per class: {per_class}." if per_class else "."),
+        "",
+    ]
 
 
 def _calibration_lines(cal: dict | None) -> list[str]:

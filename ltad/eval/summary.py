@@ -5,6 +5,13 @@ in docs/ARCHITECTURE.md), validates everything before writing anything, builds o
 writes all outputs into a temporary folder first, so a failure never leaves a half report behind.
 An imbalance *level* is (dataset, profile, ratio); a *setting* is (prompt length, synthesis ratio)
 within a level, its figures the mean over the runs (seeds) that share it.
+
+Each level's setting is chosen by the validation metric alone (`val_image_AUROC`: held-out normals vs
+synthetic pseudo-anomalies, ltad/eval/validation.py), never by a test metric; the test metrics are
+then reported for the chosen setting. A level with a run whose metrics.json has no validation metric
+(written before it existed, or data without held-out images) gets no choice: the report says so and
+names those runs. A sweep trial ASHA stopped is a row too (`status` stopped), with the validation
+metric it was stopped on (sweep.json) and empty test columns.
 """
 
 from __future__ import annotations
@@ -27,14 +34,20 @@ from ltad.data.levels import Level
 from ltad.errors import DataError, UserError
 from ltad.eval.aggregate import GROUPS, METRICS
 from ltad.eval.summary_plots import plot_heatmap, plot_per_class, plot_ratio
+from ltad.eval.validation import VAL_METRIC
 
 SWEEP_FORMAT = "ltad-sweep/1"
 TRIAL_STATUSES = ("finished", "stopped", "error", "running", "pending")
 PARAM_KEYS = {"prompt_length": "model.prompts.length", "synthesis_ratio": "phase2.synthesis_ratio"}
 GROUP_METRICS = ("image_AUROC", "pixel_AUROC")
+CHOICE_RULE = (
+    "chosen by validation image AUROC (held-out normals vs synthetic pseudo-anomalies; mean over the "
+    "setting's runs; ties: the first by prompt length, then synthesis ratio); test metrics reported "
+    "for the chosen setting"
+)
 COLUMNS = (
-    "source", "trial", "dataset", "profile", "ratio", "level", "prompt_length", "synthesis_ratio", "seed",
-    *METRICS,
+    "source", "trial", "status", "dataset", "profile", "ratio", "level", "prompt_length", "synthesis_ratio",
+    "seed", VAL_METRIC, *METRICS,
     *(f"{g}_{m}" for g in GROUPS for m in GROUP_METRICS),
     *(f"gap_{m}" for m in GROUP_METRICS),
     "real_clip", "weights", "path",
@@ -59,10 +72,16 @@ class RunResult:
     prompt_length: int
     synthesis_ratio: float
     seed: int | None
-    values: dict[str, float]  # METRICS, {group}_{metric}, gap_{metric}; NaN = undefined
+    values: dict[str, float]  # VAL_METRIC, METRICS, {group}_{metric}, gap_{metric}; NaN = undefined
     per_class: dict[str, dict[str, Any]]
     real_clip: bool
     weights: str
+    status: str = "finished"  # or "stopped": an ASHA-stopped trial, validation metric only
+
+    @property
+    def validated(self) -> bool:
+        """Whether the run has a validation metric (what chooses settings)."""
+        return not math.isnan(self.values[VAL_METRIC])
 
     @property
     def level(self) -> str:
@@ -124,7 +143,8 @@ def load_run(uri: str, source: str = "run", trial: str = "") -> RunResult:
             f"run folder {uri} has no metrics.json: expected a finished ltad run (jobs/train.py output)"
         )
     m = storage.read_json(where)
-    values = {k: _number(m, k, where) for k in METRICS}
+    values = {VAL_METRIC: _number(m, VAL_METRIC, where) if VAL_METRIC in m else math.nan}
+    values.update({k: _number(m, k, where) for k in METRICS})
     for g in GROUPS:
         values.update({f"{g}_{k}": _number(m, f"groups.{g}.{k}", where) for k in GROUP_METRICS})
     values.update({f"gap_{k}": _number(m, f"gap.{k}", where) for k in GROUP_METRICS})
@@ -161,7 +181,7 @@ def read_sweep(root: str) -> dict[str, Any]:
 
 
 def write_sweep(
-    root: str, name: str, levels: list[dict], trials: list[dict], metric: str = "image_AUROC"
+    root: str, name: str, levels: list[dict], trials: list[dict], metric: str = VAL_METRIC
 ) -> str:
     """Validate and write `<root>/sweep.json` (for tune/sweep.py: call it again whenever a trial ends)."""
     where = storage.join(root, "sweep.json")
@@ -206,22 +226,66 @@ def _check_trial(run: RunResult, trial: dict, level: dict, params: dict, where: 
             )
 
 
+def _param(params: dict, key: str, where: str) -> float:
+    v = params.get(key)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise DataError(f"{where} needs a number for params '{key}', got {v!r}")
+    return v
+
+
+def stopped_trial(root: str, trial: dict, level: dict, dataset: str) -> RunResult:
+    """The row of a trial ASHA stopped: its settings from sweep.json, the validation metric it was
+    stopped on (NaN if none was reported), every test column empty."""
+    at = f"{storage.join(root, 'sweep.json')} trial {trial['name']!r}"
+    params = trial.get("params", {})
+    length, synth = PARAM_KEYS["prompt_length"], PARAM_KEYS["synthesis_ratio"]
+    values = {c: math.nan for c in COLUMNS[COLUMNS.index(VAL_METRIC) : COLUMNS.index("real_clip")]}
+    if trial.get(VAL_METRIC) is not None:
+        values[VAL_METRIC] = _number(trial, VAL_METRIC, at)
+    return RunResult(
+        source=root,
+        trial=trial["name"],
+        uri=storage.join(root, trial.get("path") or f"trials/{trial['name']}"),
+        dataset=dataset,
+        profile=str(level["profile"]),
+        ratio=float(level["ratio"]),
+        prompt_length=int(_param(params, length, at)),
+        synthesis_ratio=float(_param(params, synth, at)),
+        seed=None,
+        values=values,
+        per_class={},
+        real_clip=False,
+        weights="",
+        status="stopped",
+    )
+
+
 def collect(sweeps: Sequence[str], runs: Sequence[str]) -> tuple[list[RunResult], list[str]]:
-    """Every readable result, and one line per sweep trial without results (failed, stopped, running)."""
-    results, missing = [], []
+    """Every readable result (ASHA-stopped trials as `stopped` rows, after the evaluated ones), and
+    one line per other sweep trial without results (failed, running, pending)."""
+    results, stopped, missing = [], [], []
     for root in sweeps:
         sweep = read_sweep(root)
         levels = {lv["name"]: lv for lv in sweep["levels"]}
+        halted = []
         for t in sweep["trials"]:
             uri = storage.join(root, t.get("path") or f"trials/{t['name']}")
             if t["status"] != "finished" and not storage.exists(_metrics_uri(uri)):
-                missing.append(f"{root}: trial {t['name']} ({t['status']})")
+                if t["status"] == "stopped":
+                    halted.append(t)
+                else:
+                    missing.append(f"{root}: trial {t['name']} ({t['status']})")
                 continue
             run = load_run(uri, source=root, trial=t["name"])
             _check_trial(run, t, levels[t["level"]], t.get("params", {}), _metrics_uri(uri))
             results.append(run)
+        by_level = {t["name"]: t["level"] for t in sweep["trials"]}
+        datasets = {by_level[r.trial]: r.dataset for r in results if r.source == root}
+        for t in halted:
+            stopped.append(stopped_trial(root, t, levels[t["level"]], datasets.get(t["level"], "")))
     results += [load_run(uri) for uri in runs]
-    if not results:
+    results += stopped
+    if not any(r.status == "finished" for r in results):
         raise UserError(
             f"no results to summarize in sweeps {list(sweeps)} and runs {list(runs)}: every trial lacks metrics.json"
         )
@@ -252,19 +316,25 @@ class Setting:
         return _mean(r.values[key] for r in self.runs)
 
     @property
-    def score(self) -> tuple[float, float]:
-        """Ranking: image AUROC, ties broken by pixel AUROC."""
-        return (_rank(self.value("image_AUROC")), _rank(self.value("pixel_AUROC")))
+    def score(self) -> float:
+        """Ranking: the validation metric alone (no test metric breaks ties)."""
+        return _rank(self.value(VAL_METRIC))
 
     @property
     def best_run(self) -> RunResult:
-        return max(self.runs, key=lambda r: (_rank(r.values["image_AUROC"]), _rank(r.values["pixel_AUROC"])))
+        """The run (seed) of the setting with the highest validation metric (its per-class plot)."""
+        return max(self.runs, key=lambda r: _rank(r.values[VAL_METRIC]))
+
+
+def evaluated(results: Sequence[RunResult]) -> list[RunResult]:
+    """The runs with test metrics (not the ASHA-stopped trials)."""
+    return [r for r in results if r.status == "finished"]
 
 
 def settings_by_level(results: Sequence[RunResult]) -> dict[tuple, list[Setting]]:
-    """Level key -> its settings; levels sorted by (dataset, profile, ratio)."""
+    """Level key -> its settings (evaluated runs only); levels sorted by (dataset, profile, ratio)."""
     grouped: dict[tuple, dict[tuple, list[RunResult]]] = defaultdict(lambda: defaultdict(list))
-    for r in results:
+    for r in evaluated(results):
         grouped[r.level_key][(r.prompt_length, r.synthesis_ratio)].append(r)
     return {
         key: [Setting(p, s, tuple(runs)) for (p, s), runs in sorted(grouped[key].items())]
@@ -272,8 +342,24 @@ def settings_by_level(results: Sequence[RunResult]) -> dict[tuple, list[Setting]
     }
 
 
+def unvalidated(results: Sequence[RunResult]) -> dict[tuple, list[RunResult]]:
+    """Level key -> its evaluated runs without a validation metric (levels that have any)."""
+    out: dict[tuple, list[RunResult]] = defaultdict(list)
+    for r in evaluated(results):
+        if not r.validated:
+            out[r.level_key].append(r)
+    return dict(out)
+
+
 def best_settings(results: Sequence[RunResult]) -> dict[tuple, Setting]:
-    return {key: max(ss, key=lambda s: s.score) for key, ss in settings_by_level(results).items()}
+    """Each level's setting with the highest mean validation metric (`CHOICE_RULE`); a level with a
+    run lacking the validation metric is left out (`unvalidated`): never chosen by a test metric."""
+    skip = unvalidated(results)
+    return {
+        key: max(ss, key=lambda s: s.score)  # max keeps the first of equal scores: (length, ratio) order
+        for key, ss in settings_by_level(results).items()
+        if key not in skip
+    }
 
 
 # --------------------------------------------------------------------------- outputs
@@ -305,47 +391,96 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
+def choice_lines(results: Sequence[RunResult]) -> list[str]:
+    """What chose each level's setting, one line each (stdout of `ltad summary`)."""
+    best, skip = best_settings(results), unvalidated(results)
+    lines = [f"best setting per level {CHOICE_RULE}"]
+    for key in settings_by_level(results):
+        if key in best:
+            s = best[key]
+            lines.append(
+                f"  {_level_name(key)}: prompt length {s.prompt_length}, synthesis ratio {s.synthesis_ratio:g} "
+                f"(validation image AUROC {_pct(s.value(VAL_METRIC))}; test image AUROC {_pct(s.value('image_AUROC'))})"
+            )
+        else:
+            lines.append(
+                f"  {_level_name(key)}: not chosen: {len(skip[key])} runs have no validation metric "
+                "(none is chosen by a test metric instead)"
+            )
+    return lines
+
+
 def write_report(
     path: Path, results: Sequence[RunResult], missing: Sequence[str], plots: dict[str, str]
 ) -> None:
-    """report.md: weights first (said plainly), best setting per level, levels side by side, plots."""
-    best = best_settings(results)
+    """report.md: weights first (said plainly), the setting validation chose per level and its test
+    metrics, levels it could not choose for, levels side by side, stopped trials, plots."""
+    best, skip, levels = best_settings(results), unvalidated(results), settings_by_level(results)
+    runs, stopped = evaluated(results), [r for r in results if r.status == "stopped"]
     lines = [
         "# LTAD sweep summary",
         "",
-        f"{len(results)} runs over {len(best)} imbalance levels; values in %.",
+        f"{len(runs)} evaluated runs over {len(levels)} imbalance levels"
+        + (f", {len(stopped)} trials stopped by ASHA" if stopped else "")
+        + "; values in %.",
         "",
     ]
-    notes = sorted({(r.real_clip, r.weights) for r in results})
+    notes = sorted({(r.real_clip, r.weights) for r in runs})
     lines += ["## Weights", ""]
     for real, text in notes:
-        n = sum((r.real_clip, r.weights) == (real, text) for r in results)
+        n = sum((r.real_clip, r.weights) == (real, text) for r in runs)
         lines.append(f"- {text} ({n} runs){'' if real else ': not CLIP, so not comparable with the paper'}")
-    lines += [
-        "",
-        "## Best setting per level",
-        "",
-        "Ranked by mean image AUROC over seeds, ties by pixel AUROC.",
-        "",
-    ]
+    lines += ["", "## Best setting per level", "", f"Each level's setting is {CHOICE_RULE}.", ""]
     rows = []
-    for key, s in best.items():
-        rows.append([_level_name(key), s.prompt_length, f"{s.synthesis_ratio:g}", len(s.runs),
-                     _pct(s.value("image_AUROC")), _pct(s.value("pixel_AUROC")), f"`{s.best_run.uri}`"])  # fmt: skip
-    lines += _table(
-        ["level", "prompt length", "synthesis ratio", "runs", "image AUROC", "pixel AUROC", "best run"], rows
-    )
-    lines += ["", "## Across levels (best setting of each)", ""]
+    for key in levels:
+        if key in best:
+            s = best[key]
+            rows.append([_level_name(key), s.prompt_length, f"{s.synthesis_ratio:g}", len(s.runs),
+                         _pct(s.value(VAL_METRIC)), _pct(s.value("image_AUROC")), _pct(s.value("pixel_AUROC")),
+                         f"`{s.best_run.uri}`"])  # fmt: skip
+        else:
+            rows.append([_level_name(key), "not chosen", "", "", "n/a", "", "",
+                         f"{len(skip[key])} runs without a validation metric (below)"])  # fmt: skip
+    header = ["level", "prompt length", "synthesis ratio", "runs", "validation image AUROC (chose)"]
+    lines += _table([*header, "test image AUROC", "test pixel AUROC", "best run"], rows)
+    if skip:
+        lines += [
+            "",
+            "## Levels whose choice could not be made by validation",
+            "",
+            "These runs' metrics.json have no validation image AUROC (evaluated before it existed, or data "
+            "without held-out normal images), so their levels' settings were not chosen, and none was "
+            "chosen by a test metric instead. Re-evaluate them (`ltad evaluate`) on data with held-out "
+            "images to choose.",
+            "",
+        ]
+        for key, missing_val in skip.items():
+            lines.append(f"- {_level_name(key)}: " + ", ".join(f"`{r.uri}`" for r in missing_val))
+    lines += ["", "## Across levels (test metrics of the setting validation chose)", ""]
     metrics = [*METRICS, *(f"{g}_image_AUROC" for g in GROUPS), *(f"{g}_pixel_AUROC" for g in GROUPS)]
     metrics += ["gap_image_AUROC", "gap_pixel_AUROC"]
     header = ["level", "img AUROC", "px AUROC", "AUPRO", "img F1max", "head img", "medium img", "tail img"]
     header += ["head px", "medium px", "tail px", "gap img", "gap px"]
+    header = [header[0], *(f"test {h}" for h in header[1:])]
     lines += _table(header, ([_level_name(k), *(_pct(s.value(m)) for m in metrics)] for k, s in best.items()))
     lines += [
         "",
         "Groups: head / medium / tail thirds of the classes by training count; gap = head - tail.",
         "",
     ]
+    if stopped:
+        lines += [
+            "## Trials stopped by ASHA",
+            "",
+            "On the validation image AUROC they last reported; no test metrics.",
+            "",
+        ]
+        lines += _table(
+            ["trial", "level", "prompt length", "synthesis ratio", "validation image AUROC when stopped"],
+            ([r.trial, f"{r.dataset} {r.level}".strip(), r.prompt_length, f"{r.synthesis_ratio:g}",
+              _pct(r.values[VAL_METRIC])] for r in stopped),
+        )  # fmt: skip
+        lines.append("")
     if missing:
         lines += ["## Trials without results", "", *(f"- {m}" for m in missing), ""]
     lines += ["## Plots", "", *(f"![{title}]({rel})" for title, rel in plots.items()), ""]
@@ -356,25 +491,25 @@ def _render(tmp: Path, results: Sequence[RunResult], missing: Sequence[str]) -> 
     """Every output file into the staging folder `tmp`."""
     (tmp / "plots").mkdir()
     best = best_settings(results)
-    plots = {"Image AUROC vs imbalance ratio": "plots/auroc_vs_ratio.png"}
+    plots = {"Test image AUROC vs imbalance ratio (setting chosen by validation)": "plots/auroc_vs_ratio.png"}
     lines: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     for (dataset, profile, ratio), s in best.items():
         point = (ratio, s.value("image_AUROC"), s.value("tail_image_AUROC"))
         lines[f"{dataset} {profile}".strip()].append(point)
-    plot_ratio(tmp / plots["Image AUROC vs imbalance ratio"], lines)
+    plot_ratio(tmp / "plots/auroc_vs_ratio.png", lines)
     for key, settings in settings_by_level(results).items():
         lengths = sorted({s.prompt_length for s in settings})
         ratios = sorted({s.synthesis_ratio for s in settings})
         grid = np.full((len(lengths), len(ratios)), np.nan)
         for s in settings:
             grid[lengths.index(s.prompt_length), ratios.index(s.synthesis_ratio)] = s.value("image_AUROC")
-        rel = plots[f"{_level_name(key)}: prompt length x synthesis ratio"] = (
+        rel = plots[f"{_level_name(key)}: prompt length x synthesis ratio (test)"] = (
             f"plots/heatmap_{_slug(key)}.png"
         )
         plot_heatmap(tmp / rel, _level_name(key), lengths, ratios, grid)
     for key, s in best.items():
-        rel = plots[f"{_level_name(key)}: per class (best run)"] = f"plots/per_class_{_slug(key)}.png"
-        plot_per_class(tmp / rel, f"{_level_name(key)}, best run", s.best_run.per_class)
+        rel = plots[f"{_level_name(key)}: per class (chosen setting)"] = f"plots/per_class_{_slug(key)}.png"
+        plot_per_class(tmp / rel, f"{_level_name(key)}, chosen setting (test)", s.best_run.per_class)
     write_csv(tmp / "results.csv", results)
     write_report(tmp / "report.md", results, missing, plots)
 

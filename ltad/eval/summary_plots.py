@@ -29,7 +29,7 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_ratio(path: Path, lines: Mapping[str, Sequence[tuple[float, float, float]]]) -> None:
-    """Image AUROC vs imbalance ratio (log x): per line label, points (ratio, class mean, tail mean)."""
+    """Test image AUROC vs imbalance ratio (log x): per line label, points (ratio, class mean, tail mean)."""
     fig, ax = _figure()
     for i, (label, points) in enumerate(sorted(lines.items())):
         x, mean, tail = (np.array(v, dtype=float) for v in zip(*sorted(points)))
@@ -37,8 +37,8 @@ def plot_ratio(path: Path, lines: Mapping[str, Sequence[tuple[float, float, floa
         ax.plot(x, 100 * tail, "s:", color=f"C{i}", alpha=0.7, label=f"{label}: tail classes")
     ax.set_xscale("log")
     ax.set_xlabel("imbalance ratio (head / tail training images)")
-    ax.set_ylabel("image AUROC (%)")
-    ax.set_title("Image AUROC of the best setting per level")
+    ax.set_ylabel("test image AUROC (%)")
+    ax.set_title("Test image AUROC of the setting chosen by validation, per level", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -60,7 +60,7 @@ def plot_heatmap(
     ax.set_yticks(range(len(lengths)), [str(n) for n in lengths])
     ax.set_xlabel("synthesis ratio")
     ax.set_ylabel("prompt length")
-    ax.set_title(f"{title}: image AUROC (%)", fontsize=10)
+    ax.set_title(f"{title}: test image AUROC (%)", fontsize=10)
     fig.colorbar(image, ax=ax)
     _save(fig, path)
 

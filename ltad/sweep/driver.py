@@ -7,7 +7,8 @@ Order of work, each step skipped when its result is already in storage (so a res
    deterministic run name `{level}-L{length}-phase1`; a finished checkpoint there is reused;
 3. Tune experiment `trials`: one trial per (level, length, synthesis ratio) that loads that phase-1
    checkpoint and runs phase 2 and the evaluation as one stage (`phase2-evaluate`; its phase-2
-   metrics go to Tune for ASHA every `run.log_every` steps), and publishes the evaluation to
+   metrics, with the validation AUROC every `phase2.validate_every` steps, go to Tune for ASHA every
+   `run.log_every` steps; ASHA compares trials of one imbalance level only), and publishes the evaluation to
    `<root>/trials/<trial>/` with the trial's history.jsonl (phase 1 and phase 2); `sweep.json` is
    rewritten as trials end. With `run.loggers` holding mlflow, Ray Tune's own MLflowLoggerCallback
    logs every trial (its config and every result Tune receives) as one MLflow run of the experiment
@@ -35,6 +36,7 @@ FailureConfig); it resumes its stage from the stage's checkpoints.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
@@ -44,9 +46,11 @@ from ltad.data.manifest import read_manifest
 from ltad.errors import ConfigError
 from ltad.eval.outputs import summary
 from ltad.eval.summary import write_sweep
+from ltad.eval.validation import VAL_METRIC
 from ltad.log import get_logger
 from ltad.sweep.space import Space, Trial
 from ltad.training import identity, preflight
+from ltad.training.checkpoint import EVALUATION_PREFIX
 from ltad.training.cluster import DRIVER_RESOURCE
 from ltad.training.feature_cache import find_cache
 from ltad.training.history import run_history, write_history
@@ -160,9 +164,15 @@ def _evaluation(cfg):
     """The finished evaluation of a run (its checkpoint holds metrics.json), or None."""
     import ray.train
 
-    uri = storage.join(cfg.run.storage_path, f"{cfg.run.name}-{TRIAL_STAGE}", "evaluation")
-    if not storage.exists(storage.join(uri, "metrics.json")):
+    root = storage.join(cfg.run.storage_path, f"{cfg.run.name}-{TRIAL_STAGE}")
+    found = sorted(
+        u.rsplit("/", 1)[0]
+        for u in storage.list(root)
+        if u.endswith("/metrics.json") and u.rsplit("/", 2)[-2].startswith(EVALUATION_PREFIX)
+    )
+    if not found:
         return None
+    uri = found[-1]
     path, fs = resolve_storage(uri, cfg.run.output)
     return ray.train.Checkpoint(path, filesystem=fs) if fs is not None else ray.train.Checkpoint(path)
 
@@ -251,8 +261,10 @@ def _provenance(space: Space, trial: Trial, cfg, ids: dict[str, identity.Identit
     return identity.provenance(ids, commits)
 
 
-def write_status(space: Space, statuses: dict[str, str]) -> str:
-    """sweep.json with every planned trial; Tune's TERMINATED is finished with results, stopped without."""
+def write_status(space: Space, statuses: dict[str, str], last: dict[str, dict] | None = None) -> str:
+    """sweep.json with every planned trial; Tune's TERMINATED is finished with results, stopped without.
+    A stopped trial keeps the validation AUROC of its last Tune result in `last` (what ASHA stopped it
+    on), so the summary can list it."""
     trials = []
     for t in space.trials():
         status = statuses.get(t.name, "PENDING")
@@ -261,17 +273,14 @@ def write_status(space: Space, statuses: dict[str, str]) -> str:
             status = "finished" if has else "stopped"
         else:
             status = TUNE_STATUS.get(status, status)
-        trials.append(
-            {
-                "name": t.name,
-                "level": t.level.name,
-                "status": status,
-                "params": t.params,
-                "path": f"trials/{t.name}",
-            }
-        )
+        entry: dict[str, Any] = {"name": t.name, "level": t.level.name, "status": status, "params": t.params}
+        entry["path"] = f"trials/{t.name}"
+        value = (last or {}).get(t.name, {}).get(VAL_METRIC)
+        if status == "stopped" and isinstance(value, int | float) and math.isfinite(value):
+            entry[VAL_METRIC] = float(value)
+        trials.append(entry)
     levels = [lv.to_dict() for lv in space.levels]
-    return write_sweep(space.root, space.name, levels, trials, metric="image_AUROC")
+    return write_sweep(space.root, space.name, levels, trials, metric=VAL_METRIC)
 
 
 def _recorder(space: Space):
@@ -281,7 +290,8 @@ def _recorder(space: Space):
         """Rewrites sweep.json (in the sweep driver: one writer) whenever a trial starts or ends."""
 
         def _write(self, trials) -> None:
-            write_status(space, {t.config["trial"]: t.status for t in trials})
+            last = {t.config["trial"]: t.last_result or {} for t in trials}
+            write_status(space, {t.config["trial"]: t.status for t in trials}, last)
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self._write(trials)
@@ -367,11 +377,13 @@ def _tuner(
 
 
 def _asha(space: Space):
+    """ASHA (time = Tune reports of a trial) within each imbalance level (ltad/sweep/scheduler.py)."""
     if not space.asha:
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from ltad.sweep.scheduler import LevelASHA
 
-    return ASHAScheduler(time_attr="training_iteration", **{"mode": "min", **space.asha})
+    settings = {"mode": "min", **space.asha}
+    return LevelASHA({t.name: t.level.name for t in space.trials()}, **settings)
 
 
 def encode_levels(space: Space, commit: str) -> None:
@@ -421,5 +433,5 @@ def run_sweep(space: Space) -> dict[str, Any]:
         scheduler=_asha(space),
     ).fit()
     statuses = {r.config["trial"]: "ERROR" if r.error else "TERMINATED" for r in results}
-    write_status(space, statuses)
+    write_status(space, statuses, {r.config["trial"]: r.metrics or {} for r in results})
     return storage.read_json(storage.join(space.root, "sweep.json"))

@@ -18,6 +18,7 @@ from ltad.data.levels import Level
 from ltad.data.uri import resolve, resolve_run_locations
 from ltad.errors import ConfigError
 from ltad.eval.summary import PARAM_KEYS
+from ltad.eval.validation import VAL_METRIC
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,14 @@ class AshaSpec:
 
 
 def reported_metrics() -> tuple[str, ...]:
-    """What a sweep trial reports to Tune: phase 2's logs every `run.log_every` steps (the objective's
-    and the loop's), then the evaluation's headline metrics: the names ASHA may rank trials by."""
-    from ltad.eval.aggregate import METRICS
+    """What ASHA may rank trials by: the validation AUROC (every `phase2.validate_every` steps, then
+    the evaluation's) and phase 2's logs every `run.log_every` steps (the objective's and the loop's).
+    Never a test metric: the evaluation's test metrics reach Tune too, but must not choose."""
+    from ltad.eval.validation import VAL_METRIC
     from ltad.training.loop import LOOP_LOGS
     from ltad.training.objectives import Phase2Objective
 
-    return (*(f"phase2/{name}" for name in (*Phase2Objective.LOGS, *LOOP_LOGS)), *METRICS)
+    return (VAL_METRIC, *(f"phase2/{name}" for name in (*Phase2Objective.LOGS, *LOOP_LOGS)))
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,11 @@ def load_space(
     if not root:
         raise ConfigError(
             f"search space '{path}': key 'root' must be the sweep root (s3://bucket/prefix or a directory)"
+        )
+    if spec.asha is not None and spec.asha.metric == VAL_METRIC and not base.phase2.validate_every:
+        raise ConfigError(
+            f"search space '{path}': asha.metric {VAL_METRIC} needs phase2.validate_every > 0 in the run "
+            "config (e.g. `set: [phase2.validate_every=<run.log_every>]`), else trials report it only at the end"
         )
     return Space(
         name=spec.name or Path(path).stem,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,19 @@ from ltad.training.history import History
 
 TAG = "ds"
 MODEL_FILE = "model.pt"
+EVALUATION_PREFIX = "evaluation-"
+
+
+def evaluation_dir_name() -> str:
+    """A new evaluation checkpoint's directory name, unique per report and sorting by time.
+
+    Never a name reported before in the same run: Ray's retention (num_to_keep) deletes an older
+    checkpoint by its path, which would be the new one's too (a re-run evaluation lost its results).
+    """
+    now = time.time_ns()
+    return (
+        f"{EVALUATION_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now // 10**9))}.{now % 10**9:09d}Z"
+    )
 
 
 Finalize = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]

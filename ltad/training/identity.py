@@ -22,7 +22,7 @@ What each stage's fingerprint covers (everything that changes what the stage com
 
 Left out everywhere because they do not change the result: `run.name`, `run.storage_path`,
 `run.output` (where), `run.log_every`, `run.checkpoint_every` (how often; a resume is exact, see
-docs/RELIABILITY.md), `run.max_failures`, `scaling.cpus_per_worker` (placement),
+docs/RELIABILITY.md), `phase2.validate_every` (validation reads the model, never changes it), `run.max_failures`, `scaling.cpus_per_worker` (placement),
 `data.max_bad_samples` (a tolerance: raising it after a failed run must let that run resume; the
 samples skipped are recorded in metrics.json). The feature cache keeps its own key
 (`feature_cache.fingerprint`: encoder config + image shard hashes).
@@ -50,6 +50,8 @@ from ltad.errors import UserError
 FORMAT = "ltad-identity/1"
 FILE = "ltad-identity.json"
 STAGES = ("phase1", "phase2", "evaluate")
+NOT_RESULT = {"validate_every"}
+"""Keys of a phase section that do not change its result (left out of the fingerprint)."""
 UPSTREAM = {"phase2": "phase1", "evaluate": "phase2"}
 TRAINING_DATA = ("batch_size", "loader_workers", "class_balance", "use_feature_cache", "max_open_sources")
 TRAINING_SCALING = ("num_workers", "use_gpu", "zero_stage", "precision")
@@ -119,7 +121,7 @@ def _training_inputs(cfg: LTADConfig, data_hash: str, phase: str) -> dict[str, A
         **{f"data.{k}": getattr(cfg.data, k) for k in TRAINING_DATA},
         **{f"scaling.{k}": getattr(cfg.scaling, k) for k in TRAINING_SCALING},
         "run.seed": cfg.run.seed,
-        **_flat(phase, to_dict(getattr(cfg, phase))),
+        **_flat(phase, {k: v for k, v in to_dict(getattr(cfg, phase)).items() if k not in NOT_RESULT}),
     }
 
 

@@ -32,6 +32,7 @@ class LoopSpec:
     log_every: int
     checkpoint_every: int
     seed: int = 0
+    validate_every: int = 0  # steps between `validate` calls (at the next logged step); 0 = never
 
 
 LOOP_LOGS = ("bad_samples", "steps_per_s", "samples_per_s", "lr")
@@ -50,11 +51,15 @@ def run_steps(
     *,
     rank: int,
     finalize: Finalize | None = None,
+    validate: Callable[[], dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Train `engine` from the latest checkpoint to `spec.steps`; `batches(start_step)` yields batches.
 
     Returns the last reported metrics. Every rank must call this (reports are barriers). `finalize`
     maps the consolidated state saved with the final checkpoint (see checkpoint.save_and_report).
+    `validate` (every rank, so it may gather parameters) runs at the first logged step at or after
+    each multiple of `spec.validate_every`; what it returns (rank 0's values; unprefixed) joins that
+    step's report and history.
     """
     history = History(spec.phase) if rank == 0 else None
     start = restore(engine, history)
@@ -72,6 +77,7 @@ def run_steps(
     bad = 0  # corrupt training samples skipped by this rank's stream since this (re)start
     metrics: dict[str, float] = {}
     tic = time.perf_counter()
+    validated = start // spec.validate_every if spec.validate_every else 0
     for step in range(start + 1, spec.steps + 1):
         batch = next(stream)
         skipped = batch.pop("bad_skipped", None)
@@ -95,9 +101,14 @@ def run_steps(
             per_step = metrics.pop("samples", 0.0) * (dist.get_world_size() if is_distributed() else 1)
             metrics["samples_per_s"] = per_step * metrics["steps_per_s"]
             metrics.update(learning_rates(engine))
+            checks: dict[str, float] = {}
+            if validate is not None and spec.validate_every and step // spec.validate_every > validated:
+                validated = step // spec.validate_every
+                checks = validate()
+            metrics.update(checks)
             if history is not None:
                 history.add(step, metrics)
-            metrics = {f"{spec.phase}/{k}": v for k, v in metrics.items()}
+            metrics = {k if k in checks else f"{spec.phase}/{k}": v for k, v in metrics.items()}
             sums, count, tic = {}, 0, time.perf_counter()
             if step == spec.steps:
                 break
@@ -164,4 +175,9 @@ def _last_metrics(spec: LoopSpec, history: History | None) -> dict[str, float]:
     if history is None or not history.records:
         return {}
     last = history.records[-1]
-    return {f"{spec.phase}/{k}": v for k, v in last.items() if k not in ("stage", "step", "time")}
+    # as reported: validation values (`val_*`, from `validate`) unprefixed, the loop's own under the phase
+    return {
+        k if k.startswith("val_") else f"{spec.phase}/{k}": v
+        for k, v in last.items()
+        if k not in ("stage", "step", "time")
+    }

@@ -1,5 +1,6 @@
 """Evaluation work on one Ray Train worker: score its share of the test set and of the held-out
-normal images (threshold calibration), read overlay images.
+normal images (threshold calibration) with their pseudo-anomalous copies (validation), read overlay
+images.
 
 Each worker scores its exactly-once share of the test shards (images encoded online, or cached
 features) into a typed `ShareScores` for rank 0, in memory that does not grow with the test set:
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from ltad.data import storage
+from ltad.data.pseudo_defects import pseudo_defect, pseudo_key
 from ltad.data.shards import iterate_shard
 from ltad.data.streams import ExactlyOnceStream, decode_image_sample, make_loader
 from ltad.eval.metrics import StreamingPixelAccumulator
@@ -83,27 +85,52 @@ def _candidate(
     )
 
 
-def score_heldout(w: Worker, model) -> list[ScoredSample]:
-    """Score this worker's exactly-once share of the held-out normal shards (none: an empty list).
+def score_heldout(w: Worker, model) -> tuple[list[ScoredSample], list[ScoredSample]]:
+    """Score this worker's exactly-once share of the held-out normal shards, and a pseudo-anomalous
+    copy of each (ltad/data/pseudo_defects.py, label 1): (normals, pseudo-anomalies); none: empty lists.
 
     Exactly as `ltad predict` scores an image: encoded online from its image shard (no feature
     cache) and with the predicted class (never the oracle one), so the calibrated thresholds apply
-    to what predict computes.
+    to what predict computes, and the validation AUROC ranks what predict would score.
     """
+    size = w.cfg.model.encoder.image_size
+    normals: list[ScoredSample] = []
+    pseudo: list[ScoredSample] = []
+    for keys, cids, images in heldout_batches(w, w.rank, w.world_size):
+        for imgs, out, label in ((images[0], normals, 0), (images[1], pseudo, 1)):
+            scored = _score_images(model, imgs.to(w.device), size)
+            for i, key in enumerate(keys):
+                name = key if label == 0 else pseudo_key(key)
+                out.append(
+                    ScoredSample(name, cids[i], label, float(scored.pred_score[i]), int(scored.pred_class[i]))
+                )
+    return normals, pseudo
+
+
+def heldout_batches(w: Worker, rank: int, world_size: int):
+    """(keys, class ids, (normal images, their pseudo-anomalous copies)) per batch of reader `rank`'s
+    exactly-once share of the held-out normal shards (nothing when the data has none)."""
     shards = w.manifest.val_shards()
     if not shards:
-        return []
+        return
     size = w.cfg.model.encoder.image_size
     decode = partial(decode_image_sample, image_size=size, with_mask=False)
-    stream = ExactlyOnceStream(w.data_uri, shards, w.rank, w.world_size, decode)
-    samples: list[ScoredSample] = []
+    stream = ExactlyOnceStream(w.data_uri, shards, rank, world_size, decode)
     for batch in make_loader(stream, w.cfg.eval.batch_size, w.cfg.data.loader_workers):
-        enc = model.encoder.encode_images(batch["image"].to(w.device))
-        out = model.score(enc.patches.float(), enc.global_emb.float(), (size, size))
-        for i, key in enumerate(batch["key"]):
-            cid = int(batch["class_id"][i])
-            samples.append(ScoredSample(key, cid, 0, float(out.pred_score[i]), int(out.pred_class[i])))
-    return samples
+        keys = list(batch["key"])
+        yield keys, [int(c) for c in batch["class_id"]], (batch["image"], pseudo_batch(batch["image"], keys))
+
+
+def _score_images(model, images: torch.Tensor, size: int):
+    enc = model.encoder.encode_images(images)
+    return model.score(enc.patches.float(), enc.global_emb.float(), (size, size))
+
+
+def pseudo_batch(images: torch.Tensor, keys: list[str]) -> torch.Tensor:
+    """B x 3 x H x W images in [0, 1] -> their pseudo-anomalous copies (one synthetic defect each)."""
+    hwc = images.permute(0, 2, 3, 1).cpu().numpy()
+    out = np.stack([pseudo_defect(hwc[i], key)[0] for i, key in enumerate(keys)])
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2), dtype=np.float32))
 
 
 def overlay_images(w: Worker, candidates: list[OverlayCandidate]) -> dict[str, dict[str, Any]]:

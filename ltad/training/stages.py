@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from ltad.export import write_export
 from ltad.log import get_logger, set_rank
 from ltad.models.ltad import LTAD
 from ltad.models.state import build_model, load_trained, trained_state
-from ltad.training.checkpoint import load_model_state
+from ltad.training.checkpoint import evaluation_dir_name, load_model_state
 from ltad.training.data import feature_source, training_batches
 from ltad.training.dist import broadcast_from_rank0, gather_to_rank0, init_distributed
 from ltad.training.engine import build_engine, deepspeed_config, param_groups
@@ -213,7 +213,9 @@ def train_phase2(w: Worker) -> tuple[dict[str, torch.Tensor] | None, dict[str, f
         final["state"] = trained_state(full)
         return final["state"]
 
-    metrics = run_steps(engine, batches, _spec(w, "phase2", p.steps), rank=w.rank, finalize=finalize)
+    spec = replace(_spec(w, "phase2", p.steps), validate_every=p.validate_every)
+    validate = _phase2_validation(w, engine, phase1_state, cache) if p.validate_every else None
+    metrics = run_steps(engine, batches, spec, rank=w.rank, finalize=finalize, validate=validate)
     if w.rank == 0 and "state" not in final:  # resumed from its own final checkpoint: model.pt is the model
         import ray.train
 
@@ -221,6 +223,33 @@ def train_phase2(w: Worker) -> tuple[dict[str, torch.Tensor] | None, dict[str, f
         w.log("phase2: resumed at its final checkpoint; its model.pt is the final model")
     w.log("phase2: done")
     return final.get("state"), metrics
+
+
+def _phase2_validation(w: Worker, engine, phase1_state: dict[str, torch.Tensor], cache: str | None):
+    """Every rank's `validate` for the loop: the consolidated state (a collective under ZeRO-3), scored
+    on rank 0 by a `Phase2Validation` built once (ltad/training/validation.py); {} elsewhere."""
+    from ltad.training.engine import consolidated_state_dict
+    from ltad.training.validation import Phase2Validation
+
+    check = None
+    if w.rank == 0:
+        scorer = build_model(w.cfg, len(w.manifest.classes))
+        load_trained(scorer, phase1_state, PHASE1_KEYS)
+        scorer.to(w.device).eval()
+        scorer.cache_text()
+        stats = _sample_batches(w, scorer, cache, w.cfg.phase2.stats_samples, seed=3)  # as finalize
+        check = Phase2Validation(w, scorer, stats, PHASE2_KEYS)
+        w.log(
+            f"phase2: validation every {w.cfg.phase2.validate_every} steps on {check.n_images} held-out images"
+        )
+
+    def validate() -> dict[str, float]:
+        if check is None and engine.zero_optimization_stage() != 3:
+            return {}  # only ZeRO-3 needs every rank to gather the parameters
+        state = consolidated_state_dict(engine)
+        return check(state) if check is not None else {}
+
+    return validate
 
 
 def _engine(w: Worker, objective, groups, lr: float, weight_decay: float, grad_clip: float):
@@ -323,8 +352,12 @@ def evaluate_state(w: Worker, state: dict[str, torch.Tensor], extra: dict[str, f
     cache = feature_source(w.cfg, w.data_uri, w.manifest)
     w.log(f"evaluate: scoring this worker's test shards ({cache or 'images encoded online'})")
     share = score_share(w, model, cache)
-    share.heldout = score_heldout(w, model)  # held-out normals: the thresholds' calibration data
-    w.log(f"evaluate: scored {len(share.samples)} test and {len(share.heldout)} held-out samples on rank 0")
+    # held-out normals: the thresholds' calibration data; with their pseudo-anomalies, the validation set
+    share.heldout, share.pseudo = score_heldout(w, model)
+    w.log(
+        f"evaluate: scored {len(share.samples)} test, {len(share.heldout)} held-out and "
+        f"{len(share.pseudo)} pseudo-anomalous samples on rank 0"
+    )
     gathered = gather_to_rank0(share, w.rank, w.world_size)
     if gathered is None:
         ray.train.report({EVALUATED: len(share.samples)})
@@ -335,7 +368,7 @@ def evaluate_state(w: Worker, state: dict[str, torch.Tensor], extra: dict[str, f
         ray.train.report(
             {**(extra or {}), **summary(metrics), EVALUATED: metrics["n_evaluated"]},
             checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            checkpoint_dir_name="evaluation",
+            checkpoint_dir_name=evaluation_dir_name(),
         )
 
 

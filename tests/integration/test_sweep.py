@@ -25,7 +25,7 @@ def _space(tmp, data_uri: str, root: str) -> str:
         tmp,
         data_uri,
         data={"use_feature_cache": True},
-        phase2={"steps": 6},
+        phase2={"steps": 6, "validate_every": 2},
         scaling={"num_workers": 1, "cpus_per_worker": 0.99},
         run={
             "log_every": 2,
@@ -44,8 +44,9 @@ def _space(tmp, data_uri: str, root: str) -> str:
         "prompt_lengths": [1, 2],
         "synthesis_ratios": [0.0, 0.5],
         "root": root,
-        # a grace period beyond the run keeps all four trials (ASHA still sees every phase-2 report)
-        "asha": {"metric": "phase2/loss", "mode": "min", "grace_period": 50, "max_t": 50},
+        # a grace period beyond the run keeps all four trials (ASHA still sees every phase-2 report,
+        # each with the validation AUROC of the model at that step)
+        "asha": {"metric": "val_image_AUROC", "mode": "max", "grace_period": 50, "max_t": 50},
     }
     (tmp / "space.yaml").write_text(yaml.safe_dump(space))
     return str(tmp / "space.yaml")
@@ -111,13 +112,14 @@ def test_four_trials_finish_with_sweep_json_and_phase1_once_per_length(killed_an
     sweep = read_sweep(space.root)
     names = sorted(t.name for t in space.trials())
     assert sorted(t["name"] for t in sweep["trials"]) == names and len(names) == 4
-    assert {t["status"] for t in sweep["trials"]} == {"finished"}
+    assert {t["status"] for t in sweep["trials"]} == {"finished"} and sweep["metric"] == "val_image_AUROC"
     for name in names:
         metrics = storage.read_json(f"{space.root}/trials/{name}/metrics.json")
         assert 0.0 <= metrics["image_AUROC"] <= 1.0
         assert metrics["provenance"]["feature_cache"]  # every trial read the shared cache
     results, missing = collect([space.root], [])
     assert len(results) == 4 and not missing
+    assert all(0.0 <= r.values["val_image_AUROC"] <= 1.0 for r in results)  # chosen by validation
     assert {(r.prompt_length, r.synthesis_ratio) for r in results} == {(1, 0.0), (1, 0.5), (2, 0.0), (2, 0.5)}
     # phase 1 ran exactly once per prompt length, the cache once for the level, across both jobs
     assert launches(space, "phase1") == ["exp4-L1", "exp4-L2"]
@@ -151,6 +153,8 @@ def test_each_trial_has_its_history_and_an_mlflow_run(killed_and_restored):
             ("phase2", s) for s in range(2, base.phase2.steps + 1, 2)
         ]
         assert all(math.isfinite(r["loss"]) for r in records)
+        # phase 2 validated the model at every logged step (phase2.validate_every = run.log_every)
+        assert all(0.0 <= r["val_image_AUROC"] <= 1.0 for r in records if r["stage"] == "phase2")
     uri = mlflow_uri(base.run)
     allow_file_store(uri)
     client = MlflowClient(uri)
@@ -164,6 +168,8 @@ def test_each_trial_has_its_history_and_an_mlflow_run(killed_and_restored):
         assert 0.0 <= run.data.metrics["image_AUROC"] <= 1.0
     trained = [r for r in finished if "phase2/loss" in r.data.metrics]
     assert trained and all(len(client.get_metric_history(r.info.run_id, "phase2/loss")) >= 2 for r in trained)
+    # what ASHA ranked: the validation AUROC in phase-2 reports, then the evaluation's
+    assert all(len(client.get_metric_history(r.info.run_id, "val_image_AUROC")) >= 3 for r in trained)
 
 
 def test_restore_keeps_finished_trials_and_completes_the_rest(killed_and_restored):

@@ -60,6 +60,11 @@ def test_metrics_json_keys_ranges_and_exactly_once(trained, tiny_data):
     assert prov["weights"]["real_clip"] is False
     assert prov["config"] == cfg.to_dict() and prov["seed"] == cfg.run.seed and prov["git_commit"]
     assert prov["world_size"] == 2
+    # validation: every held-out normal and its pseudo-anomalous copy scored once across the workers
+    val = metrics["validation"]
+    assert val["n_normal"] == val["n_pseudo"] == manifest.samples("val")
+    assert metrics["val_image_AUROC"] == val["image_AUROC"] and 0.0 <= val["image_AUROC"] <= 1.0
+    assert set(val["per_class"]) <= set(manifest.classes) and val["per_class"]
 
 
 def test_outputs_report_overlays_and_export(trained, tiny_data):
@@ -88,6 +93,7 @@ def test_outputs_report_overlays_and_export(trained, tiny_data):
         c: r["threshold"] for c, r in metrics["calibration"]["per_class"].items()
     }
     assert "Decision thresholds (per-class split-conformal" in report
+    assert "Validation image AUROC (image AUROC of held-out normals vs synthetic pseudo-anomalies" in report
 
 
 def test_fresh_normals_flagged_at_most_target_fpr(trained, tmp_path):
@@ -193,7 +199,7 @@ def test_checkpoints_in_s3_hold_every_rank(trained):
     assert any("/z2-phase1/" in u and u.endswith("-final/model.pt") for u in listed)
     # ZeRO-2 partitions optimizer state: rank 1's shard was merged into the same checkpoint
     assert any("/z2-phase2/" in u and "zero_pp_rank_1_mp_rank_00_optim_states.pt" in u for u in listed)
-    assert any(u.endswith("/z2-evaluate/evaluation/metrics.json") for u in listed)
+    assert any("/z2-evaluate/evaluation-" in u and u.endswith("/metrics.json") for u in listed)
 
 
 def test_phase2_zero3_cached_features_fails_once_and_resumes(trained, tiny_data, ray_local):
@@ -249,7 +255,7 @@ def test_phase2_zero3_cached_features_fails_once_and_resumes(trained, tiny_data,
     # evaluation did), the stage goes on from it without reporting it again: a second report under the
     # same name made Ray's retention (num_to_keep=2) delete that directory once the evaluation came.
     again = fit(stages.phase2_and_evaluate, inp, name="z3-phase2")
-    assert str(again.checkpoint.path).rstrip("/").endswith("/evaluation")
+    assert str(again.checkpoint.path).rstrip("/").rsplit("/", 1)[-1].startswith("evaluation-")
     kept = stage_checkpoint(cfg3, "phase2")
     assert str(kept.path).rstrip("/").endswith("/z3-phase2/step-0000004-final")
     assert [r["step"] for r in read_checkpoint_history(kept)] == [2, 4]

@@ -23,25 +23,34 @@ WEIGHTS = {
     "text": "random (seed 0)",
     "real_clip": False,
 }
-# level -> (prompt length, synthesis ratio) -> (image AUROC, pixel AUROC) class means
+# level -> (prompt length, synthesis ratio) -> (test image AUROC, test pixel AUROC, validation AUROC)
 SWEEP = {
+    # validation chooses (4, 0.25), not the test's best (8, 0.25)
     ("exp", 100.0): {
-        (4, 0.0): (0.80, 0.90),
-        (4, 0.25): (0.84, 0.91),
-        (8, 0.0): (0.82, 0.92),
-        (8, 0.25): (0.88, 0.90),
+        (4, 0.0): (0.80, 0.90, 0.70),
+        (4, 0.25): (0.84, 0.91, 0.90),
+        (8, 0.0): (0.82, 0.92, 0.75),
+        (8, 0.25): (0.88, 0.90, 0.85),
     },
-    # a tie on image AUROC: pixel AUROC decides for (4, 0.25)
+    # a tie on validation: the first setting by (length, ratio) wins, never a test metric
     ("step", 100.0): {
-        (4, 0.0): (0.79, 0.93),
-        (4, 0.25): (0.86, 0.95),
-        (8, 0.0): (0.86, 0.94),
-        (8, 0.25): (0.81, 0.90),
+        (4, 0.0): (0.79, 0.93, 0.70),
+        (4, 0.25): (0.86, 0.95, 0.80),
+        (8, 0.0): (0.87, 0.94, 0.80),
+        (8, 0.25): (0.81, 0.90, 0.60),
     },
 }
 
 
-def fake_metrics(profile: str, ratio: float, length: int, synth: float, image: float, pixel: float) -> dict:
+def fake_metrics(
+    profile: str,
+    ratio: float,
+    length: int,
+    synth: float,
+    image: float,
+    pixel: float,
+    val: float | None = None,
+) -> dict:
     """A metrics.json as the evaluation writes it (to_json of aggregate's dict plus provenance)."""
     groups = {
         "bottle": "head",
@@ -71,6 +80,8 @@ def fake_metrics(profile: str, ratio: float, length: int, synth: float, image: f
 
     by_group = {g: [c for c in CLASSES if groups[c] == g] for g in GROUPS}
     out = {m: mean(CLASSES, m) for m in METRICS}
+    if val is not None:
+        out["val_image_AUROC"] = val
     out["n_classes"] = len(CLASSES)
     out["per_class"] = per_class
     out["groups"] = {
@@ -105,18 +116,21 @@ def make_sweep(root: Path) -> Path:
     for (profile, ratio), settings in SWEEP.items():
         level = f"{profile}{ratio:g}"
         levels.append({"name": level, "profile": profile, "ratio": ratio, "data": f"s3://b/synth-{level}"})
-        for (length, synth), (image, pixel) in settings.items():
+        for (length, synth), (image, pixel, val) in settings.items():
             name = f"{level}-L{length}-s{synth:g}"
-            write_run(root / "trials" / name, fake_metrics(profile, ratio, length, synth, image, pixel))
+            write_run(root / "trials" / name, fake_metrics(profile, ratio, length, synth, image, pixel, val))
             params = {"model.prompts.length": length, "phase2.synthesis_ratio": synth}
             trials.append({"name": name, "level": level, "status": "finished", "params": params})
     trials.append({"name": "exp100-L16-s0.5", "level": "exp100", "status": "error", "params": {}})
+    stopped = {"model.prompts.length": 16, "phase2.synthesis_ratio": 0.1}
+    trials.append({"name": "step100-L16-s0.1", "level": "step100", "status": "stopped", "params": stopped,
+                   "val_image_AUROC": 0.55})  # fmt: skip
     assert write_sweep(str(root), "demo", levels, trials) == str(root / "sweep.json")
     return root
 
 
 def make_single(folder: Path) -> Path:
-    return write_run(folder, fake_metrics("exp", 10.0, 4, 0.25, 0.91, 0.95))
+    return write_run(folder, fake_metrics("exp", 10.0, 4, 0.25, 0.91, 0.95, 0.7))
 
 
 @pytest.fixture
@@ -146,9 +160,10 @@ def read_csv(path: Path) -> list[dict]:
 def test_results_csv_has_one_row_per_run_with_the_columns_and_values(summary):
     sweep, single, out = summary
     rows = read_csv(out / "results.csv")
-    assert len(rows) == 9 and tuple(rows[0]) == COLUMNS
+    assert len(rows) == 10 and tuple(rows[0]) == COLUMNS
     by_trial = {r["trial"]: r for r in rows}
     r = by_trial["exp100-L8-s0.25"]
+    assert r["status"] == "finished" and float(r["val_image_AUROC"]) == pytest.approx(0.85)
     assert (r["level"], r["profile"], float(r["ratio"]), r["prompt_length"]) == ("exp100", "exp", 100.0, "8")
     assert float(r["synthesis_ratio"]) == 0.25 and r["seed"] == "0" and r["source"] == str(sweep)
     assert float(r["image_AUROC"]) == pytest.approx(0.88)
@@ -161,19 +176,39 @@ def test_results_csv_has_one_row_per_run_with_the_columns_and_values(summary):
     assert r["path"] == str(sweep / "trials" / "exp100-L8-s0.25")
     run = by_trial[""]
     assert (run["source"], run["level"], run["path"]) == ("run", "exp10", str(single))
+    # the trial ASHA stopped: a row with the validation metric it was stopped on, test columns empty
+    stop = by_trial["step100-L16-s0.1"]
+    assert (stop["status"], stop["level"], stop["dataset"], stop["prompt_length"]) == (
+        "stopped",
+        "step100",
+        "synth",
+        "16",
+    )
+    assert float(stop["synthesis_ratio"]) == 0.1 and float(stop["val_image_AUROC"]) == pytest.approx(0.55)
+    test_columns = COLUMNS[COLUMNS.index("image_AUROC") : COLUMNS.index("real_clip")]
+    assert all(stop[c] == "" for c in test_columns) and stop["seed"] == ""
 
 
-def test_report_names_the_best_setting_per_level_the_weights_and_the_plots(summary):
+def test_report_names_the_setting_validation_chose_per_level_the_weights_and_the_plots(summary):
     sweep, single, out = summary
     report = (out / "report.md").read_text()
-    assert "| synth exp100 | 8 | 0.25 | 1 | 88.0 | 90.6 |" in report
-    assert "| synth step100 | 4 | 0.25 | 1 | 86.0 | 95.6 |" in report  # tie on image AUROC -> pixel AUROC
-    assert "| synth exp10 | 4 | 0.25 | 1 | 91.0 | 95.6 |" in report
-    # across levels: exp100's best: mean 88.0, head 93.0, tail 83.0, gap 10.0
-    line = next(x for x in report.splitlines() if x.startswith("| synth exp100 | 88.0"))
-    assert "| 93.0 |" in line and "| 83.0 |" in line and "| 10.0 |" in line
+    assert "chosen by validation image AUROC (held-out normals vs synthetic pseudo-anomalies" in report
+    assert "test metrics reported for the chosen setting" in report
+    assert "| validation image AUROC (chose) | test image AUROC | test pixel AUROC |" in report
+    # validation's choice, not the test's best (exp100 L8 s0.25, test 88.0)
+    assert "| synth exp100 | 4 | 0.25 | 1 | 90.0 | 84.0 | 91.6 |" in report
+    assert "| synth step100 | 4 | 0.25 | 1 | 80.0 | 86.0 | 95.6 |" in report  # tie: first by (length, ratio)
+    assert "| synth exp10 | 4 | 0.25 | 1 | 70.0 | 91.0 | 95.6 |" in report
+    # across levels: exp100's chosen setting: test mean 84.0, head 89.0, tail 79.0, gap 10.0
+    assert "| level | test img AUROC | test px AUROC |" in report
+    line = next(x for x in report.splitlines() if x.startswith("| synth exp100 | 84.0"))
+    assert "| 89.0 |" in line and "| 79.0 |" in line and "| 10.0 |" in line
     assert "random (seed 0)" in report and "not CLIP" in report
-    assert "exp100-L16-s0.5 (error)" in report
+    assert "exp100-L16-s0.5 (error)" in report and "could not be made by validation" not in report
+    assert (
+        "## Trials stopped by ASHA" in report
+        and "| step100-L16-s0.1 | synth step100 | 16 | 0.1 | 55.0 |" in report
+    )
     links = [x[x.index("](") + 2 : -1] for x in report.splitlines() if x.startswith("![")]
     assert len(links) == 1 + 3 + 3  # ratio plot, a heat map and a per-class plot per level
     assert all((out / link).is_file() for link in links)
@@ -206,7 +241,7 @@ def test_a_rerun_replaces_the_plots_and_keeps_other_files(sweep, single):
     assert (out / "plots" / "heatmap_synth-exp10.png").is_file()
     assert main(["--sweep", str(sweep), "--out", str(out)]) == 0
     assert not (out / "plots" / "heatmap_synth-exp10.png").exists()
-    assert (out / "sweep.json").is_file() and len(read_csv(out / "results.csv")) == 8
+    assert (out / "sweep.json").is_file() and len(read_csv(out / "results.csv")) == 9
 
 
 def test_sweep_root_without_sweep_json_is_named(tmp_path, capsys):
@@ -285,7 +320,7 @@ def test_reads_a_sweep_from_s3_and_writes_the_summary_to_s3(s3_server, sweep, si
             storage.upload_file(f, storage.join(base, "sweep", str(f.relative_to(sweep))))
     assert main(["--sweep", f"{base}/sweep", "--run", str(single), "--out", f"{base}/out"]) == 0
     report = storage.read_bytes(f"{base}/out/report.md").decode()
-    assert "| synth step100 | 4 | 0.25 | 1 | 86.0 | 95.6 |" in report
+    assert "| synth step100 | 4 | 0.25 | 1 | 80.0 | 86.0 | 95.6 |" in report
     written = storage.list(f"{base}/out")
     assert f"{base}/out/results.csv" in written and len([u for u in written if u.endswith(".png")]) == 7
 
@@ -298,3 +333,27 @@ def test_write_sweep_refuses_a_trial_of_an_unknown_level(tmp_path):
     ):
         write_sweep(str(tmp_path), "bad", levels, trials)
     assert not (tmp_path / "sweep.json").exists()
+
+
+def test_a_level_with_runs_without_validation_is_not_chosen_by_test(sweep, single, tmp_path, capsys):
+    """Runs evaluated before the validation metric existed: their level gets no choice, said plainly,
+    and the runs are named; the other levels are still chosen by validation."""
+    old = sweep / "trials" / "exp100-L8-s0.25" / "metrics.json"
+    metrics = json.loads(old.read_text())
+    metrics.pop("val_image_AUROC")
+    old.write_text(json.dumps(metrics))
+    out = tmp_path / "out"
+    assert main(["--sweep", str(sweep), "--run", str(single), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "## Levels whose choice could not be made by validation" in report
+    assert f"- synth exp100: `{sweep / 'trials' / 'exp100-L8-s0.25'}`" in report
+    assert "| synth exp100 | not chosen |" in report and "| synth exp100 | 8 | 0.25 |" not in report
+    assert not any(x.startswith("| synth exp100 | 8") for x in report.splitlines())
+    assert "| synth step100 | 4 | 0.25 | 1 | 80.0 | 86.0 | 95.6 |" in report
+    assert not (out / "plots" / "per_class_synth-exp100.png").exists()
+    stdout = capsys.readouterr().out
+    assert "best setting per level chosen by validation image AUROC" in stdout
+    assert "synth exp100: not chosen: 1 runs have no validation metric" in stdout
+    assert "synth step100: prompt length 4, synthesis ratio 0.25 (validation image AUROC 80.0" in stdout
+    row = next(r for r in read_csv(out / "results.csv") if r["trial"] == "exp100-L8-s0.25")
+    assert row["val_image_AUROC"] == "" and float(row["image_AUROC"]) == pytest.approx(0.88)

@@ -28,7 +28,9 @@ def _write(tmp_path: Path, **space) -> Path:
 def test_shipped_spaces_load():
     for name in ("demo", "mvtec"):
         space = load_space(REPO / "tune" / f"{name}.yaml")
-        assert space.asha and space.asha["metric"] == "phase2/loss" and space.reuse
+        assert space.asha and space.reuse
+        assert (space.asha["metric"], space.asha["mode"]) == ("val_image_AUROC", "max")
+        assert space.base.phase2.validate_every == space.base.run.log_every
     demo = load_space(REPO / "tune/demo.yaml")
     assert [lv.name for lv in demo.levels] == ["exp10", "exp100"] and len(demo.trials()) == 8
 
@@ -158,12 +160,17 @@ def test_asha_metric_must_be_one_the_trials_report(tmp_path):
     from ltad.sweep.space import reported_metrics
 
     known = reported_metrics()
-    assert {"phase2/loss", "phase2/rec_mse", "phase2/sem_ce", "phase2/steps_per_s", "image_AUROC"} <= set(
+    assert {"phase2/loss", "phase2/rec_mse", "phase2/sem_ce", "phase2/steps_per_s", "val_image_AUROC"} <= set(
         known
+    )
+    assert not {"image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1max"} & set(known), (
+        "never a test metric"
     )
     with pytest.raises(ConfigError) as info:
         load_space(_write(tmp_path, asha={"metric": "phase2/los", "mode": "min"}))
-    assert "'asha.metric' must be a metric the trials report (phase2/loss," in str(info.value)
+    assert "'asha.metric' must be a metric the trials report (val_image_AUROC, phase2/loss," in str(
+        info.value
+    )
     assert "'phase2/los'" in str(info.value)
     assert load_space(_write(tmp_path, asha={"metric": "phase2/sem_ce"})).asha["metric"] == "phase2/sem_ce"
 
@@ -178,3 +185,42 @@ def test_space_locations_are_resolved_and_checked(tmp_path, monkeypatch):
         load_space(_write(tmp_path, levels=[{"profile": "exp", "ratio": 10, "data": "gs://b/x"}]))
     with pytest.raises(ConfigError, match="--root 'S3://b/x'"):
         load_space(_write(tmp_path), root="S3://b/x")
+
+
+def test_asha_on_validation_needs_validation_during_phase2(tmp_path):
+    asha = {"metric": "val_image_AUROC", "mode": "max"}
+    with pytest.raises(ConfigError, match="asha.metric val_image_AUROC needs phase2.validate_every > 0"):
+        load_space(_write(tmp_path, asha=asha))
+    space = load_space(_write(tmp_path, asha=asha, set=["phase2.validate_every=5"]))
+    assert space.base.phase2.validate_every == 5
+
+
+def test_level_asha_cuts_trials_only_against_their_own_level():
+    """Two levels: exp100's trials all validate below exp10's; with one ASHA per level, exp100's better
+    trial survives its rung (a shared ASHA would stop both exp100 trials)."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from ltad.sweep.scheduler import LevelASHA
+
+    class FakeTrial:
+        def __init__(self, name):
+            self.trial_id, self.config = name, {"trial": name}
+
+    levels = {"a1": "exp10", "a2": "exp10", "b1": "exp100", "b2": "exp100"}
+    sched = LevelASHA(
+        levels, metric="val_image_AUROC", mode="max", grace_period=1, reduction_factor=2, max_t=4
+    )
+    assert sched.set_search_properties(None, None) and not sched.set_search_properties("other", "min")
+    trials = {n: FakeTrial(n) for n in levels}
+    for t in trials.values():
+        sched.on_trial_add(None, t)
+    values = {"a1": 0.95, "a2": 0.9, "b1": 0.6, "b2": 0.7}
+    actions = {}
+    for name in ("a1", "a2", "b1", "b2"):
+        result = {"training_iteration": 1, "val_image_AUROC": values[name]}
+        actions[name] = sched.on_trial_result(None, trials[name], result)
+    assert actions == {"a1": TrialScheduler.CONTINUE, "a2": TrialScheduler.STOP,
+                       "b1": TrialScheduler.CONTINUE, "b2": TrialScheduler.CONTINUE}  # fmt: skip
+    assert sorted(sched.by_level) == ["exp10", "exp100"] and "level exp100" in sched.debug_string()
+    # a result without the metric (a phase-2 report between validations) never stops a trial
+    assert sched.on_trial_result(None, trials["b1"], {"training_iteration": 2}) == TrialScheduler.CONTINUE
