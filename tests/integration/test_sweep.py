@@ -24,7 +24,8 @@ def _space(tmp, data_uri: str, root: str) -> str:
     cfg = tiny_config(
         tmp,
         data_uri,
-        data={"use_feature_cache": True},
+        # the sweep's own cache (data.cache_uri), so "built once" holds whichever test ran before
+        data={"use_feature_cache": True, "cache_uri": f"{root}/cache"},
         phase2={"steps": 6, "validate_every": 2},
         scaling={"num_workers": 1, "cpus_per_worker": 0.99},
         run={
