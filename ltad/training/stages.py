@@ -240,7 +240,8 @@ def _phase2_validation(w: Worker, engine, phase1_state: dict[str, torch.Tensor],
         stats = _sample_batches(w, scorer, cache, w.cfg.phase2.stats_samples, seed=3)  # as finalize
         check = Phase2Validation(w, scorer, stats, PHASE2_KEYS)
         w.log(
-            f"phase2: validation every {w.cfg.phase2.validate_every} steps on {check.n_images} held-out images"
+            f"phase2: validation every {w.cfg.phase2.validate_every} steps on {check.n_images} held-out "
+            "images and their pseudo-anomalous copies"
         )
 
     def validate() -> dict[str, float]:

@@ -51,7 +51,8 @@ class Phase2Validation:
 
     @property
     def n_images(self) -> int:
-        return sum(len(cids) for _, _, cids, _ in self.encoded)
+        """Held-out normal images (each also scored as its pseudo-anomalous copy)."""
+        return sum(len(cids) for _, _, cids, label in self.encoded if label == 0)
 
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         if not self.encoded:
