@@ -5,7 +5,9 @@ python scripts/validation-round.py --out runs/val-fixed-batch --rows docs/result
 Each candidate is configs/study-validation.yaml (validation dataset seed 1, exp:100, seed 0) with a few
 overrides of configs/study-model.yaml, run by jobs/study.py into OUT/<n>; its rows are appended to
 --rows with the candidate's label (docs/RESULTS.md, fourth validation round). Candidates that only
-change synthesis skip the synthesis-free methods (rec_only, no_vae): those do not depend on it.
+change synthesis skip the synthesis-free methods (rec_only, no_vae): those do not depend on it; the
+ltad_mb candidates (a labelled variant beyond the paper: LTAD's fused score plus per-class kNN banks,
+docs/RESULTS.md) choose its bank weight and the smallest class that gets a bank.
 Resumable like the study itself: a finished candidate is not run again, and its rows are not appended twice.
 """
 
@@ -25,12 +27,19 @@ from jobs import study  # noqa: E402
 
 ALL = ["ltad", "rec_only", "sem_only", "no_vae", "oracle"]
 SYNTH = ["ltad", "sem_only", "oracle"]
+BANK = {"memory_bank_weight": 1.0, "memory_bank_min_images": 10}
+# (label, config overrides, methods, study spec fields)
 CANDIDATES = [
-    ("fixed batch: reported config (synthesis 0.5 of 16, phase 1 class-balanced)", [], ALL),
+    ("fixed batch: reported config (synthesis 0.5 of 16, phase 1 class-balanced)", [],
+     [*ALL, "knn", "ltad_mb"], BANK),
     ("fixed batch: phase-1 sampling ~ sqrt(count) (phase1.class_balance 0.5, the old sampling)",
-     ["phase1.class_balance=0.5"], ALL),
-    ("fixed batch: synthesis ratio 0.25", ["phase2.synthesis_ratio=0.25"], SYNTH),
-    ("fixed batch: synthesis ratio 0.75", ["phase2.synthesis_ratio=0.75"], SYNTH),
+     ["phase1.class_balance=0.5"], ALL, {}),
+    ("fixed batch: synthesis ratio 0.25", ["phase2.synthesis_ratio=0.25"], SYNTH, {}),
+    ("fixed batch: synthesis ratio 0.75", ["phase2.synthesis_ratio=0.75"], SYNTH, {}),
+    ("ltad_mb: bank weight 0.5", [], ["ltad_mb"], {**BANK, "memory_bank_weight": 0.5}),
+    ("ltad_mb: bank weight 2", [], ["ltad_mb"], {**BANK, "memory_bank_weight": 2.0}),
+    ("ltad_mb: banks from 5 images", [], ["ltad_mb"], {**BANK, "memory_bank_min_images": 5}),
+    ("ltad_mb: banks from 30 images", [], ["ltad_mb"], {**BANK, "memory_bank_min_images": 30}),
 ]  # fmt: skip
 
 
@@ -44,13 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     done = set()
     if args.rows.is_file():
         done = {json.loads(line).get("candidate") for line in args.rows.read_text().splitlines() if line}
-    for n, (label, overrides, methods) in enumerate(CANDIDATES):
+    for n, (label, overrides, methods, fields) in enumerate(CANDIDATES):
         if args.only and n not in args.only:
             continue
         out = args.out / str(n)
         out.mkdir(parents=True, exist_ok=True)
         spec = out.parent / f"spec-{n}.yaml"
-        spec.write_text(yaml.safe_dump({**base, "overrides": overrides, "methods": methods}))
+        spec.write_text(yaml.safe_dump({**base, **fields, "overrides": overrides, "methods": methods}))
         code = study.main(["--spec", str(spec), "--out", str(out), "--work", str(args.out / "work")])
         if code != 0:
             return code

@@ -11,12 +11,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ltad.study.paired import Paired, paired_interval, paired_rows
+from ltad.study.paired import Paired, paired_class_cells, paired_interval, paired_rows
 
 TAIL_MARGIN = 0.03
 """LTAD's tail-class image AUROC must exceed reconstruction-only's by this much (the quality issue)."""
 
-METHOD_LABELS = {"ltad": "LTAD", "rec_only": "rec_only", "knn": "kNN"}
+METHOD_LABELS = {"ltad": "LTAD", "rec_only": "rec_only", "knn": "kNN", "ltad_mb": "LTAD + class banks"}
+TAIL_CELLS = "tail_cells"
+"""Figure name of a claim paired per tail class (same level, seed and class), not per seed."""
+FIGURE_WORDS = {
+    "tail_image_AUROC": "tail image AUROC",
+    "image_AUROC": "mean image AUROC",
+    TAIL_CELLS: "per-class image AUROC of the tail classes",
+}
 
 
 @dataclass(frozen=True)
@@ -36,12 +43,14 @@ class Claim:
         return self.paired.verdict(self.target, strict=self.strict)
 
     def sentence(self) -> str:
-        what = "tail image AUROC" if self.figure == "tail_image_AUROC" else "mean image AUROC"
+        what = FIGURE_WORDS.get(self.figure, self.figure)
         bar = f"{'>' if self.strict else '≥'} {100 * self.target:+.0f}".replace("+0", "0")
+        per = "per tail class" if self.figure == TAIL_CELLS else "per seed"
+        diffs = ", ".join(f"{100 * d:+.1f}" for d in self.paired.diffs)
         return (
-            f"LTAD {what} − {METHOD_LABELS.get(self.second, self.second)} = {self.paired.describe()}, "
-            f"per seed {', '.join(f'{100 * d:+.1f}' for d in self.paired.diffs)} "
-            f"(target {bar}: **{self.verdict}**)"
+            f"{METHOD_LABELS.get(self.first, self.first)} {what} − "
+            f"{METHOD_LABELS.get(self.second, self.second)} = {self.paired.describe()}, "
+            f"{per} {diffs} (target {bar}: **{self.verdict}**)"
         )
 
 
@@ -62,6 +71,29 @@ def target_claims(rows: Sequence[dict], levels: Sequence[str]) -> list[Claim]:
             if p is not None:
                 out.append(Claim(lv, first, second, figure, target, strict, p))
     return out
+
+
+def goal_claims(
+    rows: Sequence[dict], levels: Sequence[str], methods: Sequence[str] = ("ltad", "ltad_mb")
+) -> list[Claim]:
+    """The quality goal: each of `methods` above kNN on mean image AUROC at every level (paired by
+    seed), and at ratio 100 its tail classes >= TAIL_MARGIN above rec_only, paired per tail class."""
+    out = []
+    for first in methods:
+        for lv in levels:
+            p = paired_rows(rows, lv, first, "knn", "image_AUROC")
+            if p is not None:
+                out.append(Claim(lv, first, "knn", "image_AUROC", 0.0, True, p))
+        for lv in (x for x in levels if x.endswith("100")):
+            p = paired_class_cells(rows, lv, first, "rec_only")
+            if p is not None:
+                out.append(Claim(lv, first, "rec_only", TAIL_CELLS, TAIL_MARGIN, False, p))
+    return out
+
+
+def goal_lines(rows: Sequence[dict], levels: Sequence[str]) -> list[str]:
+    """Markdown bullets of goal_claims()."""
+    return [f"- {c.level}: {c.sentence()}." for c in goal_claims(rows, levels)]
 
 
 def target_lines(rows: Sequence[dict], levels: Sequence[str]) -> list[str]:

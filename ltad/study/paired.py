@@ -102,3 +102,23 @@ def paired_rows(rows: Sequence[dict], level: str, first: str, second: str, figur
     if not seeds:
         return None
     return paired_interval([by[(first, s)] for s in seeds], [by[(second, s)] for s in seeds])
+
+
+def paired_class_cells(
+    rows: Sequence[dict], level: str, first: str, second: str, group: str = "tail"
+) -> Paired | None:
+    """`first - second` per-class image AUROC over the (seed, class) cells of one `group` at `level`
+    (rows carrying `class_group`); None if no cell has both. Cells of one seed share a training run,
+    so the interval is narrower than a per-seed one would be."""
+    by: dict[tuple[str, int, str], float] = {}
+    for r in rows:
+        groups, per_class = r.get("class_group"), r.get("per_class_image_AUROC")
+        if r["level"] != level or not groups or not per_class:
+            continue
+        for c, auroc in per_class.items():
+            if groups.get(c) == group and auroc is not None and not math.isnan(auroc):
+                by[(r["method"], r["seed"], c)] = float(auroc)
+    cells = sorted((s, c) for (m, s, c) in by if m == first and (second, s, c) in by)
+    if not cells:
+        return None
+    return paired_interval([by[(first, s, c)] for s, c in cells], [by[(second, s, c)] for s, c in cells])

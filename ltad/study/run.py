@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ltad.baselines import PatchCore
+from ltad.baselines.class_banks import ClassBanks, fuse_with_banks
 from ltad.config import LTADConfig
 from ltad.data.datasets import read_dataset
 from ltad.data.splits import make_split
@@ -108,6 +109,7 @@ def _ltad_rows(
     spec: StudySpec,
     cfg: LTADConfig,
     data: TrainingCache,
+    train: FeatureSet,
     test: FeatureSet,
     level: Level,
     seed: int,
@@ -121,10 +123,11 @@ def _ltad_rows(
     base, logs1 = train_phase1(cfg, data)
     t_p1 = time.perf_counter() - t0
     variants = []
-    if {"ltad", "sem_only", "oracle"} & set(spec.methods):
+    if {"ltad", "sem_only", "oracle", "ltad_mb"} & set(spec.methods):
         variants.append(("synth", cfg))
     if {"no_vae", "rec_only"} & set(spec.methods):
         variants.append(("real", cfg.with_overrides(["phase2.synthesis_ratio=0"])))
+    extra_mb: dict = {}
     for kind, vcfg in variants:
         model = copy.deepcopy(base)
         t0 = time.perf_counter()
@@ -136,20 +139,35 @@ def _ltad_rows(
             "sem_ce": logs2.get("sem_ce"),
             "names_acc": logs1.get("names_acc"),
         }
-        z_rec, z_sem, acc = ltad_terms(model, test, oracle=False)
+        z_rec, z_sem, cls, acc = ltad_terms(model, test, oracle=False)
         extra["class_accuracy"] = acc
         scorings = {}
         if kind == "synth":
             scorings = {"ltad": model.fuse(z_rec, z_sem), "sem_only": z_sem}
             if "oracle" in spec.methods:
-                o_rec, o_sem, _ = ltad_terms(model, test, oracle=True)
+                o_rec, o_sem, _, _ = ltad_terms(model, test, oracle=True)
                 scorings["oracle"] = model.fuse(o_rec, o_sem)
+            if "ltad_mb" in spec.methods:
+                z_bank, extra_mb = _bank_term(spec, train, test, cls, seed)
+                scorings["ltad_mb"] = fuse_with_banks(scorings["ltad"], z_bank, spec.memory_bank_weight)
         else:
             scorings = {"no_vae": model.fuse(z_rec, z_sem), "rec_only": z_rec}
         for method, fused in scorings.items():
             if method in spec.methods:
-                rows.append(_row(level, seed, method, report(*maps_from(model, fused, size)), extra, counts))
+                more = {**extra, **extra_mb} if method == "ltad_mb" else extra
+                rows.append(_row(level, seed, method, report(*maps_from(model, fused, size)), more, counts))
     return rows
+
+
+def _bank_term(
+    spec: StudySpec, train: FeatureSet, test: FeatureSet, cls: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, dict]:
+    """ltad_mb's added term: per-class kNN banks' z-scores of the test patches, each image scored
+    against the bank of its predicted class `cls` (never its true class)."""
+    t0 = time.perf_counter()
+    banks = ClassBanks(spec.memory_bank_min_images, spec.knn_coreset, seed).fit(train.patches, train.class_id)
+    z = banks.z_scores(test.patches, cls)
+    return z, {"bank_classes": len(banks.classes), "bank_s": round(time.perf_counter() - t0, 1)}
 
 
 def run_group(
@@ -166,12 +184,12 @@ def run_group(
     def report(maps, scores):
         return metrics(maps, scores, test, ds.classes, counts, order)
 
-    ltad_methods = {"ltad", "sem_only", "oracle", "no_vae", "rec_only"} & set(spec.methods)
+    ltad_methods = {"ltad", "sem_only", "oracle", "no_vae", "rec_only", "ltad_mb"} & set(spec.methods)
     if ltad_methods:
         # the trainer reads the job's training stream, so the split is written as a feature cache
         with tempfile.TemporaryDirectory(prefix="ltad-study-cache-") as tmp:
             data = write_training_cache(train, ds.classes, Path(tmp))
-            rows.extend(_ltad_rows(spec, cfg, data, test, level, seed, report, counts))
+            rows.extend(_ltad_rows(spec, cfg, data, train, test, level, seed, report, counts))
     if "knn" in spec.methods:
         t0 = time.perf_counter()
         bank = PatchCore(coreset_ratio=spec.knn_coreset, seed=seed).fit(
@@ -192,8 +210,9 @@ def run_group(
                 counts,
             )
         )
+    groups = {c: split.group_of(c) for c in counts}  # head/medium/tail, for per-class tail claims
     order_idx = {m: i for i, m in enumerate(spec.methods)}
-    return sorted(rows, key=lambda r: order_idx[r["method"]])
+    return sorted(({**r, "class_group": groups} for r in rows), key=lambda r: order_idx[r["method"]])
 
 
 def append_rows(path: Path, rows: list[dict]) -> None:

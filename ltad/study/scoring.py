@@ -13,8 +13,9 @@ from ltad.study.features import FeatureSet
 
 
 def ltad_terms(model: LTAD, test: FeatureSet, oracle: bool, batch: int = 64):
-    """Per-patch z(S_rec), z(S_sem) (N x g x g each) and the class-prediction accuracy."""
-    rec, sem, correct = [], [], 0
+    """Per-patch z(S_rec), z(S_sem) (N x g x g each), the class used per image (N) and the
+    class-prediction accuracy."""
+    rec, sem, used, correct = [], [], [], 0
     model.eval()
     for i in range(0, len(test), batch):
         sl = slice(i, i + batch)
@@ -22,8 +23,9 @@ def ltad_terms(model: LTAD, test: FeatureSet, oracle: bool, batch: int = 64):
         z_rec, z_sem, cls, _ = model.standardised_scores(test.patches[sl].float(), test.global_emb[sl], cid)
         rec.append(z_rec)
         sem.append(z_sem)
+        used.append(cls.cpu())
         correct += int((cls.cpu() == test.class_id[sl]).sum())
-    return torch.cat(rec), torch.cat(sem), correct / max(len(test), 1)
+    return torch.cat(rec), torch.cat(sem), torch.cat(used), correct / max(len(test), 1)
 
 
 def maps_from(

@@ -15,10 +15,13 @@ from typing import Any
 from ltad.config import check, from_dict, load_yaml
 from ltad.data.levels import Level
 
-METHODS = ("ltad", "rec_only", "sem_only", "no_vae", "oracle", "knn")
+METHODS = ("ltad", "rec_only", "sem_only", "no_vae", "oracle", "knn", "ltad_mb")
 """ltad: full model (fused score, predicted class); rec_only: RM trained without synthesis, S_rec alone
 (the UniAD-style baseline); sem_only: the full model's S_sem alone; no_vae: the full model trained
-without VAE synthesis; oracle: the full model given the true class; knn: PatchCore-like baseline."""
+without VAE synthesis; oracle: the full model given the true class; knn: PatchCore-like baseline;
+ltad_mb: a variant beyond the paper, the full model's fused score plus a per-class kNN bank's
+standardised score for classes with at least `memory_bank_min_images` training images
+(ltad/baselines/class_banks.py)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ class StudySpec:
     overrides: tuple[str, ...] = ()
     """key=value overrides of that config (e.g. phase2.steps=200 for a smoke run)."""
     knn_coreset: float = 0.1
+    memory_bank_weight: float = 1.0
+    """ltad_mb: weight of the per-class bank's z-score added to LTAD's fused score."""
+    memory_bank_min_images: int = 10
+    """ltad_mb: classes with fewer training images get no bank (their score is LTAD's alone)."""
     label: str = ""
     """What the figures are: printed with every table (weights and data)."""
 
@@ -57,6 +64,10 @@ class StudySpec:
         ok = bool(self.seeds) and all(s >= 0 for s in self.seeds)
         check(ok, "seeds", "a non-empty list of ints >= 0", list(self.seeds))
         check(0 < self.knn_coreset <= 1, "knn_coreset", "in (0, 1]", self.knn_coreset)
+        w = self.memory_bank_weight
+        check(w >= 0 and w == w, "memory_bank_weight", "a number >= 0", w)
+        n = self.memory_bank_min_images
+        check(n >= 2, "memory_bank_min_images", "an int >= 2", n)
 
     @cached_property
     def level_specs(self) -> tuple[Level, ...]:

@@ -15,13 +15,18 @@ def test_study_smoke_writes_rows_report_and_plots_and_resumes(tmp_path):
     out = tmp_path / "smoke"
     assert study.main(["--spec", "configs/study-smoke.yaml", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
-    assert [r["method"] for r in rows] == ["ltad", "rec_only", "sem_only", "no_vae", "oracle", "knn"]
+    methods = ["ltad", "rec_only", "sem_only", "no_vae", "oracle", "knn", "ltad_mb"]
+    assert [r["method"] for r in rows] == methods
     for r in rows:
         assert r["level"] == "exp10" and r["seed"] == 0
         assert 0.0 <= r["image_AUROC"] <= 1.0 and 0.0 <= r["pixel_AUROC"] <= 1.0
         assert set(r["per_class_image_AUROC"]) == set(SOURCES[:4])  # the smoke spec's 4 classes
+        assert sorted(r["class_group"].values()) == ["head", "head", "medium", "tail"]
     ltad = next(r for r in rows if r["method"] == "ltad")
     assert ltad["phase2_s"] > 0 and 0.0 <= ltad["class_accuracy"] <= 1.0
+    mb = next(r for r in rows if r["method"] == "ltad_mb")
+    # exp10 over 12 images: only the classes with >= memory_bank_min_images (4) get a bank
+    assert mb["bank_classes"] == sum(n >= 4 for n in mb["train_counts"].values()) >= 1
     report = (out / "report.md").read_text()
     assert "INCOMPLETE" not in report and "| knn |" in report and "### exp10" in report
     assert "LTAD tail image AUROC" not in report  # targets are checked at ratio 100 only; the smoke has none
@@ -30,7 +35,7 @@ def test_study_smoke_writes_rows_report_and_plots_and_resumes(tmp_path):
         with Image.open(out / "plots" / name) as im:
             assert im.size[0] > 200 and im.size[1] > 200
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rows"] == 6 and not math.isnan(summary["stats"]["exp10/ltad"]["image_AUROC"][0])
+    assert summary["rows"] == 7 and not math.isnan(summary["stats"]["exp10/ltad"]["image_AUROC"][0])
     before = (out / "rows.jsonl").read_text()
     assert study.main(["--spec", "configs/study-smoke.yaml", "--out", str(out)]) == 0  # resume: all done
     assert (out / "rows.jsonl").read_text() == before

@@ -423,7 +423,7 @@ def test_study_trainer_trains_what_a_one_worker_zero0_job_trains(ray_local, tiny
 
     size = cfg.model.encoder.image_size
     test = _cached_test_set(cache, size)
-    z_rec, z_sem, _ = ltad_terms(model, test, oracle=False)
+    z_rec, z_sem, _, _ = ltad_terms(model, test, oracle=False)
     m = data.manifest
     maps, scores = maps_from(model, model.fuse(z_rec, z_sem), size)
     study_metrics = metrics(maps, scores, test, m.classes, m.counts["train"], m.split.class_order)

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from ltad.study.paired import paired_interval, paired_rows, t_quantile
+from ltad.study.claims import goal_claims
+from ltad.study.paired import paired_class_cells, paired_interval, paired_rows, t_quantile
 
 
 @pytest.mark.parametrize(
@@ -54,3 +55,49 @@ def test_paired_rows_pairs_by_seed_and_skips_missing():
     p = paired_rows(rows, "x", "a", "b", "f")
     assert p is not None and p.n == 2 and p.diffs == pytest.approx((0.1, 0.2))
     assert paired_rows(rows, "x", "a", "c", "f") is None
+
+
+def _cell_row(method, seed, per_class, level="exp100"):
+    groups = {"a": "head", "b": "tail", "c": "tail"}
+    return {
+        "level": level,
+        "method": method,
+        "seed": seed,
+        "image_AUROC": sum(per_class.values()) / len(per_class),
+        "per_class_image_AUROC": per_class,
+        "class_group": groups,
+    }
+
+
+def test_tail_cells_pair_each_tail_class_of_each_seed_and_skip_head_classes():
+    rows = [
+        _cell_row("ltad", 0, {"a": 0.9, "b": 0.80, "c": 0.70}),
+        _cell_row("rec_only", 0, {"a": 0.1, "b": 0.70, "c": 0.65}),
+        _cell_row("ltad", 1, {"a": 0.9, "b": 0.90, "c": float("nan")}),
+        _cell_row("rec_only", 1, {"a": 0.1, "b": 0.85, "c": 0.60}),
+    ]
+    p = paired_class_cells(rows, "exp100", "ltad", "rec_only")
+    assert p is not None and p.n == 3  # (0, b), (0, c), (1, b); the head class and the NaN are left out
+    assert sorted(p.diffs) == pytest.approx([0.05, 0.05, 0.1])
+    assert paired_class_cells(rows, "exp10", "ltad", "rec_only") is None
+    no_groups = [{k: v for k, v in r.items() if k != "class_group"} for r in rows]
+    assert paired_class_cells(no_groups, "exp100", "ltad", "rec_only") is None
+
+
+def test_goal_claims_cover_every_level_against_knn_and_the_tail_at_ratio_100():
+    rows = []
+    for lv in ("balanced", "exp100"):
+        for seed, gain in enumerate((0.02, 0.03, 0.025)):
+            rows.append(_cell_row("ltad", seed, {"a": 0.9, "b": 0.8 + gain, "c": 0.7 + gain}, lv))
+            rows.append(_cell_row("rec_only", seed, {"a": 0.9, "b": 0.8, "c": 0.7}, lv))
+            rows.append({**_cell_row("knn", seed, {"a": 0.5, "b": 0.5, "c": 0.5}, lv)})
+    claims = goal_claims(rows, ["balanced", "exp100"], methods=("ltad",))
+    assert [(c.level, c.second, c.figure) for c in claims] == [
+        ("balanced", "knn", "image_AUROC"),
+        ("exp100", "knn", "image_AUROC"),
+        ("exp100", "rec_only", "tail_cells"),
+    ]
+    assert claims[0].verdict == "met"
+    tail = claims[2]
+    assert tail.paired.n == 6 and tail.verdict == "not met"  # +2.5 points on average, under the +3 bar
+    assert "per tail class" in tail.sentence() and "target ≥ +3" in tail.sentence()

@@ -49,6 +49,8 @@ def test_level_names_and_parsing():
         ({"dataset": {"classes": 0}}, "'dataset.classes' must be a positive int"),
         ({"dataset": {"size": 3}}, "unknown config key 'dataset.size'"),
         ({"knn_coreset": 2}, "'knn_coreset' must be in"),
+        ({"memory_bank_weight": -1}, "'memory_bank_weight' must be a number >= 0"),
+        ({"memory_bank_min_images": 1}, "'memory_bank_min_images' must be an int >= 2"),
     ],
 )
 def test_spec_rejects_bad_input(bad, match):
