@@ -18,6 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (local)")
     p.add_argument("--work", metavar="DIR", help="dataset + feature cache folder (default: OUT/work)")
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from OUT's rows")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch threads (default: every core); 1 lets two studies of other groups share 2 cores",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if args.report_only:
         pin_spec(out, spec)
     else:
-        run_study(spec, out, Path(resolve(args.work, "--work", local_only=True)) if args.work else None)
+        work = Path(resolve(args.work, "--work", local_only=True)) if args.work else None
+        run_study(spec, out, work, threads=args.threads)
     report = write_report(spec, out)
     print(f"study: {report}", flush=True)
     return 0

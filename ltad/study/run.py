@@ -225,9 +225,11 @@ def append_rows(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def run_study(spec: StudySpec, out: Path, work: Path | None = None) -> Path:
+def run_study(spec: StudySpec, out: Path, work: Path | None = None, threads: int | None = None) -> Path:
     """Run every missing group of `spec` into `out`; returns the rows file."""
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be an int >= 1, got {threads}")
+    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
     pin_spec(out, spec)
     work = work or out / "work"
     cfg0 = model_config(spec, spec.seeds[0])
