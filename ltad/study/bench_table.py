@@ -166,10 +166,11 @@ def benchmark_rows(results: Path) -> list[str]:
 
 
 STATIC_ROWS = (
-    "| `jobs/study.py` (docs/RESULTS.md) | LTAD vs its ablations and the kNN baseline, 5 imbalance levels × "
-    '3 seeds, one command | see "Quality" above; training 208-244 s per (level, seed) group, 56 min for '
-    "the 15 (the rows' `phase1_s`, `phase2_s`, `fit_s` in `docs/results/study-rows.jsonl`), plus encoding "
-    "and scoring (not recorded) |",
+    "| `jobs/study.py` (docs/RESULTS.md) | LTAD vs its ablations, the `ltad_mb` variant and the kNN baseline, "
+    '3 imbalance levels × 3 seeds, one command | see "Quality" above; one group\'s training took 485 s alone '
+    "on the 2 cores (balanced, seed 1; the rows' `phase1_s`, `phase2_s`, `fit_s`, `bank_s` in "
+    "`docs/results/study-rows.jsonl` hold each part's time, most of them measured with two 1-thread studies "
+    "sharing the cores) |",
     "| `benchmarks/gpu.sh` | ViT-B-16 encoder images/s at 224 px, phase-2 steps/s, peak GPU memory ZeRO-2 "
     "vs ZeRO-3, a short bf16/NCCL pipeline | **not run yet**: no GPU machine was available; run it on a "
     "single-GPU machine and commit its JSON output under docs/results/ with the date and the GPU |",
