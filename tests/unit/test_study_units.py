@@ -136,3 +136,11 @@ def test_class_size_table_pairs_cells_and_skips_balanced_and_old_rows():
     md = markdown(spec, rows, {})
     assert "| ltad - rec_only | +7.0 ± 3.0 (2) | -5.0 ± 15.0 (2) | +0.0 ± 0.0 (2) |" in md
     assert "| ltad | 65.0 ± 5.0 (2) | 70.0 ± 10.0 (2) | 85.0 ± 5.0 (2) |" in md
+
+
+def test_run_study_refuses_a_thread_count_below_one_before_any_work(tmp_path):
+    from ltad.study.run import run_study
+
+    with pytest.raises(ConfigError, match="--threads must be an int >= 1, got 0"):
+        run_study(spec_from_dict({}), tmp_path / "out", threads=0)
+    assert not (tmp_path / "out").exists()
