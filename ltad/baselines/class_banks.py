@@ -20,13 +20,11 @@ from ltad.baselines.patchcore import PatchCore
 
 
 def _bank(patches: torch.Tensor, coreset_ratio: float, seed: int) -> PatchCore:
-    return PatchCore(coreset_ratio=coreset_ratio, seed=seed).fit(
-        [patches[i : i + 64].float() for i in range(0, len(patches), 64)]
-    )
+    return PatchCore(coreset_ratio=coreset_ratio, seed=seed).fit(patches.split(64))  # fit casts to float
 
 
 def _distances(bank: PatchCore, patches: torch.Tensor) -> torch.Tensor:
-    return torch.cat([bank.patch_scores(patches[i : i + 64].float()) for i in range(0, len(patches), 64)])
+    return torch.cat([bank.patch_scores(p) for p in patches.split(64)])
 
 
 class ClassBanks:
