@@ -131,6 +131,37 @@ class VAEConfig:
 
 
 @dataclass(frozen=True)
+class MemoryBankConfig:
+    """`ltad_mb`, a labelled variant beyond the paper: per-class kNN banks of normal training patches,
+    whose standardised distance is added to the fused score for classes with enough images.
+
+    weight 0 (the default) is the paper's LTAD. The banks are fitted by the evaluation stage from the
+    training split (never the held-out or test images) and travel in the exported model."""
+
+    weight: float = 0.0
+    """Fused score += weight * z(kNN distance to the predicted class's bank); 0 disables the banks."""
+    min_images: int = 10
+    """A class gets a bank only with at least this many training images (two folds standardise it)."""
+    max_images: int = 100
+    """At most this many training images of a class feed its bank (the first in shard order): it bounds
+    the memory of fitting (max_images x grid^2 x feature dim per class) and of the bank."""
+    coreset_ratio: float = 0.1
+    """Share of a class's candidate patches kept by greedy k-center coreset selection."""
+
+    def __post_init__(self) -> None:
+        key = "model.score.memory_bank"
+        check(self.weight >= 0 and math.isfinite(self.weight), f"{key}.weight", "a float >= 0", self.weight)
+        check(self.min_images >= 2, f"{key}.min_images", "an int >= 2", self.min_images)
+        check(
+            self.max_images >= self.min_images,
+            f"{key}.max_images",
+            f"an int >= min_images ({self.min_images})",
+            self.max_images,
+        )
+        check(0 < self.coreset_ratio <= 1, f"{key}.coreset_ratio", "a float in (0, 1]", self.coreset_ratio)
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     """How S_rec and S_sem become an anomaly map and an image score."""
 
@@ -142,6 +173,8 @@ class ScoreConfig:
     """Image score = max of the map after this average pool (UniAD)."""
     class_mode: Literal["predicted", "oracle"] = "predicted"
     """Test-time class: predicted from the pseudo names, or the true id (ablation)."""
+    memory_bank: MemoryBankConfig = field(default_factory=MemoryBankConfig)
+    """Per-class kNN banks fused into the score (`ltad_mb`); off by default."""
 
     def __post_init__(self) -> None:
         check(self.fusion_lambda >= 0, "model.score.fusion_lambda", "a float >= 0", self.fusion_lambda)

@@ -3,7 +3,8 @@
 A model directory holds `weights.pt` (consolidated fp32 state of everything trained, loaded with
 `weights_only=True`; the frozen encoder is rebuilt from the config), `config.yaml` (the resolved run
 config) and `export.json` (class names, image size, the decision thresholds and how they were calibrated, the
-score normalisation and provenance). When the encoder's weights are a checkpoint file or an s3:// object,
+score normalisation and provenance; with `model.score.memory_bank.weight` > 0, `memory_banks` names
+the classes whose kNN bank, held in weights.pt, is part of the score). When the encoder's weights are a checkpoint file or an s3:// object,
 the directory also holds a copy, `encoder.<suffix>`, named in `export.json` `encoder_weights` with its
 sha256 and source, so the folder predicts on a machine that has neither the file nor the bucket
 ('bundled' and 'none' need nothing: the wheel and the seed rebuild them; a hub tag needs the hub).
@@ -108,6 +109,12 @@ def write_export(
         "normal images)",
         "provenance": {k: v for k, v in provenance.items() if k != "config"},
     }
+    mb = cfg.model.score.memory_bank
+    if mb.weight > 0:  # ltad_mb: the banks are in weights.pt; say which classes have one
+        meta["memory_banks"] = {
+            "weight": mb.weight,
+            "classes": [classes[c] for c in model.memory_banks.classes],
+        }
     if calibration is not None:
         meta["calibration"] = _calibrated(calibration)
         meta["normalisation"] = calibrated_normalisation(calibration["pooled_threshold"], calibration["low"])

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ltad.errors import ConfigError, DataError, StorageError
 from ltad.models.ltad import gaussian_blur
+from ltad.models.memory_banks import aggregate_patches
 
 FORMAT = "ltad-patchcore/1"
 UNIFIED = -1  # bank_class of entries in the single all-class bank
@@ -29,12 +30,6 @@ Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 def _check(ok: bool, key: str, expected: str, value: object) -> None:
     if not ok:
         raise ConfigError(f"patchcore.{key} must be {expected}, got {value!r}")
-
-
-def aggregate_patches(patches: torch.Tensor) -> torch.Tensor:
-    """PatchCore's locally-aware features: the 3x3 neighbourhood mean of each patch (borders: mean of
-    the neighbours that exist), so a patch carries a little context without losing resolution."""
-    return F.avg_pool2d(patches, 3, stride=1, padding=1, count_include_pad=False)
 
 
 def _flatten(patches: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from torch import nn
 from ltad.config import ModelConfig
 from ltad.models.encoder import Encoder
 from ltad.models.feature_norm import FeatureNorm
+from ltad.models.memory_banks import MemoryBanks
 from ltad.models.prompts import (
     ABNORMAL_STATES,
     CLASS_TEMPLATE,
@@ -81,6 +82,7 @@ class LTAD(nn.Module):
         self.vae = ConditionalVAE(self.feature_dim, self.grid, self.embed_dim, cfg.vae)
         self.reconstruction = ReconstructionModule(self.feature_dim, self.grid, cfg.reconstruction)
         self.semantic = SemanticHead(self.feature_dim, self.embed_dim, cfg.semantic)
+        self.memory_banks = MemoryBanks(num_classes, self.feature_dim)  # empty unless fitted (ltad_mb)
         for key, templates in (("class", [CLASS_TEMPLATE]), ("state", self._state_templates())):
             ids, starts = enc.tokenize_templates(templates, length)
             self.register_buffer(f"{key}_ids", ids, persistent=False)
@@ -194,6 +196,17 @@ class LTAD(nn.Module):
         """The fused patch score z(S_rec) + lambda * z(S_sem): higher is more anomalous."""
         return z_rec + self.cfg.score.fusion_lambda * z_sem
 
+    def fuse_scores(
+        self, z_rec: torch.Tensor, z_sem: torch.Tensor, patches: torch.Tensor, cls: torch.Tensor
+    ) -> torch.Tensor:
+        """The score the model deploys: the paper's fusion, plus `model.score.memory_bank.weight` x the
+        banks' z-score when banks are fitted (`ltad_mb`; classes without a bank add 0)."""
+        fused = self.fuse(z_rec, z_sem)
+        weight = self.cfg.score.memory_bank.weight
+        if weight > 0 and self.memory_banks.fitted:
+            fused = fused + weight * self.memory_banks.z_scores(patches, cls)
+        return fused
+
     def to_maps(self, fused: torch.Tensor, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch scores B x g x g -> (anomaly maps at `image_size`, image scores B)."""
         sc = self.cfg.score
@@ -213,7 +226,7 @@ class LTAD(nn.Module):
     ) -> ScoreOutput:
         """Anomaly maps at `image_size`, image scores, and the class used (predicted unless oracle)."""
         z_rec, z_sem, cls, probs = self.standardised_scores(patches, global_emb, class_id)
-        maps, scores = self.to_maps(self.fuse(z_rec, z_sem), image_size)
+        maps, scores = self.to_maps(self.fuse_scores(z_rec, z_sem, patches, cls), image_size)
         return ScoreOutput(maps, scores, cls, probs)
 
     def _need_text(self) -> None:

@@ -45,6 +45,6 @@ class ScoringGraph(nn.Module):
         cls = logits.argmax(dim=-1)  # softmax is monotonic: the same class as LTAD.predict_class
         s_rec, s_sem = m.raw_scores(patches, cls)
         st = m.stats
-        fused = (s_rec - st[0]) / st[1] + m.cfg.score.fusion_lambda * ((s_sem - st[2]) / st[3])
+        fused = m.fuse_scores((s_rec - st[0]) / st[1], (s_sem - st[2]) / st[3], patches, cls)
         maps, scores = m.to_maps(fused, (self.size, self.size))
         return maps, scores, cls

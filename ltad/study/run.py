@@ -165,7 +165,10 @@ def _bank_term(
     """ltad_mb's added term: per-class kNN banks' z-scores of the test patches, each image scored
     against the bank of its predicted class `cls` (never its true class)."""
     t0 = time.perf_counter()
-    banks = ClassBanks(spec.memory_bank_min_images, spec.knn_coreset, seed).fit(train.patches, train.class_id)
+    n_classes = int(torch.cat([train.class_id.long(), cls.long().cpu()]).max()) + 1
+    banks = ClassBanks(spec.memory_bank_min_images, spec.knn_coreset, seed).fit(
+        train.patches, train.class_id, num_classes=n_classes
+    )
     z = banks.z_scores(test.patches, cls)
     return z, {"bank_classes": len(banks.classes), "bank_s": round(time.perf_counter() - t0, 1)}
 

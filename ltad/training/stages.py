@@ -47,6 +47,7 @@ from ltad.export import write_export
 from ltad.log import get_logger, set_rank
 from ltad.models.ltad import LTAD
 from ltad.models.state import build_model, load_trained, trained_state
+from ltad.training.banks import fit_memory_banks
 from ltad.training.checkpoint import evaluation_dir_name, load_model_state
 from ltad.training.data import feature_source, training_batches
 from ltad.training.dist import broadcast_from_rank0, gather_to_rank0, init_distributed
@@ -351,6 +352,7 @@ def evaluate_state(w: Worker, state: dict[str, torch.Tensor], extra: dict[str, f
     load_trained(model, state)
     model.to(w.device).eval()
     cache = feature_source(w.cfg, w.data_uri, w.manifest)
+    banks = fit_memory_banks(w, model, cache)  # ltad_mb only; before any held-out or test image is read
     w.log(f"evaluate: scoring this worker's test shards ({cache or 'images encoded online'})")
     share = score_share(w, model, cache)
     # held-out normals: the thresholds' calibration data; with their pseudo-anomalies, the validation set
@@ -364,7 +366,7 @@ def evaluate_state(w: Worker, state: dict[str, torch.Tensor], extra: dict[str, f
         ray.train.report({EVALUATED: len(share.samples)})
         return
     with tempfile.TemporaryDirectory(prefix="ltad-eval-") as tmp:
-        metrics = write_evaluation(w, model, gathered, Path(tmp), cache=cache)
+        metrics = write_evaluation(w, model, gathered, Path(tmp), cache=cache, banks=banks)
         w.log(f"evaluate: {metrics['n_evaluated']} test samples, each exactly once; outputs written")
         ray.train.report(
             {**(extra or {}), **summary(metrics), EVALUATED: metrics["n_evaluated"]},
@@ -373,8 +375,11 @@ def evaluate_state(w: Worker, state: dict[str, torch.Tensor], extra: dict[str, f
         )
 
 
-def write_evaluation(w: Worker, model: LTAD, shares: list, out: Path, *, cache: str | None) -> dict[str, Any]:
-    """Rank 0: exactly-once check, metrics.json, scores.csv, overlays, report and export under `out`."""
+def write_evaluation(
+    w: Worker, model: LTAD, shares: list, out: Path, *, cache: str | None, banks: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Rank 0: exactly-once check, metrics.json, scores.csv, overlays, report and export under `out`;
+    `banks` is what the memory banks' fitting recorded (ltad_mb), None for the paper's score."""
     merged = merge_shares(shares)
     check_exactly_once(merged.samples, w.manifest.samples("test"))
     check_exactly_once(merged.heldout, w.manifest.samples("val"), split="held-out (val)")
@@ -400,6 +405,7 @@ def write_evaluation(w: Worker, model: LTAD, shares: list, out: Path, *, cache: 
         else f"evaluate: uncalibrated: {metrics['calibration']['reason']}"
     )
     per_class = thresholds_of(calibration, classes) if calibration else None
+    metrics["memory_banks"] = banks
     metrics["provenance"] = provenance(w, model, cache)
     (out / "metrics.json").write_text(to_json(metrics))
     norms = None

@@ -120,6 +120,42 @@ def test_fresh_normals_flagged_at_most_target_fpr(trained, tmp_path):
         assert bool(decision) == bool(score >= meta["calibration"]["per_class"][cls]["threshold"])
 
 
+def test_memory_bank_variant_fits_in_parallel_exports_and_its_thresholds_hold(trained, tiny_data, tmp_path):
+    """ltad_mb through the job's evaluation of the run's phase-2 checkpoint: the classes with >= 10
+    training images (20 and 10 of 20/10/5) get a bank, one per rank of 2; metrics.json and export.json
+    say so; the scores differ from the paper's; fresh normals are flagged within target + tolerance."""
+    from ltad import Predictor
+    from ltad.data.manifest import read_manifest
+    from ltad.data.synth import synthesize
+    from ltad.training.pipeline import run_pipeline, stage_checkpoint
+
+    cfg, metrics, out = trained
+    manifest = read_manifest(tiny_data)
+    rich = [c for c in manifest.classes if manifest.counts["train"][c] >= 10]
+    mb_cfg = cfg.with_overrides(
+        ["model.score.memory_bank.weight=2", "run.name=z2-mb", f"run.output={tmp_path / 'out'}"]
+    )
+    got = run_pipeline(mb_cfg, stages=("evaluate",), checkpoints={"phase2": stage_checkpoint(cfg, "phase2")})
+    banks = got["memory_banks"]
+    assert len(rich) == 2 and banks["classes"] == rich and set(banks["bank_rows"]) == set(rich)
+    assert got["n_evaluated"] == metrics["n_evaluated"] and got["image_AUROC"] != metrics["image_AUROC"]
+    meta = json.loads((tmp_path / "out" / "model" / "export.json").read_text())
+    assert meta["memory_banks"] == {"weight": 2.0, "classes": rich}
+    fresh = synthesize(
+        tmp_path / "fresh", classes=3, image_size=64, train_per_class=30, test_per_class=2, seed=7
+    )
+    predictor = Predictor.load(tmp_path / "out" / "model")
+    assert predictor.runner.graph.model.memory_banks.classes == [manifest.classes.index(c) for c in rich]
+    result = predictor.predict(sorted(fresh.glob("*/train/good/*.png")))
+    a, n_heldout = mb_cfg.eval.target_fpr, predictor.meta["calibration"]["n_heldout"]
+    tolerance = 3 * math.sqrt(a * (1 - a) * (1 / len(result) + 1 / n_heldout))
+    flagged = float(result.decisions.mean())
+    print(
+        f"ltad_mb: fresh normals flagged {flagged:.3f} of {len(result)} (target {a}, tolerance {tolerance:.3f})"
+    )
+    assert flagged <= a + tolerance
+
+
 def test_onnx_export_of_the_trained_model_matches_torch_and_predicts(trained, tmp_path, capsys):
     """`ltad export --format onnx` of the run's model: anomaly maps within 1e-4 of torch on real test
     images, same classes and decisions; `ltad predict` takes it and writes evaluate's columns."""
