@@ -24,7 +24,10 @@ def test_z_scores_are_patchcore_distances_standardised_per_predicted_class():
     train = [torch.randn(6, 8, 4, 4, generator=gen) + c for c in (0.0, 3.0)]
     banks = {c: fit_class_bank(train[c], coreset_ratio=0.5, seed=0) for c in (0, 1)}
     module = MemoryBanks(3, 8).set_banks(banks)  # class 2 has no bank
-    assert module.classes == [0, 1] and module.bank.shape[1] == max(b.rows.shape[0] for b in banks.values())
+    assert module.classes == [0, 1] and module.bank.shape[:2] == (
+        2,
+        max(b.rows.shape[0] for b in banks.values()),
+    )
     test = torch.randn(5, 8, 4, 4, generator=gen)
     cls = torch.tensor([0, 1, 1, 0, 2])
     z = module.z_scores(test, cls)
