@@ -171,6 +171,13 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tu
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder))
     model = build_model(cfg, len(meta["classes"]))
     load_trained(model, torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
+    banked = [meta["classes"][c] for c in model.memory_banks.classes]
+    expected = (meta.get("memory_banks") or {}).get("classes", [])
+    if banked != expected:  # a weights.pt that lost (or gained) the banks its export.json scores with
+        raise DataError(
+            f"'{directory / WEIGHTS}' holds memory banks for {banked or 'no class'}, but export.json "
+            f"says {expected or 'none'}: the export is inconsistent; export the run's model again"
+        )
     return model.to(device).eval(), meta
 
 

@@ -36,14 +36,16 @@ def trained_state(model: LTAD) -> dict[str, torch.Tensor]:
 def load_trained(model: LTAD, state: dict[str, torch.Tensor], require: tuple[str, ...] = ("",)) -> None:
     """Load `state` (keys of the model; extra keys such as optimiser counters are ignored).
 
-    Every model key starting with one of `require` (not the encoder) must be present, except the
-    memory banks (`ltad_mb`), which states made before them lack (the model then has none): a checkpoint of
-    the wrong phase or model size fails here with the missing keys named, never silently.
+    Every model key starting with one of `require` (not the encoder) must be present (the memory
+    banks of `ltad_mb` all or none: states made before them have none, and the model then has none):
+    a checkpoint of the wrong phase or model size fails here with the missing keys named, never
+    silently.
     """
     model.memory_banks.resize_for(state, BANKS_PREFIX)
     own = model.state_dict()
     wanted = [k for k in own if not k.startswith(ENCODER_PREFIX) and k.startswith(require)]
-    wanted = [k for k in wanted if k in state or not k.startswith(BANKS_PREFIX)]  # older states: no banks
+    if not any(k.startswith(BANKS_PREFIX) for k in state):  # states made before the banks: none
+        wanted = [k for k in wanted if not k.startswith(BANKS_PREFIX)]
     missing = [k for k in wanted if k not in state]
     if missing:
         raise DataError(f"model state lacks {len(missing)} keys, e.g. {missing[:3]}")

@@ -12,6 +12,7 @@ import torch
 
 from ltad.baselines.class_banks import fit_class_bank
 from ltad.baselines.patchcore import PatchCore
+from ltad.errors import DataError
 from ltad.models.memory_banks import ClassBank, MemoryBanks
 from tests.integration.conftest import TINY_MODEL
 
@@ -96,6 +97,9 @@ def test_banks_round_trip_through_state_and_older_states_load_without_them():
     plain = build_model(cfg, 2)
     load_trained(plain, older)
     assert not plain.memory_banks.fitted
+    partial = {k: v for k, v in state.items() if k != "memory_banks.bank_slot"}  # never silently bank-less
+    with pytest.raises(DataError, match="bank_slot"):
+        load_trained(build_model(cfg, 2), partial)
 
 
 def test_export_predict_and_onnx_score_with_the_banks(tmp_path):
@@ -118,3 +122,7 @@ def test_export_predict_and_onnx_score_with_the_banks(tmp_path):
     onnx = export_model(out, "onnx", tmp_path / "onnx")
     assert json.loads((onnx / "export.json").read_text())["onnx"]["check"]["max_abs_map_diff"] <= 1e-4
     assert np.abs(Predictor.load(onnx).predict(images).scores - expected).max() <= 1e-4
+    meta["memory_banks"]["classes"] = ["a", "b"]  # export.json and weights.pt disagree: refused
+    (out / "export.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="inconsistent"):
+        Predictor.load(out)
