@@ -122,6 +122,13 @@ def describe(calibration: dict[str, Any]) -> str:
         lines.append(
             f"  {name}: threshold {row['threshold']:.4g} ({row['source']}, {row['n_heldout']} held-out)"
         )
+    fallback = [name for name, row in calibration["per_class"].items() if row["source"] != "class"]
+    if fallback:
+        lines.append(
+            f"  not guaranteed for the {len(fallback)} fallback classes: the pooled threshold assumes their "
+            "scores have the other classes' scale, and a tail class's normals often score higher; hold out "
+            "more of their normal images (`ltad split --val-fraction`) to calibrate them"
+        )
     return "\n".join(lines)
 
 

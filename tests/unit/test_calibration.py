@@ -55,6 +55,7 @@ def test_per_class_thresholds_follow_each_class_scale_and_small_classes_fall_bac
     r = rates(fresh, np.zeros(8000), fresh_pred, thresholds_of(cal, ["a", "b", "c", "d"]))
     assert r["fpr"] < 0.05 + 3 * np.sqrt(0.05 * 0.95 * (1 / 8000 + 1 / 200)) and r["tpr"] is None
     assert "target_fpr 0.05" in describe(cal) and "c: threshold" in describe(cal)
+    assert "not guaranteed for the 2 fallback classes" in describe(cal)
 
 
 def test_no_heldout_scores_means_no_calibration():
