@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "ltad.export": BASE | {"ltad.data", "ltad.models", "ltad.eval"},
     "ltad.predict": BASE | {"ltad.data", "ltad.models", "ltad.eval", "ltad.export"},
     "ltad.predict_run": BASE | {"ltad.data", "ltad.eval", "ltad.export", "ltad.predict"},
-    "ltad.training": BASE | {"ltad.data", "ltad.models", "ltad.eval", "ltad.export"},
+    "ltad.training": BASE | {"ltad.data", "ltad.models", "ltad.eval", "ltad.export", "ltad.baselines"},
     "ltad.sweep": BASE | {"ltad.data", "ltad.models", "ltad.eval", "ltad.export", "ltad.training"},
     "ltad.study": BASE | {"ltad.data", "ltad.models", "ltad.eval", "ltad.baselines", "ltad.training"},
 }
