@@ -9,8 +9,9 @@ Runs before any test image is scored, on every rank of the evaluation (or sweep-
 - rank 0 gathers the banks and broadcasts them: every rank scores with the same model, and the
   export holds them.
 Memory on a rank: the patches of its classes still being read, at most max_images x grid^2 x D each
-(fp16), plus the fitted banks. The training split only: held-out normals stay unseen, so the
-thresholds calibrated on them hold for new images.
+(fp16), plus the fitted banks. The training split only: held-out normals stay unseen, so they
+score like new images when the thresholds are calibrated on them (as well as there are enough of
+them: docs/RESULTS.md, "Through the job path").
 """
 
 from __future__ import annotations
