@@ -24,11 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ltad.baselines.class_banks import fit_class_bank  # noqa: E402
-from ltad.data.splits import make_split  # noqa: E402
 from ltad.models.memory_banks import ClassBank, MemoryBanks, aggregate_patches  # noqa: E402
 from ltad.models.state import build_model  # noqa: E402
 from ltad.study.cache import write_training_cache  # noqa: E402
-from ltad.study.run import model_config, study_features  # noqa: E402
+from ltad.study.run import model_config, split_train, study_features  # noqa: E402
 from ltad.study.scoring import ltad_terms, maps_from, metrics, summarise  # noqa: E402
 from ltad.study.spec import StudySpec, spec_from_dict  # noqa: E402
 from ltad.study.trainer import train_phase1, train_phase2  # noqa: E402
@@ -78,15 +77,13 @@ def terms(spec: StudySpec, out: Path, work: Path):
     path = out / "terms.pt"
     cfg = model_config(spec, spec.seeds[0])
     ds, train_all, test, _ = study_features(spec, work, cfg)
-    level = spec.level_specs[0]
-    split = make_split(ds, level.profile, level.ratio, seed=spec.seeds[0])
-    wanted = {r.path for r in split.train_records(ds)}
-    train = train_all.subset(torch.tensor([i for i, p in enumerate(train_all.paths) if p in wanted]))
-    if not path.is_file():
+    split, train = split_train(ds, train_all, spec.level_specs[0], spec.seeds[0])
+    key = spec.to_json() + cfg.to_yaml()  # a cache made by another spec or config is not reused
+    if not path.is_file() or torch.load(path, weights_only=True).get("key") != key:
         with tempfile.TemporaryDirectory() as tmp:
             data = write_training_cache(train, ds.classes, Path(tmp))
             base, _ = train_phase1(cfg, data)
-            got = {}
+            got: dict = {"key": key}
             for kind, vcfg in (("synth", cfg), ("real", cfg.with_overrides(["phase2.synthesis_ratio=0"]))):
                 model = copy.deepcopy(base)
                 train_phase2(vcfg, model, data)

@@ -173,14 +173,20 @@ def _bank_term(
     return z, {"bank_classes": len(banks.classes), "bank_s": round(time.perf_counter() - t0, 1)}
 
 
+def split_train(ds, train_all: FeatureSet, level: Level, seed: int):
+    """(the level's long-tailed split at `seed`, the features of its training images)."""
+    split = make_split(ds, level.profile, None if level.profile == "full" else level.ratio, seed=seed)
+    wanted = {r.path for r in split.train_records(ds)}
+    train = train_all.subset(torch.tensor([i for i, p in enumerate(train_all.paths) if p in wanted]))
+    return split, train
+
+
 def run_group(
     spec: StudySpec, ds, train_all: FeatureSet, test: FeatureSet, level: Level, seed: int
 ) -> list[dict]:
     """All methods of one (level, seed): a list of rows."""
     cfg = model_config(spec, seed)
-    split = make_split(ds, level.profile, None if level.profile == "full" else level.ratio, seed=seed)
-    wanted = {r.path for r in split.train_records(ds)}
-    train = train_all.subset(torch.tensor([i for i, p in enumerate(train_all.paths) if p in wanted]))
+    split, train = split_train(ds, train_all, level, seed)
     counts, order, size = split.counts, split.class_order, cfg.model.encoder.image_size
     rows: list[dict] = []
 
