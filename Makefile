@@ -44,7 +44,7 @@ sweep-demo: setup
 
 # The study figures of README.md and docs/RESULTS.md, regenerated from the committed rows in docs/results/.
 results: setup
-	$(BIN)/python -m ltad.study.results_doc
+	$(BIN)/python -m tools.results_doc
 
 clean:
 	rm -rf runs .local .pytest_cache .ruff_cache .mypy_cache

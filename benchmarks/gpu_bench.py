@@ -50,7 +50,6 @@ def encoder(batch: int, iters: int) -> dict:
 
 def phase2(zero: int, steps: int, batch: int) -> dict:
     from ltad.models.state import build_model
-    from ltad.services.ports import free_port
     from ltad.training.dist import init_distributed
     from ltad.training.engine import (
         build_engine,
@@ -60,6 +59,7 @@ def phase2(zero: int, steps: int, batch: int) -> dict:
         param_groups,
     )
     from ltad.training.objectives import Phase2Objective
+    from tools.services.ports import free_port
 
     env = {
         "MASTER_ADDR": "127.0.0.1",

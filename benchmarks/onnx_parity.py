@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from ltad import Predictor  # noqa: E402
 from ltad.data.synth import synthesize  # noqa: E402
-from ltad.export import export_model  # noqa: E402
+from ltad.inference.export import export_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ Runs the three measuring scripts, each in its own processes so every peak RSS is
   the per-sample index: its peak RSS, bytes read from storage / bytes delivered;
 - benchmarks/eval_memory.py: peak RSS of the evaluation's scoring + merge at 1x and 10x test images.
 Ratios are measured within one run (this machine is shared and noisy); the targets are issue 15's.
-The stream figures read shards from a local directory through `ltad.data.storage`: the same ranged
+The stream figures read shards from a local directory through `ltad.io.storage`: the same ranged
 reads (`storage.read_range`) go to S3 as HTTP Range GETs (tests/integration/test_dataplane.py).
 
 Usage: .venv/bin/python benchmarks/scale.py [--quick] [--json FILE]

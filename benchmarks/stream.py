@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ (local services) from the repo
+
 from record import add_json_flag, emit  # noqa: E402  (benchmarks/record.py, beside this script)
 
 PREPARE = """
@@ -78,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     add_json_flag(parser)
     args = parser.parse_args(argv)
 
-    from ltad.data import storage
     from ltad.data.datasets import read_dataset
-    from ltad.services.seaweed import SeaweedServer
+    from ltad.io import storage
+    from tools.services.seaweed import SeaweedServer
 
     with tempfile.TemporaryDirectory(prefix="ltad-bench-") as tmp:
         tmp_path = Path(tmp)

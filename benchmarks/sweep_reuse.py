@@ -91,15 +91,15 @@ def main(argv: list[str] | None = None) -> int:
 def run(work: Path, args) -> int:
     import ray
 
-    from ltad.data import storage
     from ltad.data.datasets import read_dataset
     from ltad.data.prepare import prepare
     from ltad.data.splits import make_split
     from ltad.data.synth import synthesize
-    from ltad.services.ports import free_base, free_port
-    from ltad.services.seaweed import GRPC, OFFSETS, SeaweedServer
+    from ltad.io import storage
     from ltad.sweep.driver import TRIAL_STAGE, launches, run_sweep
     from ltad.sweep.space import load_space
+    from tools.services.ports import free_base, free_port
+    from tools.services.seaweed import GRPC, OFFSETS, SeaweedServer
 
     work.mkdir(parents=True, exist_ok=True)
     base = free_base(OFFSETS + tuple(o + GRPC for o in OFFSETS), start=random.randrange(21000, 50000, 10))

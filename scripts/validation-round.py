@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out / str(n)
         out.mkdir(parents=True, exist_ok=True)
         spec = out.parent / f"spec-{n}.yaml"
-        spec.write_text(yaml.safe_dump({**base, **fields, "overrides": overrides, "methods": methods}))
-        code = study.main(["--spec", str(spec), "--out", str(out), "--work", str(args.out / "work")])
+        spec.write_text(yaml.safe_dump({**base, **fields, "set": overrides, "methods": methods}))
+        code = study.main(["--config", str(spec), "--out", str(out), "--work", str(args.out / "work")])
         if code != 0:
             return code
         if label in done:

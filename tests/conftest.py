@@ -19,9 +19,9 @@ def s3_server(tmp_path_factory):
     The server object has `.stop()` / `.start()` (fault tests) and `.bucket`; the environment is
     restored and the server stopped at the end of the session.
     """
-    from ltad.data import storage
-    from ltad.services.ports import free_base
-    from ltad.services.seaweed import GRPC, OFFSETS, SeaweedServer
+    from ltad.io import storage
+    from tools.services.ports import free_base
+    from tools.services.seaweed import GRPC, OFFSETS, SeaweedServer
 
     # A random start keeps parallel test sessions on this machine from racing for the same block.
     base = free_base(OFFSETS + tuple(o + GRPC for o in OFFSETS), start=random.randrange(21000, 50000, 10))
@@ -49,7 +49,7 @@ def ray_local(s3_server):
     """In-process Ray with 2 CPUs; started after the S3 variables are set so workers inherit them."""
     import ray
 
-    from ltad.services.ports import free_port
+    from tools.services.ports import free_port
 
     ray.init(
         num_cpus=2,

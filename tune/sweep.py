@@ -1,6 +1,6 @@
 """Ray Tune sweep of prompt length x synthesis ratio across imbalance levels (a Ray job, = `ltad sweep`).
 
-    ray job submit --working-dir . -- python tune/sweep.py --space tune/demo.yaml \
+    ray job submit --working-dir . -- python tune/sweep.py --config tune/demo.yaml \
         [--root s3://bucket/sweeps/demo] [--set phase2.steps=100 ...] [--max-concurrent N] [--resume]
 
 The search space (tune/*.yaml) names the levels (one prepared shard set each), the values to sweep,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ltad.commands.common import add_run_arguments, load_config
-from ltad.data.uri import resolve_optional
+from ltad.io.uri import resolve_optional
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from ltad.data.uri import resolve
+from ltad.io.uri import resolve
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,8 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ltad.commands.predict import download_model
-    from ltad.data.uri import is_s3
-    from ltad.export import check_out, export_model, read_meta
+    from ltad.inference.export import check_out, export_model, read_meta
+    from ltad.io.uri import is_s3
 
     model = resolve(args.model, "--model")
     out = resolve(args.out, "--out", local_only=True)

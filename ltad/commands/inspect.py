@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ltad.data.uri import resolve
+from ltad.io.uri import resolve
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

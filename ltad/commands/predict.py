@@ -14,8 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ltad.data.uri import resolve
 from ltad.errors import ConfigError
+from ltad.io.uri import resolve
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def download_model(uri: str, folder: Path) -> Path:
     """Copy the exported model at an s3:// prefix into `folder` (read_meta then checks its files)."""
-    from ltad.data import storage
     from ltad.errors import DataError
+    from ltad.io import storage
 
     prefix = uri.rstrip("/")
     objects = storage.list(prefix)
@@ -72,9 +72,9 @@ def batch_size(value: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ltad.data.uri import is_s3
-    from ltad.predict import Predictor, check_device
-    from ltad.predict_run import check_out, find_images, predict_folder
+    from ltad.inference.predict import check_out, find_images, predict_folder
+    from ltad.inference.predictor import Predictor, check_device
+    from ltad.io.uri import is_s3
 
     size = batch_size(args.batch_size)
     check_device(args.device)

@@ -19,8 +19,8 @@ from pathlib import Path
 from ltad.commands.split import add_profile_arguments
 from ltad.commands.synth import add_synth_arguments
 from ltad.data.datasets import DATASETS
-from ltad.data.uri import resolve
 from ltad.errors import ConfigError
+from ltad.io.uri import resolve
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,8 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ltad.commands.split import describe, make_split_from_args, parse_number
-    from ltad.data import storage
     from ltad.data.prepare import prepare
+    from ltad.io import storage
     from ltad.log import get_logger
 
     log = get_logger("prepare").info

@@ -8,8 +8,8 @@ from typing import TypeVar
 
 from ltad.data.datasets import DATASETS
 from ltad.data.splits import DEFAULT_VAL_FRACTION, PROFILES
-from ltad.data.uri import resolve
 from ltad.errors import ConfigError
+from ltad.io.uri import resolve
 
 T = TypeVar("T", int, float)
 

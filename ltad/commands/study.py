@@ -10,11 +10,13 @@ import argparse
 import os
 from pathlib import Path
 
-from ltad.data.uri import resolve
+from ltad.commands.common import add_alias
+from ltad.io.uri import resolve
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spec", default="configs/study.yaml", metavar="YAML", help="study config")
+    p.add_argument("--config", dest="spec", default="configs/study.yaml", metavar="YAML", help="study config")
+    add_alias(p, "--spec", "--config", "spec")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (local)")
     p.add_argument("--work", metavar="DIR", help="dataset + feature cache folder (default: OUT/work)")
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from OUT's rows")
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ltad.study.run import pin_spec, run_study
     from ltad.study.spec import load_spec
 
-    spec = load_spec(resolve(args.spec, "--spec", local_only=True))
+    spec = load_spec(resolve(args.spec, "--config", local_only=True))
     out = Path(resolve(args.out, "--out", local_only=True))
     if args.report_only:
         pin_spec(out, spec)

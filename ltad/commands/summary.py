@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ltad.data.uri import resolve
 from ltad.errors import ConfigError
+from ltad.io.uri import resolve
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

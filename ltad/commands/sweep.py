@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import argparse
 
-from ltad.data.uri import resolve, resolve_optional
+from ltad.commands.common import add_alias
 from ltad.errors import UserError
+from ltad.io.uri import resolve, resolve_optional
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--space", required=True, help="search space YAML (tune/demo.yaml, tune/mvtec.yaml)")
-    p.add_argument("--root", help="sweep root: s3://bucket/prefix or a directory (overrides `root`)")
+    p.add_argument("--config", dest="space", help="search space YAML (tune/demo.yaml, tune/mvtec.yaml)")
+    add_alias(p, "--space", "--config", "space")
+    p.add_argument(
+        "--out", dest="root", help="sweep root: s3://bucket/prefix or a directory (overrides `root`)"
+    )
+    add_alias(p, "--root", "--out", "root")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override of the base run config, e.g. phase2.steps=100")  # fmt: skip
     p.add_argument("--max-concurrent", type=int, metavar="N",
@@ -35,16 +40,18 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ltad.data import storage
+    from ltad.io import storage
     from ltad.sweep.driver import run_sweep
     from ltad.sweep.space import load_space
     from ltad.training.cluster import connect
 
-    space_file = resolve(args.space, "--space", local_only=True)
+    if not args.space:
+        raise UserError("the search space is missing: pass --config tune/demo.yaml (or another space YAML)")
+    space_file = resolve(args.space, "--config", local_only=True)
     space = load_space(
         space_file,
         overrides=args.set,
-        root=resolve_optional(args.root, "--root"),
+        root=resolve_optional(args.root, "--out"),
         max_concurrent=args.max_concurrent,
     )
     if args.resume and not storage.list(storage.join(space.root, "tune")):

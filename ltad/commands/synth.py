@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ltad.data.uri import resolve
+from ltad.io.uri import resolve
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

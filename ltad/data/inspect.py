@@ -8,10 +8,10 @@ from typing import Any
 
 from PIL import Image
 
-from ltad.data import storage
 from ltad.data.manifest import VAL, read_manifest
 from ltad.data.shards import IMAGE_MEMBERS, iterate_shard
 from ltad.errors import UserError
+from ltad.io import storage
 
 
 def _check_sample(sample: dict[str, Any]) -> tuple[str, str]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ltad.data import storage
 from ltad.errors import DataError
+from ltad.io import storage
 
 FORMAT = "ltad-shards/1"
 NAME = "manifest.json"

@@ -29,7 +29,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from ltad.data import storage
 from ltad.data.datasets import read_dataset
 from ltad.data.executor import Executor, processes
 from ltad.data.manifest import (
@@ -48,6 +47,7 @@ from ltad.data.shards import ShardInfo, ShardWriter, encode_record, fitted_size,
 from ltad.data.splits import read_split
 from ltad.data.tree import scan
 from ltad.errors import ConfigError, DataError
+from ltad.io import storage
 from ltad.log import get_logger
 
 _log = get_logger("prepare").info

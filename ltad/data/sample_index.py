@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ltad.data import storage
 from ltad.errors import DataError
+from ltad.io import storage
 
 FORMAT = "ltad-sample-index/1"
 SUFFIX = ".index.json"

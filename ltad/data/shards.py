@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ltad.data import storage
 from ltad.data.records import Record
 from ltad.errors import DataError, StorageError
+from ltad.io import storage
 
 MTIME = 0
 MODE = 0o644

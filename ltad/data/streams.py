@@ -25,11 +25,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from ltad.data import storage
 from ltad.data.manifest import Manifest, ShardEntry
 from ltad.data.sample_index import read_fragment, read_shard_index
 from ltad.data.shards import decode_sample, image_member, iterate_shard
 from ltad.errors import ConfigError, DataError
+from ltad.io import storage
 from ltad.log import ALL_RANKS, get_logger
 
 storage.register_webdataset()

@@ -13,8 +13,8 @@ import posixpath
 from collections.abc import Callable
 from pathlib import Path
 
-from ltad.data import storage
 from ltad.errors import DataError
+from ltad.io import storage
 
 
 class Tree:

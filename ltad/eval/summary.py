@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from ltad.data import storage
 from ltad.data.levels import Level
 from ltad.errors import DataError, UserError
 from ltad.eval.aggregate import GROUPS, METRICS
 from ltad.eval.summary_plots import plot_heatmap, plot_per_class, plot_ratio
 from ltad.eval.validation import VAL_METRIC
+from ltad.io import storage
 
 SWEEP_FORMAT = "ltad-sweep/1"
 TRIAL_STATUSES = ("finished", "stopped", "error", "running", "pending")

@@ -110,8 +110,8 @@ class Weights:
 
 def checkpoint_file(pretrained: str) -> Weights:
     """The local checkpoint behind a file path or s3:// URI (S3 objects: fetched once per node into
-    the content-addressed cache of `ltad.data.blobs`), with its sha256."""
-    from ltad.data import blobs
+    the content-addressed cache of `ltad.io.blobs`), with its sha256."""
+    from ltad.io import blobs
 
     try:
         blob = blobs.resolve(pretrained)

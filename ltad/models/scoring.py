@@ -3,7 +3,7 @@
 `ScoringGraph` is what both deployable formats run: `ltad predict` calls it on a torch export and
 `ltad export --format onnx` traces it into one ONNX graph (encoder included), so both give the same
 numbers by construction. Its input is a batch already resized to the model's square image size with
-values in [0, 1] (`ltad.predict.preprocess` does that, once, for both formats); the encoder's
+values in [0, 1] (`ltad.inference.predictor.preprocess` does that, once, for both formats); the encoder's
 mean/std normalisation happens inside. Always the predicted class (there is no ground truth when
 deployed), and the text embeddings and standardisation statistics are the trained buffers.
 """

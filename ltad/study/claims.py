@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ltad.study.paired import Paired, paired_class_cells, paired_interval, paired_rows
+from ltad.study.sizes import BUCKET_LABELS, SIZE_PAIRS, by_class_size
 
 TAIL_MARGIN = 0.03
 """LTAD's tail-class image AUROC must exceed reconstruction-only's by this much (the quality issue)."""
@@ -114,7 +115,6 @@ def class_size_lines(rows: Sequence[dict], methods: Sequence[str]) -> list[str]:
     """Markdown bullets: each paired `a - b` of the by-class-size table with a 95 % t-interval over its
     (level, seed, class) cells. Cells of one seed share a training run, so the interval is optimistic;
     it is the sharper test for the tail all the same, since each pair shares split, class and seed."""
-    from ltad.study.report import BUCKET_LABELS, SIZE_PAIRS, by_class_size  # report imports this module
 
     data = by_class_size(list(rows), list(methods))
     out = []

@@ -7,12 +7,13 @@ A YAML file (configs/study.yaml, configs/study-validation.yaml) read by the run 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ltad.config import check, from_dict, load_yaml
+from ltad.config import check, from_dict, read_yaml_file
 from ltad.data.levels import Level
 
 METHODS = ("ltad", "rec_only", "sem_only", "no_vae", "oracle", "knn", "ltad_mb")
@@ -79,9 +80,19 @@ class StudySpec:
         return json.dumps(d, sort_keys=True)
 
 
+def _vocabulary(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """`set:` is the overrides' key in every file (as `--set` on the command line); `overrides:` warns."""
+    if "overrides" not in d:
+        return {("overrides" if k == "set" else k): v for k, v in d.items()}
+    check("set" not in d, "set", "one of `set` and its old spelling `overrides`", "both")
+    print(f"ltad: warning: `overrides:` in {where} is deprecated; name the key `set:`", file=sys.stderr)
+    return d
+
+
 def spec_from_dict(d: dict[str, Any]) -> StudySpec:
-    return from_dict(StudySpec, d)
+    return from_dict(StudySpec, _vocabulary(d, "the study spec"))
 
 
 def load_spec(path: str | Path) -> StudySpec:
-    return load_yaml(StudySpec, path)
+    data = read_yaml_file(path)
+    return from_dict(StudySpec, _vocabulary(data, str(path)))

@@ -41,12 +41,12 @@ import os
 import time
 from typing import Any
 
-from ltad.data import storage
 from ltad.data.manifest import read_manifest
 from ltad.errors import ConfigError
 from ltad.eval.outputs import summary
 from ltad.eval.summary import write_sweep
 from ltad.eval.validation import VAL_METRIC
+from ltad.io import storage
 from ltad.log import get_logger
 from ltad.sweep.space import Space, Trial
 from ltad.training import identity, preflight

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ltad.config import LTADConfig, check, load_yaml
-from ltad.data import storage
 from ltad.data.levels import Level
-from ltad.data.uri import resolve, resolve_run_locations
 from ltad.errors import ConfigError
 from ltad.eval.summary import PARAM_KEYS
 from ltad.eval.validation import VAL_METRIC
+from ltad.io import storage
+from ltad.io.uri import resolve, resolve_run_locations
 
 
 @dataclass(frozen=True)

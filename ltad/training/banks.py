@@ -32,7 +32,7 @@ from ltad.training.objectives import features
 
 if TYPE_CHECKING:
     from ltad.models.ltad import LTAD
-    from ltad.training.stages import Worker
+    from ltad.training.worker import Worker
 
 
 def bank_classes(counts: list[int], min_images: int) -> list[int]:

@@ -4,7 +4,7 @@ With `RAY_ADDRESS` set (a job submitted with `ray job submit`, or a user's clust
 cluster; otherwise it starts a local one with the dashboard on loopback, which Tune-over-Train needs
 to free finished trials' placement groups.
 
-The driver's non-secret S3 settings (`ltad.data.storage.S3_SETTINGS`: endpoint, region) become
+The driver's non-secret S3 settings (`ltad.io.storage.S3_SETTINGS`: endpoint, region) become
 environment variables of the job's runtime environment, which Ray gives to every process of the job
 on every node: Ray Train workers, Tune trial functions and plain tasks. A node started without
 them (e.g. one with only an instance role) then reads the job's store, not AWS. Credentials are never
@@ -40,7 +40,7 @@ def submitted_env_vars() -> set[str]:
 
 def travelling_env() -> dict[str, str]:
     """The S3 settings of this driver that the job's runtime env must carry to every worker."""
-    from ltad.data.storage import s3_settings
+    from ltad.io.storage import s3_settings
 
     taken = submitted_env_vars()
     return {k: v for k, v in s3_settings().items() if k not in taken}

@@ -48,13 +48,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ltad.config import EncoderConfig, to_dict
-from ltad.data import blobs, storage
 from ltad.data.manifest import SPLITS, Manifest, ShardEntry, manifest_uri, read_manifest, write_manifest
 from ltad.data.progress import Progress
 from ltad.data.sample_index import write_shard_index
 from ltad.data.shards import ShardInfo, ShardWriter, iterate_shard
 from ltad.data.streams import decode_image_sample
 from ltad.errors import DataError, StorageError
+from ltad.io import blobs, storage
 from ltad.log import get_logger
 
 FP16_RTOL = 2.0**-11

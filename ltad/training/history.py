@@ -4,7 +4,7 @@ Rank 0 keeps the records of its stage (`History`) and writes them into every che
 so a resumed stage continues from exactly the records of the checkpoint it resumes from (no gap, no
 step twice). The driver reads the file from each finished stage's final checkpoint and writes the
 run's `history.jsonl` to `run.output` as one whole object after every training stage (through
-ltad.data.storage: atomic locally, one PUT on S3), so the file in the output is never half written
+ltad.io.storage: atomic locally, one PUT on S3), so the file in the output is never half written
 and always holds whole stages. Workers never write to the output.
 
 A record: `stage`, `step`, `time` (unix seconds), then what the step loop logged for the interval
@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ltad.data import storage
 from ltad.errors import DataError
+from ltad.io import storage
 
 HISTORY_FILE = "history.jsonl"
 TRAINING_STAGES = ("phase1", "phase2")

@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ltad.config import EncoderConfig, LTADConfig, to_dict
-from ltad.data import storage
 from ltad.data.manifest import Manifest
 from ltad.errors import UserError
+from ltad.io import storage
 
 FORMAT = "ltad-identity/1"
 FILE = "ltad-identity.json"

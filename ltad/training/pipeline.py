@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ltad.config import LTADConfig
-from ltad.data import storage
 from ltad.data.manifest import read_manifest
 from ltad.errors import ConfigError
 from ltad.eval.outputs import summary
+from ltad.io import storage
 from ltad.log import get_logger
 from ltad.training import preflight
 from ltad.training.feature_cache import find_cache

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from ltad.config import LTADConfig, ScalingConfig
-from ltad.data import storage
 from ltad.data.manifest import read_manifest
 from ltad.errors import ConfigError
+from ltad.io import storage
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 KEYWORDS = ("bundled", "none")

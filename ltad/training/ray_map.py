@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ltad.data import storage
 from ltad.errors import ConfigError, UserError
+from ltad.io import storage
 
 
 def _call(fn: Callable[[Any], Any], item: Any) -> Any:

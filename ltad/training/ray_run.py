@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ltad.data.storage import S3_SETTINGS
+from ltad.io.storage import S3_SETTINGS
 from ltad.training.inputs import StageInput
 
 # Variables a worker needs that must not depend on how its node was started (the S3 endpoint and

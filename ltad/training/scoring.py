@@ -24,17 +24,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ltad.data import storage
 from ltad.data.pseudo_defects import pseudo_defect, pseudo_key
 from ltad.data.shards import iterate_shard
 from ltad.data.streams import ExactlyOnceStream, decode_image_sample, make_loader
 from ltad.eval.metrics import StreamingPixelAccumulator
 from ltad.eval.outputs import OverlayCandidate, ScoredSample, ShareScores
+from ltad.io import storage
 from ltad.training.data import evaluation_loader
 from ltad.training.objectives import features
 
 if TYPE_CHECKING:
-    from ltad.training.stages import Worker
+    from ltad.training.worker import Worker
 
 
 def score_share(w: Worker, model, cache: str | None) -> ShareScores:

@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ltad.config import LTADConfig
-from ltad.data import storage
-from ltad.data.manifest import Manifest, read_manifest
 from ltad.eval.aggregate import to_json
 from ltad.eval.calibration import calibrate, calibration_metrics, describe, thresholds_of
 from ltad.eval.normalise import calibrated_normalisation
@@ -43,19 +40,20 @@ from ltad.eval.outputs import (
     write_scores,
 )
 from ltad.eval.report import write_report
-from ltad.export import write_export
-from ltad.log import get_logger, set_rank
+from ltad.inference.export import write_export
+from ltad.io import storage
+from ltad.log import get_logger
 from ltad.models.ltad import LTAD
 from ltad.models.state import build_model, load_trained, trained_state
 from ltad.training.banks import fit_memory_banks
 from ltad.training.checkpoint import evaluation_dir_name, load_model_state
 from ltad.training.data import feature_source, training_batches
-from ltad.training.dist import broadcast_from_rank0, gather_to_rank0, init_distributed
+from ltad.training.dist import broadcast_from_rank0, gather_to_rank0
 from ltad.training.engine import build_engine, deepspeed_config, param_groups
-from ltad.training.inputs import StageInput
 from ltad.training.loop import LoopSpec, run_steps
 from ltad.training.objectives import Phase1Objective, Phase2Objective, features
 from ltad.training.scoring import overlay_images, score_heldout, score_share
+from ltad.training.worker import Worker, worker
 
 PHASE1_KEYS = ("names.", "vae.", "feature_norm.")
 PHASE2_KEYS = ("reconstruction.", "semantic.")
@@ -63,48 +61,6 @@ EVALUATED = "evaluated"
 """Key of every evaluation report (test samples scored): how a listener tells it from training reports."""
 
 log = get_logger("stage")
-
-
-@dataclass
-class Worker:
-    """What every train function needs: its input, config, data, this worker's place and device."""
-
-    inp: StageInput
-    manifest: Manifest
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def cfg(self) -> LTADConfig:
-        return self.inp.config
-
-    @property
-    def data_uri(self) -> str:
-        return self.inp.data_uri
-
-    def log(self, msg: str) -> None:
-        """Progress on rank 0 (the job log)."""
-        log.info(msg)
-
-    @property
-    def class_counts(self) -> list[int]:
-        return [self.manifest.counts["train"].get(c, 0) for c in self.manifest.classes]
-
-
-def worker(loop: dict[str, Any]) -> Worker:
-    """Unwrap the stage input, join DeepSpeed to Ray's process group, pick the device."""
-    import ray.train
-
-    inp = StageInput.of(loop)
-    init_distributed(inp.config.scaling.use_gpu)
-    ctx = ray.train.get_context()
-    set_rank(ctx.get_world_rank())
-    device = torch.device("cpu")
-    if inp.config.scaling.use_gpu:
-        device = torch.device("cuda", ctx.get_local_rank())
-        torch.cuda.set_device(device)
-    return Worker(inp, read_manifest(inp.data_uri), ctx.get_world_rank(), ctx.get_world_size(), device)
 
 
 # --------------------------------------------------------------------------- encode

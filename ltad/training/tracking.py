@@ -16,7 +16,7 @@ use a tracking server (`http://...`, e.g. with an S3 artefact store) so the runs
 MLflow 3 refuses its file store unless MLFLOW_ALLOW_FILE_STORE is set (it wants a database; this
 environment has no SQLAlchemy), so ltad sets it for a `file:` URI; one MLflow run per job launch, in
 the experiment `run.name`. TensorBoard: event files under `{run.output}/tensorboard/` (local or S3,
-through ltad.data.storage), one per stage, rewritten whole, so a rerun replaces rather than repeats.
+through ltad.io.storage), one per stage, rewritten whole, so a rerun replaces rather than repeats.
 The packages are imported only when configured; a missing one is one ConfigError line.
 """
 
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ltad.config import LTADConfig, RunConfig, to_dict
-from ltad.data import storage
 from ltad.errors import ConfigError
+from ltad.io import storage
 from ltad.training.history import HISTORY_FILE, to_jsonl
 
 TENSORBOARD_DIR = "tensorboard"

@@ -25,7 +25,7 @@ from ltad.models.state import load_trained
 from ltad.training.scoring import heldout_batches
 
 if TYPE_CHECKING:
-    from ltad.training.stages import Worker
+    from ltad.training.worker import Worker
 
 
 class Phase2Validation:

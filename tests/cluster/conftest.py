@@ -28,7 +28,7 @@ NO_ENDPOINT = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 @pytest.fixture(scope="module")
 def two_nodes(s3_server, tmp_path_factory):
     """(head, node B, the environment for `ray job submit` against the head)."""
-    from ltad.services.ray_local import RayHead, RayWorkerNode
+    from tools.services.ray_local import RayHead, RayWorkerNode
 
     if shutil.which("unshare") is None:
         pytest.skip("needs util-linux `unshare` for node B's own mount namespace")

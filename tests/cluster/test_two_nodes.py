@@ -98,8 +98,8 @@ def test_job_runs_on_both_nodes_with_everything_on_s3(two_nodes, tiny_data, s3_s
     cache), data, output and checkpoints on S3; then the same run name with other data is refused."""
     import hashlib
 
-    from ltad.data import storage
     from ltad.data.manifest import read_manifest
+    from ltad.io import storage
 
     head, node, env = two_nodes
     assert len(node.head_alive_nodes()) == 2
@@ -109,7 +109,7 @@ def test_job_runs_on_both_nodes_with_everything_on_s3(two_nodes, tiny_data, s3_s
     # a cache dir under the pytest folders: node B sees its own empty tmpfs there, so it downloads itself
     job_env = {"LTAD_CACHE_DIR": str(tmp_path / "cache")}
     run = [
-        "--output", f"{prefix}/out", "--set", f"run.storage_path={prefix}/ray", "--set", f"run.name={tmp_path.name}",
+        "--out", f"{prefix}/out", "--set", f"run.storage_path={prefix}/ray", "--set", f"run.name={tmp_path.name}",
         "--set", f"model.encoder.pretrained={prefix}/weights/clip.pt",
     ]  # fmt: skip
     config = str(_config(tmp_path, tiny_data))
@@ -153,7 +153,7 @@ def test_local_output_is_refused_before_any_stage(two_nodes, tiny_data, tmp_path
     out = tmp_path / "out"
     proc, took = _submit(
         env, "python", "jobs/train.py", "--config", str(_config(tmp_path, tiny_data)), "--data", tiny_data,
-        "--output", str(out), "--set", f"run.name=refused-{tmp_path.name}",
+        "--out", str(out), "--set", f"run.name=refused-{tmp_path.name}",
     )  # fmt: skip
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
@@ -173,7 +173,7 @@ def test_local_output_is_refused_before_any_stage(two_nodes, tiny_data, tmp_path
 def test_data_on_a_falsely_declared_shared_fs_is_refused_by_the_other_node(
     two_nodes, tiny_data, s3_server, tmp_path
 ):
-    from ltad.data import storage
+    from ltad.io import storage
 
     _, _, env = two_nodes
     local = tmp_path / "shards"  # on the head only: node B has an empty tmpfs over the pytest folders
@@ -182,7 +182,7 @@ def test_data_on_a_falsely_declared_shared_fs_is_refused_by_the_other_node(
     prefix = f"s3://{s3_server.bucket}/cluster-{tmp_path.name}"
     proc, took = _submit(
         env, "python", "jobs/train.py", "--config", str(_config(tmp_path, str(local))), "--data", str(local),
-        "--output", f"{prefix}/out", "--set", f"run.storage_path={prefix}/ray", "--set", "run.shared_fs=true",
+        "--out", f"{prefix}/out", "--set", f"run.storage_path={prefix}/ray", "--set", "run.shared_fs=true",
         "--set", f"run.name=nfs-{tmp_path.name}",
     )  # fmt: skip
     log = proc.stdout + proc.stderr
@@ -197,8 +197,8 @@ def test_data_on_a_falsely_declared_shared_fs_is_refused_by_the_other_node(
 
 
 def test_sweep_across_both_nodes_summarises_every_trial(two_nodes, tiny_data, s3_server, tmp_path):
-    from ltad.data import storage
     from ltad.eval.summary import read_sweep
+    from ltad.io import storage
 
     _, _, env = two_nodes
     root = f"s3://{s3_server.bucket}/cluster-sweep-{tmp_path.name}"
@@ -221,7 +221,7 @@ def test_sweep_across_both_nodes_summarises_every_trial(two_nodes, tiny_data, s3
         "asha": None,
     }
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    proc, took = _submit(env, "python", "tune/sweep.py", "--space", str(tmp_path / "space.yaml"))
+    proc, took = _submit(env, "python", "tune/sweep.py", "--config", str(tmp_path / "space.yaml"))
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
     assert "sweep cluster: {'finished': 2}" in log

@@ -70,7 +70,7 @@ def link_into(site: Path, dists: dict[str, md.Distribution]) -> None:
 
 def test_core_extra_runs_predict_in_a_fresh_venv(tmp_path):
     from ltad.config import LTADConfig
-    from ltad.export import write_export
+    from ltad.inference.export import write_export
     from ltad.models.state import build_model
 
     dists = core_closure()

@@ -12,7 +12,6 @@ from collections import Counter
 import pytest
 
 from ltad import cli
-from ltad.data import storage
 from ltad.data.datasets import read_dataset
 from ltad.data.inspect import inspect
 from ltad.data.manifest import read_manifest
@@ -23,7 +22,8 @@ from ltad.data.splits import make_split
 from ltad.data.streams import eval_stream, make_loader, train_stream
 from ltad.data.synth import synthesize
 from ltad.errors import DataError, StorageError
-from ltad.services.ports import free_port
+from ltad.io import storage
+from tools.services.ports import free_port
 
 pytestmark = pytest.mark.integration
 CLASSES, TRAIN, TEST = 4, 20, 10

@@ -36,14 +36,14 @@ def _checkpoint(path):
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    from ltad.data import blobs
+    from ltad.io import blobs
 
     monkeypatch.setenv(blobs.CACHE_ENV, str(tmp_path / "cache"))
     return tmp_path / "cache" / "weights"
 
 
 def test_encoder_from_s3_matches_the_local_file(s3_server, tmp_path, cache):
-    from ltad.data import storage
+    from ltad.io import storage
     from ltad.models.encoder import Encoder
 
     local = _checkpoint(tmp_path / "clip.pt")
@@ -63,7 +63,7 @@ def test_encoder_from_s3_matches_the_local_file(s3_server, tmp_path, cache):
 
 
 def test_bad_weights_in_s3_are_one_clear_error(s3_server, tmp_path, cache):
-    from ltad.data import storage
+    from ltad.io import storage
     from ltad.models.encoder import Encoder
 
     missing = f"s3://{s3_server.bucket}/weights-test/absent.pt"
@@ -92,9 +92,9 @@ def test_export_carries_the_encoder_weights(where, s3_server, tmp_path, cache, m
     and gives the scores of the model that was exported."""
     from ltad.cli import main
     from ltad.config import LTADConfig
-    from ltad.data import storage
     from ltad.data.synth import synthesize
-    from ltad.export import load_export, write_export
+    from ltad.inference.export import load_export, write_export
+    from ltad.io import storage
     from ltad.models.state import build_model
 
     root = synthesize(
@@ -158,7 +158,7 @@ def test_export_carries_the_encoder_weights(where, s3_server, tmp_path, cache, m
 def test_export_without_its_copy_uses_the_recorded_source_when_unchanged(tmp_path, cache):
     """A folder whose encoder copy was dropped (to save space) resolves its recorded source, hash-checked."""
     from ltad.config import LTADConfig
-    from ltad.export import load_export, write_export
+    from ltad.inference.export import load_export, write_export
     from ltad.models.state import build_model
 
     local = _checkpoint(tmp_path / "clip.pt")
@@ -177,8 +177,8 @@ def test_ray_workers_encode_with_weights_from_s3(ray_local, tiny_data, s3_server
     s3:// checkpoint: the feature cache is keyed by its sha256 and records it. It writes to
     `data.cache_uri` (outside the data prefix), decodes in a DataLoader worker, and leaves a verified
     done-record for every shard (what a restarted encode skips)."""
-    from ltad.data import storage
     from ltad.data.manifest import manifest_uri, read_manifest
+    from ltad.io import storage
     from ltad.training.feature_cache import cache_uri, find_cache, fingerprint, verified_shard
     from ltad.training.pipeline import run_pipeline
     from tests.integration.conftest import tiny_config

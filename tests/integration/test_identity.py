@@ -33,7 +33,7 @@ def other_data(s3_server, tmp_path_factory) -> str:
 
 def _objects(prefix: str) -> dict[str, str]:
     """Every object under an S3 prefix with its last-modified time (rewritten objects change it)."""
-    from ltad.data import storage
+    from ltad.io import storage
 
     out = {}
     for uri in storage.list(prefix):
@@ -45,7 +45,7 @@ def _objects(prefix: str) -> dict[str, str]:
 def test_same_name_other_data_is_refused_and_same_data_resumes(
     ray_local, tiny_data, other_data, s3_server, tmp_path, capsys
 ):
-    from ltad.data import storage
+    from ltad.io import storage
     from ltad.training import identity
     from ltad.training.identity import RunIdentityError
     from ltad.training.pipeline import run_pipeline

@@ -24,15 +24,15 @@ def _submit(env: dict, *args: str) -> subprocess.CompletedProcess:
 def test_job_submit_runs_cache_both_phases_and_evaluation(ray_head, tiny_data, s3_server, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from ltad.data import storage
     from ltad.data.manifest import read_manifest
+    from ltad.io import storage
 
     out = f"s3://{s3_server.bucket}/job-{tmp_path.name}/out"
     cfg = tiny_config(tmp_path, tiny_data, data={"use_feature_cache": True})
     config = tmp_path / "tiny.yaml"
     config.write_text(cfg.to_yaml())
     proc = _submit(
-        ray_head, "python", "jobs/train.py", "--config", str(config), "--data", tiny_data, "--output", out,
+        ray_head, "python", "jobs/train.py", "--config", str(config), "--data", tiny_data, "--out", out,
         "--set", f"run.storage_path=s3://{s3_server.bucket}/job-{tmp_path.name}/ray", "--set", "run.name=job",
         "--set", "model.encoder.text_seed=1",  # a cache of its own: the encode stage always runs here
     )  # fmt: skip

@@ -19,7 +19,7 @@ def exported(tmp_path_factory):
     """An exported tiny model (standardisation fitted on real synthetic images) and a folder of images."""
     from ltad.config import LTADConfig
     from ltad.data.synth import synthesize
-    from ltad.export import write_export
+    from ltad.inference.export import write_export
     from ltad.models.state import build_model
 
     tmp = tmp_path_factory.mktemp("predict")
@@ -82,7 +82,7 @@ def test_predict_folder_writes_maps_overlays_and_csv(exported, tmp_path):
 def test_predict_matches_model_scores_and_glob(exported, tmp_path):
     """The exported model, reloaded, gives the same raw scores as the model that was exported."""
     from ltad import Predictor
-    from ltad.predict_run import predict_folder
+    from ltad.inference.predict import predict_folder
 
     model_dir, folder, model, _ = exported
     summary = predict_folder(Predictor.load(model_dir), str(folder / "img*.png"), tmp_path)

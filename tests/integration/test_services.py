@@ -14,8 +14,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from ltad.services.ports import free_base
-from ltad.services.seaweed import GRPC, OFFSETS
+from tools.services.ports import free_base
+from tools.services.seaweed import GRPC, OFFSETS
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

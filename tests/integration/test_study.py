@@ -13,7 +13,7 @@ from ltad.data.synth import SOURCES
 
 def test_study_smoke_writes_rows_report_and_plots_and_resumes(tmp_path):
     out = tmp_path / "smoke"
-    assert study.main(["--spec", "configs/study-smoke.yaml", "--out", str(out)]) == 0
+    assert study.main(["--config", "configs/study-smoke.yaml", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     methods = ["ltad", "rec_only", "sem_only", "no_vae", "oracle", "knn", "ltad_mb"]
     assert [r["method"] for r in rows] == methods
@@ -37,8 +37,8 @@ def test_study_smoke_writes_rows_report_and_plots_and_resumes(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"] == 7 and not math.isnan(summary["stats"]["exp10/ltad"]["image_AUROC"][0])
     before = (out / "rows.jsonl").read_text()
-    assert study.main(["--spec", "configs/study-smoke.yaml", "--out", str(out)]) == 0  # resume: all done
+    assert study.main(["--config", "configs/study-smoke.yaml", "--out", str(out)]) == 0  # resume: all done
     assert (out / "rows.jsonl").read_text() == before
     other = tmp_path / "other.yaml"
     other.write_text("levels: ['exp:100']\nseeds: [0]\n")
-    assert study.main(["--spec", str(other), "--out", str(out)]) == 2  # another spec into the same folder
+    assert study.main(["--config", str(other), "--out", str(out)]) == 2  # another spec into the same folder

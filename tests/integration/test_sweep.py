@@ -71,7 +71,7 @@ def _wait(client, job: str, timeout: float, until=None) -> str:
 def killed_and_restored(ray_head, tiny_data, s3_server, tmp_path_factory):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from ltad.data import storage
+    from ltad.io import storage
     from ltad.sweep.space import load_space
 
     tmp = tmp_path_factory.mktemp("sweep")
@@ -84,7 +84,7 @@ def killed_and_restored(ray_head, tiny_data, s3_server, tmp_path_factory):
     def published() -> list[str]:
         return [u for u in storage.list(f"{root}/trials") if u.endswith("/metrics.json")]
 
-    first = client.submit_job(entrypoint=f"python tune/sweep.py --space {space_file}", runtime_env=env)
+    first = client.submit_job(entrypoint=f"python tune/sweep.py --config {space_file}", runtime_env=env)
     state = _wait(client, first, 600, until=lambda: bool(published()))
     assert state == "condition", client.get_job_logs(first)[-4000:]
     done_before = {u.split("/")[-2]: storage.read_bytes(u) for u in published()}
@@ -92,7 +92,7 @@ def killed_and_restored(ray_head, tiny_data, s3_server, tmp_path_factory):
     assert _wait(client, first, 120) == JobStatus.STOPPED
     first_log = client.get_job_logs(first)
     second = client.submit_job(
-        entrypoint=f"python tune/sweep.py --space {space_file} --resume", runtime_env=env
+        entrypoint=f"python tune/sweep.py --config {space_file} --resume", runtime_env=env
     )
     assert _wait(client, second, 600) == JobStatus.SUCCEEDED, client.get_job_logs(second)[-6000:]
     return (
@@ -105,8 +105,8 @@ def killed_and_restored(ray_head, tiny_data, s3_server, tmp_path_factory):
 
 
 def test_four_trials_finish_with_sweep_json_and_phase1_once_per_length(killed_and_restored):
-    from ltad.data import storage
     from ltad.eval.summary import collect, read_sweep
+    from ltad.io import storage
     from ltad.sweep.driver import launches
 
     space, _, first_log, log, _ = killed_and_restored
@@ -140,7 +140,7 @@ def test_each_trial_has_its_history_and_an_mlflow_run(killed_and_restored):
 
     from mlflow.tracking import MlflowClient
 
-    from ltad.data import storage
+    from ltad.io import storage
     from ltad.training.tracking import allow_file_store, mlflow_uri
 
     space = killed_and_restored[0]
@@ -174,7 +174,7 @@ def test_each_trial_has_its_history_and_an_mlflow_run(killed_and_restored):
 
 
 def test_restore_keeps_finished_trials_and_completes_the_rest(killed_and_restored):
-    from ltad.data import storage
+    from ltad.io import storage
     from ltad.sweep.driver import TRIAL_STAGE, launches
 
     space, done_before, _, log, _ = killed_and_restored
@@ -195,7 +195,7 @@ def test_rerun_with_other_settings_under_the_same_root_is_refused(killed_and_res
     space, _, _, _, (client, space_file, env) = killed_and_restored
     evaluated = launches(space, TRIAL_STAGE)
     job = client.submit_job(
-        entrypoint=f"python tune/sweep.py --space {space_file} --set phase2.steps=7", runtime_env=env
+        entrypoint=f"python tune/sweep.py --config {space_file} --set phase2.steps=7", runtime_env=env
     )
     assert _wait(client, job, 300) == JobStatus.FAILED
     errors = [line for line in client.get_job_logs(job).splitlines() if "tune/sweep.py: error:" in line]

@@ -69,7 +69,7 @@ def test_metrics_json_keys_ranges_and_exactly_once(trained, tiny_data):
 
 def test_outputs_report_overlays_and_export(trained, tiny_data):
     from ltad.data.manifest import read_manifest
-    from ltad.export import load_export
+    from ltad.inference.export import load_export
 
     _, metrics, out = trained
     manifest = read_manifest(tiny_data)
@@ -228,7 +228,7 @@ def test_history_jsonl_and_trackers(trained):
 
 
 def test_checkpoints_in_s3_hold_every_rank(trained):
-    from ltad.data import storage
+    from ltad.io import storage
 
     cfg, _, _ = trained
     listed = storage.list(cfg.run.storage_path)
@@ -242,7 +242,7 @@ def test_phase2_zero3_cached_features_fails_once_and_resumes(trained, tiny_data,
     """ZeRO-3 on cached features: an injected failure after step 2 -> Ray restarts, resumes at 2."""
     import ray.train
 
-    from ltad.data import storage
+    from ltad.io import storage
     from ltad.models.encoder import Encoder
     from ltad.training import stages
     from ltad.training.checkpoint import load_model_state
@@ -303,10 +303,10 @@ def test_cached_features_match_online_encoding_within_fp16_rounding(tiny_data, t
     1e-5 of the largest |feature| (fp32 results depend slightly on how images are batched)."""
     from functools import partial
 
-    from ltad.data import storage
     from ltad.data.manifest import read_manifest
     from ltad.data.shards import iterate_shard
     from ltad.data.streams import decode_image_sample
+    from ltad.io import storage
     from ltad.models.encoder import Encoder
     from ltad.training.feature_cache import BATCH_ATOL, FP16_RTOL, encode, feature_decoder
 
@@ -372,9 +372,9 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[f
 
 def _cached_test_set(cache: str, size: int):
     """The feature cache's test split as the study's FeatureSet (fp16 patches, masks)."""
-    from ltad.data import storage
     from ltad.data.manifest import read_manifest
     from ltad.data.shards import iterate_shard
+    from ltad.io import storage
     from ltad.study.features import FeatureSet
     from ltad.training.feature_cache import feature_decoder
 

@@ -115,13 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phase2-samples", type=int, default=None, help="cap the phase-2 epoch (time)")
     args = p.parse_args(argv)
 
-    from ltad.data import storage
     from ltad.data.datasets import read_dataset
     from ltad.data.prepare import prepare
     from ltad.data.splits import make_split
     from ltad.data.streams import eval_stream, make_loader, train_stream
     from ltad.data.synth import synthesize
-    from ltad.services.seaweed import SeaweedServer
+    from ltad.io import storage
+    from tools.services.seaweed import SeaweedServer
 
     work = Path(args.workdir).resolve()
     shutil.rmtree(work, ignore_errors=True)

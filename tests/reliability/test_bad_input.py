@@ -58,7 +58,7 @@ class Ctx:
 
     def train(self, *extra: str, cfg: Path | None = None) -> Case:
         out = self.tmp / "out"
-        args = ["jobs/train.py", "--config", str(cfg or self.train_cfg()), "--output", str(out), *extra]
+        args = ["jobs/train.py", "--config", str(cfg or self.train_cfg()), "--out", str(out), *extra]
         return Case(args, [], [out / "metrics.json", out / "model"])
 
     def prepare(self, root: Path, split: Path, out: str | None = None) -> Case:
@@ -208,7 +208,7 @@ def negative_max_bad_samples(c: Ctx) -> Case:
 
 
 def unreachable_endpoint(c: Ctx) -> Case:
-    from ltad.services.ports import free_port
+    from tools.services.ports import free_port
 
     endpoint = f"http://127.0.0.1:{free_port()}"
     case = Case(["inspect", "s3://ltad-test/tiny"], [])
@@ -331,7 +331,7 @@ CASES: dict[str, Callable[[Ctx], Case]] = {
 def export_dir(synth_root, tmp_path_factory) -> Path:
     """A valid exported model (tiny, untrained weights) for the predict cases."""
     from ltad.config import LTADConfig
-    from ltad.export import write_export
+    from ltad.inference.export import write_export
     from ltad.models.state import build_model
     from tests.integration.conftest import TINY_MODEL
 
@@ -360,6 +360,6 @@ def test_bad_input_fails_cleanly(name, tmp_path, synth_root, split_file, local_s
     for path in case.absent:
         assert not path.exists(), f"{path} left behind after a failed run"
     if name == "wrong_credentials":  # nothing written under the prefix with the bad key
-        from ltad.data import storage
+        from ltad.io import storage
 
         assert storage.list("s3://ltad-test/rel-wrong-creds") == []

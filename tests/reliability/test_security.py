@@ -82,7 +82,7 @@ class _Boom:
 def test_checkpoint_and_export_with_a_pickled_object_are_refused(tmp_path):
     import ray.train
 
-    from ltad.export import load_export
+    from ltad.inference.export import load_export
     from ltad.training.checkpoint import MODEL_FILE, load_model_state
 
     marker = tmp_path / "code-ran"
@@ -176,11 +176,11 @@ def test_job_with_a_unique_secret_leaks_it_nowhere(synth_root, split_file, tmp_p
     whole pipeline (checkpoints on S3 through pyarrow, results local), then grep for the secret."""
     from ray.job_submission import JobSubmissionClient
 
-    from ltad.data import storage
     from ltad.data.prepare import prepare
-    from ltad.services.ray_local import RayHead
-    from ltad.services.seaweed import SeaweedServer
+    from ltad.io import storage
     from tests.integration.conftest import TINY_MODEL
+    from tools.services.ray_local import RayHead
+    from tools.services.seaweed import SeaweedServer
 
     server = SeaweedServer(tmp_path / "s3")
     server.start()

@@ -52,7 +52,7 @@ class Killer(threading.Thread):
         self.done = threading.Event()
 
     def run(self) -> None:
-        from ltad.data import storage
+        from ltad.io import storage
 
         while not self.done.is_set():
             if any(f"/{self.checkpoint}/" in u for u in storage.list(self.prefix)):
@@ -79,7 +79,7 @@ def _cmdline(proc: psutil.Process) -> list[str]:
 
 def _rewritten_after(prefix: str, when: float) -> list[str]:
     """Objects under `prefix` written after `when` (epoch seconds)."""
-    from ltad.data import storage
+    from ltad.io import storage
 
     bucket, key = storage.split_s3(prefix)
     paginator = storage.client().get_paginator("list_objects_v2")

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ltad.study.bench_table import benchmark_rows, benchmark_table
+from tools.bench_table import benchmark_rows, benchmark_table
 
 ROOT = Path(__file__).resolve().parents[2]
 

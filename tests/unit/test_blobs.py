@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ltad.config import EncoderConfig, LTADConfig
-from ltad.data import blobs, storage
 from ltad.errors import StorageError
+from ltad.io import blobs, storage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,7 +114,7 @@ def test_missing_object_or_bucket_names_the_uri(s3_server, cache):
 
 FETCH = """
 import json, os, sys, time
-from ltad.data import blobs
+from ltad.io import blobs
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.005)
 b = blobs.fetch(sys.argv[1])

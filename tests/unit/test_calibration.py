@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ltad.eval.calibration import calibrate, conformal_threshold, describe, min_heldout, rates, thresholds_of
-from ltad.export import class_normalisation, decide, normalise
+from ltad.inference.export import class_normalisation, decide, normalise
 
 
 def test_min_heldout_is_where_the_order_statistic_exists():
@@ -63,7 +63,7 @@ def test_no_heldout_scores_means_no_calibration():
 
 
 def test_decide_uses_the_predicted_class_threshold_and_normalises_to_half_there():
-    from ltad.export import _calibrated
+    from ltad.inference.export import _calibrated
 
     scores = np.array([0.0, 1.0, 2.0, 10.0, 11.0])
     cal = calibrate(scores, np.array([0, 0, 0, 1, 1]), ["a", "b"], 0.5)

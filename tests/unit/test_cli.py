@@ -106,7 +106,7 @@ def test_summary_needs_a_sweep_or_a_run(tmp_path, capsys):
 
 def test_predict_downloads_an_s3_model_into_a_folder(tmp_path, monkeypatch):
     from ltad.commands.predict import download_model
-    from ltad.data import storage
+    from ltad.io import storage
 
     objects = {
         "s3://b/run/model/weights.pt": b"w",

@@ -143,7 +143,7 @@ def test_config_show_prints_the_resolved_config(tmp_path, capsys):
 
     path = tmp_path / "cfg.yaml"
     path.write_text("phase2:\n  lr: 1e-4\n")
-    args = ["config", "show", "--config", str(path), "--set", "run.name=off", "--output", str(tmp_path / "o")]
+    args = ["config", "show", "--config", str(path), "--set", "run.name=off", "--out", str(tmp_path / "o")]
     assert main(args) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["phase2"]["lr"] == 1e-4 and shown["run"]["name"] == "off"

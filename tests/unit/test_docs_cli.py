@@ -80,3 +80,35 @@ def test_every_documented_flag_exists(doc, cmd, flag, snippet):
     parsers = _parsers()
     assert cmd in parsers, f"{doc}: `{snippet}` names a command that does not exist: {cmd!r}"
     assert flag in parsers[cmd], f"{doc}: `{snippet}`: `ltad {cmd}` has no {flag}"
+
+
+def _deprecated(parser: argparse.ArgumentParser) -> set[str]:
+    """Old spellings kept as warning aliases (commands/common.add_alias), in any subcommand."""
+    out = set()
+    for action in parser._actions:
+        if type(action).__name__ == "_Deprecated":
+            out |= set(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out |= _deprecated(sub)
+    return out
+
+
+@pytest.mark.parametrize(("doc", "cmd", "flag", "snippet"), _uses())
+def test_the_docs_use_one_vocabulary(doc, cmd, flag, snippet):
+    """Outputs are --out, configs --config, overrides --set everywhere; old spellings only warn."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    own = sub.choices.get(cmd, parser)
+    assert flag not in _deprecated(own), f"{doc}: `{snippet}` uses the old spelling {flag}"
+
+
+def test_an_old_spelling_works_and_warns(capsys):
+    args = cli.build_parser().parse_args(["train", "--config", "c.yaml", "--output", "o"])
+    assert args.output == "o"
+    err = capsys.readouterr().err
+    assert "--output is deprecated" in err and "use --out" in err
+    args = cli.build_parser().parse_args(["study", "--spec", "s.yaml", "--out", "o"])
+    assert args.spec == "s.yaml"
+    args = cli.build_parser().parse_args(["sweep", "--space", "t.yaml", "--root", "r"])
+    assert (args.space, args.root) == ("t.yaml", "r")

@@ -14,39 +14,32 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "ltad"
 
 BASE = {"ltad.errors", "ltad.log", "ltad.config"}
+IO = {"ltad.io"}
 ALLOWED: dict[str, set[str]] = {
     # layer -> the ltad layers it may import (itself always)
     "ltad.errors": set(),
     "ltad.log": set(),
     "ltad.config": {"ltad.errors"},
-    "ltad.services": {"ltad.errors"},
-    "ltad.data": BASE,
-    "ltad.models": BASE,
-    "ltad.eval": BASE | {"ltad.data"},
+    "ltad.io": BASE,
+    "ltad.data": BASE | IO,
+    "ltad.models": BASE | IO,
+    "ltad.eval": BASE | IO | {"ltad.data"},
     "ltad.baselines": BASE | {"ltad.models"},
-    "ltad.export": BASE | {"ltad.data", "ltad.models", "ltad.eval"},
-    "ltad.predict": BASE | {"ltad.data", "ltad.models", "ltad.eval", "ltad.export"},
-    "ltad.predict_run": BASE | {"ltad.data", "ltad.eval", "ltad.export", "ltad.predict"},
-    "ltad.training": BASE | {"ltad.data", "ltad.models", "ltad.eval", "ltad.export", "ltad.baselines"},
-    "ltad.sweep": BASE | {"ltad.data", "ltad.models", "ltad.eval", "ltad.export", "ltad.training"},
-    "ltad.study": BASE | {"ltad.data", "ltad.models", "ltad.eval", "ltad.baselines", "ltad.training"},
+    "ltad.inference": BASE | IO | {"ltad.data", "ltad.models", "ltad.eval"},
+    "ltad.training": BASE
+    | IO
+    | {"ltad.data", "ltad.models", "ltad.eval", "ltad.inference", "ltad.baselines"},
+    "ltad.sweep": BASE | IO | {"ltad.data", "ltad.models", "ltad.eval", "ltad.inference", "ltad.training"},
+    "ltad.study": BASE | IO | {"ltad.data", "ltad.models", "ltad.eval", "ltad.baselines", "ltad.training"},
 }
-EXCEPTIONS = {
-    # the encoder's weights fetcher: every place that builds an Encoder (driver, workers, predict) reads
-    # the same bytes from a file or s3:// object through one per-node, content-addressed cache
-    ("ltad.models.encoder", "ltad.data.blobs"),
-    # the local Ray head declares the same trial-driver resource as a cluster's head and connect()
-    ("ltad.services.ray_local", "ltad.training.cluster"),
-}
-TOP = {"ltad.commands", "ltad.cli", "ltad"}  # the command surface may import any layer
+TOP = {"ltad.commands", "ltad.cli", "ltad", "ltad.__main__"}  # the command surface may import any layer
 FORBIDDEN_THIRD_PARTY = {
     # layer -> packages it must not import: models are plain torch, eval is pure
-    "ltad.models": {"ray", "deepspeed", "boto3", "webdataset", "torch.distributed"},
+    "ltad.io": {"ray", "deepspeed", "torch"},
+    "ltad.models": {"ray", "deepspeed", "webdataset", "torch.distributed"},
     "ltad.eval": {"ray", "deepspeed", "torch.distributed"},
     "ltad.data": {"ray", "deepspeed"},
-    "ltad.export": {"ray", "deepspeed"},
-    "ltad.predict": {"ray", "deepspeed"},
-    "ltad.predict_run": {"ray", "deepspeed"},
+    "ltad.inference": {"deepspeed", "torch.distributed"},
 }
 
 
@@ -90,8 +83,6 @@ def test_layers_import_only_the_layers_below_them():
             if not name.startswith("ltad.") and name != "ltad":
                 continue
             target = _layer(name)
-            if any((module, name.rsplit(".", k)[0]) in EXCEPTIONS for k in range(3)):
-                continue
             if target != layer and target not in ALLOWED[layer] and target in ALLOWED | dict.fromkeys(TOP):
                 violations.append(f"{module} imports {name}")
     assert not violations, "layer rule broken:\n" + "\n".join(sorted(violations))
@@ -102,7 +93,7 @@ def test_no_import_cycle_between_layers():
         (_layer(m), _layer(n))
         for m, ns in _graph().items()
         for n in ns
-        if n.startswith("ltad.") and _layer(n) != _layer(m) and (m, n) not in EXCEPTIONS
+        if n.startswith("ltad.") and _layer(n) != _layer(m)
     }
     cycles = sorted(f"{a} <-> {b}" for a, b in edges if (b, a) in edges and a < b)
     assert not cycles, f"import cycles between layers: {cycles}"
@@ -124,10 +115,44 @@ def test_pure_layers_stay_free_of_the_distributed_stack(layer):
 def test_predict_export_and_the_cli_load_without_ray_deepspeed_or_training():
     """`ltad predict` runs where Ray and DeepSpeed are not installed: importing it must not load them."""
     code = (
-        "import sys, ltad, ltad.predict, ltad.predict_run, ltad.export, ltad.cli; ltad.cli.build_parser(); "
+        "import sys, ltad, ltad.inference.predictor, ltad.inference.predict, ltad.inference.export, ltad.cli; ltad.cli.build_parser(); "
         "ltad.Predictor; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'deepspeed') "
         "or m.startswith('ltad.training')); print(bad); sys.exit(1 if bad else 0)"
     )
     ran = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stdout + ran.stderr
+
+
+def test_the_runtime_package_never_imports_development_tooling():
+    """tools/ (local services, documentation generators) is not installed with ltad."""
+    found = sorted(f"{m} imports {n}" for m, ns in _graph().items() for n in ns if n.split(".")[0] == "tools")
+    assert not found, "\n".join(found)
+
+
+def test_no_import_cycle_between_modules_of_a_package():
+    """Inside a package too, no two modules import each other (directly or through a longer loop)."""
+    graph = _graph()
+    edges: dict[str, set[str]] = {m: set() for m in graph}
+    for m, ns in graph.items():
+        for n in ns:
+            for target in (n, n.rsplit(".", 1)[0]):
+                if target in graph and target != m and _layer(target) == _layer(m):
+                    edges[m].add(target)
+                    break
+    cycles = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join([*path[path.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "import cycles inside a package:\n" + "\n".join(cycles)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ltad.data import storage
 from ltad.data.manifest import FORMAT, Manifest, ShardEntry, SplitProvenance, read_manifest, write_manifest
 from ltad.data.streams import class_weights
 from ltad.errors import DataError
+from ltad.io import storage
 
 
 def _manifest(**over) -> Manifest:

@@ -104,7 +104,7 @@ def test_banks_round_trip_through_state_and_older_states_load_without_them():
 
 def test_export_predict_and_onnx_score_with_the_banks(tmp_path):
     from ltad import Predictor
-    from ltad.export import export_model, write_export
+    from ltad.inference.export import export_model, write_export
 
     cfg, model, enc, _ = _fitted_model(2.0)
     model.memory_banks.set_banks({0: fit_class_bank(enc.patches[:3], 0.5)})

@@ -30,7 +30,7 @@ def _image(seed: int, h: int = SIZE, w: int = SIZE) -> np.ndarray:
 def exports(tmp_path_factory):
     """(torch export, ONNX export) of one tiny model, and the model."""
     from ltad.config import LTADConfig
-    from ltad.export import export_model, write_export
+    from ltad.inference.export import export_model, write_export
     from ltad.models.state import build_model
 
     tmp = tmp_path_factory.mktemp("exports")
@@ -70,7 +70,7 @@ def test_onnx_export_matches_torch_within_1e4(exports, predictors):
 
 
 def test_predictor_takes_paths_pil_and_arrays_and_matches_the_model(exports, predictors, tmp_path):
-    from ltad.export import decide
+    from ltad.inference.export import decide
 
     _, _, model = exports
     arr = _image(3)
@@ -91,14 +91,14 @@ def test_predictor_takes_paths_pil_and_arrays_and_matches_the_model(exports, pre
 
 
 def test_decide_is_the_global_threshold():
-    from ltad.export import decide
+    from ltad.inference.export import decide
 
     meta = {"normalisation": {"threshold": 1.0, "min": 0.0, "max": 2.0}}
     assert decide(meta, 1.0, "a") and not decide(meta, 0.999, "a")
 
 
 def test_device_is_checked_in_one_sentence(exports, monkeypatch):
-    from ltad.predict import check_device
+    from ltad.inference.predictor import check_device
 
     with pytest.raises(ConfigError, match="--device 'foo' is not a torch device"):
         check_device("foo")
@@ -175,7 +175,7 @@ def test_predict_cli_exit_codes_for_all_unreadable_and_bad_device(exports, tmp_p
 
 def test_scores_csv_is_streamed_row_by_row(predictors, tmp_path, monkeypatch):
     """A crash after the first batch leaves the rows already scored, complete and readable."""
-    from ltad.predict_run import predict_folder
+    from ltad.inference.predict import predict_folder
 
     images = tmp_path / "images"
     images.mkdir()
@@ -199,7 +199,7 @@ def test_scores_csv_is_streamed_row_by_row(predictors, tmp_path, monkeypatch):
 
 
 def test_glob_outputs_are_relative_to_its_fixed_folder(tmp_path):
-    from ltad.predict_run import glob_base, output_names
+    from ltad.inference.predict import glob_base, output_names
 
     assert glob_base(str(tmp_path / "a" / "*" / "x*.png")) == tmp_path / "a"
     assert glob_base("*.png") == Path(".")

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from ltad.data import prepare as prepare_module
-from ltad.data import storage
 from ltad.data.datasets import read_dataset
 from ltad.data.manifest import read_manifest, try_read_manifest
 from ltad.data.prepare import plan, prepare
@@ -21,6 +20,7 @@ from ltad.data.shards import iterate_shard
 from ltad.data.splits import make_split
 from ltad.data.tree import scan
 from ltad.errors import DataError
+from ltad.io import storage
 
 
 def _jpeg_tree(root: Path, classes=("a", "b"), train=5, test=2, size=(96, 64)) -> Path:

@@ -1,16 +1,16 @@
-"""docs/RESULTS.md and README.md hold exactly what `python -m ltad.study.results_doc` renders from the
+"""docs/RESULTS.md and README.md hold exactly what `python -m tools.results_doc` renders from the
 committed rows, and the renderer refuses blocks it cannot regenerate."""
 
 from __future__ import annotations
 
 import pytest
 
-from ltad.study import results_doc
-from ltad.study.results_doc import ROOT, Inputs, ResultsDocError, render, stale
+from tools import results_doc
+from tools.results_doc import ROOT, Inputs, ResultsDocError, render, stale
 
 
 def test_committed_documents_equal_what_the_command_renders_from_committed_rows():
-    assert stale(ROOT) == {}, "a generated block is stale: run `python -m ltad.study.results_doc`"
+    assert stale(ROOT) == {}, "a generated block is stale: run `python -m tools.results_doc`"
 
 
 def test_every_renderer_is_used_and_blocks_carry_computed_tables():

@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from ltad.data import storage
 from ltad.data.manifest import Manifest
 from ltad.data.sample_index import (
     FORMAT,
@@ -19,6 +18,7 @@ from ltad.data.sample_index import (
 )
 from ltad.data.shards import ShardWriter, iterate_shard
 from ltad.errors import DataError, StorageError
+from ltad.io import storage
 
 LONG = "x" * 120  # member names over 100 characters get a GNU long-name header before their own
 

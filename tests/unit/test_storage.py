@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from ltad.data import storage
 from ltad.errors import StorageError
+from ltad.io import storage
 
 
 def test_local_roundtrip(tmp_path):

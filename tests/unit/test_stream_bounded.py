@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ltad.data import storage
 from ltad.data.manifest import ShardEntry
 from ltad.data.sample_index import index_shard, write_shard_index
 from ltad.data.shards import ShardWriter
 from ltad.data.streams import EpochBatches, ResampledStream, class_weights, endless_batches, make_loader
 from ltad.errors import DataError, StorageError
+from ltad.io import storage
 
 P_MIN = 1e-3  # seeds are fixed, so these tests are deterministic; the bound only says "not far off"
 

@@ -312,7 +312,7 @@ def test_sweep_json_of_another_format_is_refused(sweep, tmp_path):
 
 @pytest.mark.integration
 def test_reads_a_sweep_from_s3_and_writes_the_summary_to_s3(s3_server, sweep, single):
-    from ltad.data import storage
+    from ltad.io import storage
 
     base = f"s3://{s3_server.bucket}/summary-test"
     for f in sweep.rglob("*"):

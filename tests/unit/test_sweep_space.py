@@ -138,7 +138,7 @@ def test_sweep_cli_passes_max_concurrent():
     spec = importlib.util.spec_from_file_location("tune_sweep", REPO / "tune" / "sweep.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    args = module.build_parser().parse_args(["--space", "x.yaml", "--max-concurrent", "3"])
+    args = module.build_parser().parse_args(["--config", "x.yaml", "--max-concurrent", "3"])
     assert args.max_concurrent == 3
 
 

@@ -85,7 +85,7 @@ def process_group():
 
     import torch.distributed as dist
 
-    from ltad.services.ports import free_port
+    from tools.services.ports import free_port
 
     env = {
         "MASTER_ADDR": "127.0.0.1",
@@ -201,7 +201,7 @@ def test_storage_resolution_s3_and_local(monkeypatch, tmp_path):
 
 
 def test_normalise_maps_threshold_to_half_and_clips():
-    from ltad.export import normalise
+    from ltad.inference.export import normalise
 
     norm = {"threshold": 2.0, "min": 0.0, "max": 10.0}
     out = normalise(np.array([-5.0, 0.0, 1.0, 2.0, 6.0, 10.0, 20.0]), norm)

@@ -1,4 +1,4 @@
-"""ltad/data/uri.py: every location resolved in one place; a bad scheme is one ConfigError naming the flag."""
+"""ltad/io/uri.py: every location resolved in one place; a bad scheme is one ConfigError naming the flag."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 import pytest
 
 from ltad.commands.common import load_config
-from ltad.data import storage, uri
 from ltad.errors import ConfigError
+from ltad.io import storage, uri
 
 
 def test_s3_uris_pass_unchanged_and_local_paths_become_absolute(tmp_path, monkeypatch):
@@ -79,7 +79,7 @@ def test_run_config_locations_name_the_flag_or_the_key(tmp_path):
 
     args = Args()
     args.output = "gs://b/x"
-    with pytest.raises(ConfigError, match="--output 'gs://b/x'"):
+    with pytest.raises(ConfigError, match="--out 'gs://b/x'"):
         load_config(args)
     args.output, args.set = None, ["run.storage_path=s3:/b/ray"]
     with pytest.raises(ConfigError, match="run.storage_path 's3:/b/ray'"):

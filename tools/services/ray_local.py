@@ -7,7 +7,7 @@ set explicitly (RAY_AUTH_MODE=disabled on loopback) because a token file left by
 of this instance (found by its temp dir), never every Ray process on the machine like `ray stop`.
 Like the head in cluster.yaml it declares the custom resource `ltad_driver` (sweep trial drivers).
 
-CLI: `python -m ltad.services.ray_local start|stop|status|env` (wrapped by `scripts/ray-local`).
+CLI: `python -m tools.services.ray_local start|stop|status|env` (wrapped by `scripts/ray-local`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ltad.errors import UserError
-from ltad.services.ports import free_base
 from ltad.training.cluster import DRIVER_RESOURCE, LOCAL_DRIVER_SLOTS
+from tools.services.ports import free_base
 
 AUTH_MODE = "disabled"
 OBJECT_STORE_BYTES = 1_000_000_000

@@ -2,7 +2,7 @@
 
 Each row's figures are read from `bench-<name>.json` (written by `python benchmarks/<name>.py --json
 FILE`, with the command, date, commit and machine); a benchmark without a committed JSON says so
-instead of quoting figures nobody can trace. Rendered by `python -m ltad.study.results_doc`.
+instead of quoting figures nobody can trace. Rendered by `python -m tools.results_doc`.
 """
 
 from __future__ import annotations

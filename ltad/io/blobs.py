@@ -11,7 +11,7 @@ each node:
 
 A fetch asks S3 for the object's ETag and size (one HEAD). When they match the ref and the blob is
 intact, the blob is used as it is. Otherwise the object is streamed (the resumable GET of
-`ltad.data.storage`) to a temp file beside the blobs, hashed on the way, checked against the object's
+`ltad.io.storage`) to a temp file beside the blobs, hashed on the way, checked against the object's
 size and against its `sha256` metadata when it has one, and renamed into place: a reader never sees a
 half-written blob, and a blob found corrupt on a later fetch is fetched again.
 """
@@ -28,8 +28,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ltad.data import storage
 from ltad.errors import StorageError
+from ltad.io import storage
 from ltad.log import get_logger
 
 log = get_logger(__name__)

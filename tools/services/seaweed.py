@@ -6,7 +6,7 @@ only. Readiness is real: ListBuckets answers, the master reports as many volumes
 `*.dat` files on disk, and a GET of an existing object succeeds (after a restart with data, GETs
 fail for a few seconds while ListBuckets already works).
 
-CLI: `python -m ltad.services.seaweed start|stop|status|env` (wrapped by `scripts/s3`).
+CLI: `python -m tools.services.seaweed start|stop|status|env` (wrapped by `scripts/s3`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ltad.errors import UserError
-from ltad.services.ports import free_base, is_free
+from tools.services.ports import free_base, is_free
 
 # Offsets from the base port: s3, master, volume, filer, admin; gRPC ports are each + 10000.
 KINDS = ("s3", "master", "volume", "filer", "admin")

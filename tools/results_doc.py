@@ -1,7 +1,7 @@
 """Regenerate the figures of docs/RESULTS.md and README.md from the committed rows under docs/results/.
 
-    python -m ltad.study.results_doc            # rewrite the generated blocks in place
-    python -m ltad.study.results_doc --check    # exit 1 naming each block that differs (CI, tests)
+    python -m tools.results_doc            # rewrite the generated blocks in place
+    python -m tools.results_doc --check    # exit 1 naming each block that differs (CI, tests)
 
 Prose stays hand-written; every table or claim computed from rows sits between
 `<!-- generated: NAME -->` and `<!-- end generated: NAME -->` markers and is rewritten from
@@ -22,15 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ltad.errors import UserError
-from ltad.study.bench_table import benchmark_table
 from ltad.study.claims import class_size_lines, goal_lines, target_lines
 from ltad.study.paired import paired_rows
 from ltad.study.report import markdown, read_rows, stats
 from ltad.study.spec import load_spec
+from tools.bench_table import benchmark_table
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ("README.md", "docs/RESULTS.md")
-COMMAND = "python -m ltad.study.results_doc"
+COMMAND = "python -m tools.results_doc"
 BLOCK = re.compile(
     r"(?P<open><!-- generated: (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(?P<close><!-- end generated: (?P=name) -->)",
     re.S,

@@ -8,7 +8,7 @@
 Both formats run the same scoring path (`ltad.models.scoring.ScoringGraph`; ONNX: that graph traced)
 on the same input: `preprocess` resizes every image to the model's square size (bilinear, as the
 evaluation stream decodes) and scales it to [0, 1]. Maps come back at each image's own size.
-`ltad predict` (ltad/predict_run.py) is this class over a folder. The decision is `ltad.export.decide`:
+`ltad predict` (ltad/inference/predict.py) is this class over a folder. The decision is `ltad.inference.export.decide`:
 raw score >= the calibrated threshold of the predicted class (0.5 on that class's normalised scale).
 """
 
@@ -25,7 +25,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ltad.errors import ConfigError, DataError
-from ltad.export import FORMAT, ONNX_MODEL, class_normalisation, decide, load_export, normalise, read_meta
+from ltad.inference.export import (
+    FORMAT,
+    ONNX_MODEL,
+    class_normalisation,
+    decide,
+    load_export,
+    normalise,
+    read_meta,
+)
 from ltad.models.scoring import ScoringGraph
 
 ImageInput = str | Path | Image.Image | np.ndarray

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ltad.data import uri as _uri
 from ltad.errors import StorageError
+from ltad.io import uri as _uri
 
 BUFFER = 1 << 20
 RETRIES = 5
@@ -41,7 +41,7 @@ _client_pid: int | None = None
 
 def is_s3(uri: str) -> bool:
     """True for s3://, False for a local path; a ConfigError for any other scheme or a malformed URI
-    (ltad/data/uri.py), so `gs://b/x` never becomes a local folder."""
+    (ltad/io/uri.py), so `gs://b/x` never becomes a local folder."""
     return _uri.is_s3(uri)
 
 

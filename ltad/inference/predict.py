@@ -26,8 +26,8 @@ from ltad.data.progress import Progress
 from ltad.errors import ConfigError, DataError
 from ltad.eval.outputs import SCORES_COLUMNS
 from ltad.eval.visualize import save_overlay
+from ltad.inference.predictor import Predictor, read_image
 from ltad.log import get_logger
-from ltad.predict import Predictor, read_image
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 OUTPUTS = ("scores.csv", "errors.csv", "maps", "overlays")

@@ -39,9 +39,9 @@ import torch
 import yaml
 
 from ltad.config import LTADConfig
-from ltad.data import blobs
 from ltad.errors import ConfigError, DataError, UserError
 from ltad.eval.normalise import calibrated_normalisation, normalisation, normalise
+from ltad.io import blobs
 from ltad.log import get_logger
 from ltad.models.ltad import LTAD
 from ltad.models.scoring import OUTPUTS, ScoringGraph
