@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ltad-installed
 
-.PHONY: setup constraints test lint format demo sweep-demo results clean
+.PHONY: setup constraints test test-fast lint format demo sweep-demo results clean
 
 setup: $(STAMP)
 
@@ -32,8 +32,14 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Everything CI runs, in one pytest invocation: unit, integration, reliability (soak included) and the
+# two-node cluster suite, on real SeaweedFS, Ray and DeepSpeed.
 test: lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
+
+# The daily loop (<= 3 min on 2 cores): lint, type check and the unit tests.
+test-fast: lint
+	$(BIN)/python -m pytest -q tests/unit -m "not integration and not slow" $(PYTEST_ARGS)
 
 demo: setup
 	scripts/demo

@@ -19,14 +19,22 @@ def s3_server(tmp_path_factory):
     The server object has `.stop()` / `.start()` (fault tests) and `.bucket`; the environment is
     restored and the server stopped at the end of the session.
     """
+    from ltad.errors import UserError
     from ltad.io import storage
     from tools.services.ports import free_base
     from tools.services.seaweed import GRPC, OFFSETS, SeaweedServer
 
-    # A random start keeps parallel test sessions on this machine from racing for the same block.
-    base = free_base(OFFSETS + tuple(o + GRPC for o in OFFSETS), start=random.randrange(21000, 50000, 10))
-    server = SeaweedServer(tmp_path_factory.mktemp("s3"), port=base)
-    server.start()
+    # A random start keeps parallel test sessions on this machine from racing for the same block; a
+    # block taken between the check and the server's bind (another session's server) is tried again.
+    for attempt in range(3):
+        base = free_base(OFFSETS + tuple(o + GRPC for o in OFFSETS), start=random.randrange(21000, 50000, 10))
+        server = SeaweedServer(tmp_path_factory.mktemp("s3"), port=base)
+        try:
+            server.start()
+            break
+        except UserError:
+            if attempt == 2:
+                raise
     saved = {k: os.environ.get(k) for k in server.env()}
     os.environ.update(server.env())
     storage.reset_client()

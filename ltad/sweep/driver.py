@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 from ltad.data.manifest import read_manifest
@@ -50,12 +51,11 @@ from ltad.io import storage
 from ltad.log import get_logger
 from ltad.sweep.space import Space, Trial
 from ltad.training import identity, preflight
-from ltad.training.checkpoint import EVALUATION_PREFIX
 from ltad.training.cluster import DRIVER_RESOURCE
 from ltad.training.feature_cache import find_cache
 from ltad.training.history import run_history, write_history
 from ltad.training.inputs import StageInput, git_commit, stage_input
-from ltad.training.pipeline import publish, stage_checkpoint
+from ltad.training.pipeline import latest_evaluation, publish, stage_checkpoint
 from ltad.training.ray_run import fit, resolve_storage
 from ltad.training.stages import EVALUATED, encode_stage, phase1, phase2_and_evaluate
 from ltad.training.tracking import tune_mlflow_callbacks
@@ -160,21 +160,9 @@ def phase1_trial(config: dict[str, Any], space: Space, commit: str) -> None:
     tune.report({"phase1_reused": reused})
 
 
-def _evaluation(cfg):
-    """The finished evaluation of a run (its checkpoint holds metrics.json), or None."""
-    import ray.train
-
-    root = storage.join(cfg.run.storage_path, f"{cfg.run.name}-{TRIAL_STAGE}")
-    found = sorted(
-        u.rsplit("/", 1)[0]
-        for u in storage.list(root)
-        if u.endswith("/metrics.json") and u.rsplit("/", 2)[-2].startswith(EVALUATION_PREFIX)
-    )
-    if not found:
-        return None
-    uri = found[-1]
-    path, fs = resolve_storage(uri, cfg.run.output)
-    return ray.train.Checkpoint(path, filesystem=fs) if fs is not None else ray.train.Checkpoint(path)
+def _evaluation(cfg) -> str | None:
+    """The finished evaluation of a run (its directory holds metrics.json), or None."""
+    return latest_evaluation(identity.run_root(cfg, TRIAL_STAGE))
 
 
 def phase2_reports_class():
@@ -228,13 +216,17 @@ def sweep_trial(config: dict[str, Any], space: Space, commit: str) -> None:
     evaluation = _evaluation(cfg)
     if evaluation is None:
         start = _phase1_checkpoint(space, trial, cfg, commit)
+        root = identity.run_root(cfg, TRIAL_STAGE)  # phase 2 and its evaluation share the trial's directory
         inp = stage_input(
             cfg, commit=commit, phase1_checkpoint=start, identity=_provenance(space, trial, cfg, ids)
         )
+        inp = replace(inp, roots={**inp.roots, "phase2": root, "evaluate": root})
         # every phase-2 report (each run.log_every steps) reaches Tune as one result: ASHA's time axis
         callbacks = [phase2_reports_class()()]
         result = _launch(space, TRIAL_STAGE, cfg.run.name, phase2_and_evaluate, inp, callbacks=callbacks)
-        evaluation = result.checkpoint
+        evaluation = _evaluation(cfg)
+        if evaluation is None:
+            raise RuntimeError(f"{trial.name}: the evaluation left no results under {root}")
         last = {k: v for k, v in (result.metrics or {}).items() if k.startswith("phase2/")}
     else:
         log(f"{trial.name}: evaluated before, republishing its results")

@@ -27,6 +27,12 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def barrier() -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    if is_distributed():
+        dist.barrier()
+
+
 def all_reduce(values: torch.Tensor, op=None) -> torch.Tensor:
     """All-reduce a small CPU tensor on any backend (NCCL needs it on the GPU); returns a CPU tensor."""
     if not is_distributed():

@@ -82,17 +82,14 @@ class History:
 
 
 def read_checkpoint_history(checkpoint) -> list[dict[str, Any]]:
-    """The records in a `ray.train.Checkpoint` (local or on S3); [] when it holds none.
+    """The records in a checkpoint directory (a URI or `ray.train.Checkpoint`); [] when it holds none.
 
-    Reads only that file through the checkpoint's filesystem, never the DeepSpeed state beside it.
+    Reads only that file, never the DeepSpeed state beside it.
     """
-    import pyarrow.fs
+    from ltad.training.store import read_file, uri_of
 
-    fs, path = checkpoint.filesystem, f"{checkpoint.path.rstrip('/')}/{HISTORY_FILE}"
-    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
-        return []
-    with fs.open_input_stream(path) as f:
-        return parse_jsonl(f.read(), path)
+    data = read_file(checkpoint, HISTORY_FILE)
+    return [] if data is None else parse_jsonl(data, storage.join(uri_of(checkpoint), HISTORY_FILE))
 
 
 def write_history(output: str, records: list[dict[str, Any]]) -> str:
@@ -103,7 +100,7 @@ def write_history(output: str, records: list[dict[str, Any]]) -> str:
 
 
 def run_history(checkpoints: dict[str, Any]) -> list[dict[str, Any]]:
-    """The records of the training stages among `checkpoints` (stage -> Checkpoint), in stage order."""
+    """The records of the training stages among `checkpoints` (stage -> checkpoint), in stage order."""
     return [
         r
         for s in TRAINING_STAGES

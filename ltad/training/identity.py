@@ -256,12 +256,10 @@ def run_root(cfg: LTADConfig, stage: str) -> str:
 
 
 def checkpoint_root(checkpoint) -> str:
-    """The run directory (as a URI) holding a `ray.train.Checkpoint`: its parent."""
-    path = str(checkpoint.path).rstrip("/")
-    fs = getattr(checkpoint, "filesystem", None)
-    if fs is not None and getattr(fs, "type_name", "") == "s3" and not storage.is_s3(path):
-        path = f"s3://{path}"
-    return path.rsplit("/", 1)[0]
+    """The run directory (as a URI) holding a checkpoint (a URI or `ray.train.Checkpoint`): its parent."""
+    from ltad.training.store import uri_of
+
+    return uri_of(checkpoint).rsplit("/", 1)[0]
 
 
 def run_remedy(cfg: LTADConfig) -> str:

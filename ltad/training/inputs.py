@@ -15,8 +15,10 @@ from typing import Any
 
 from ltad.config import LTADConfig
 from ltad.training.engine import load_zero_config
+from ltad.training.identity import run_root
 
 LOOP_KEY = "stage"
+STAGE_NAMES = ("encode", "phase1", "phase2", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -28,13 +30,23 @@ class StageInput:
     """The ZeRO stage's run-independent JSON (configs/deepspeed/zero{stage}.json), read on the driver."""
     git_commit: str
     phase1_checkpoint: Any = None
-    """`ray.train.Checkpoint` of a finished phase 1 (phase 2 and phase2-evaluate need it)."""
+    """A finished phase 1 (a checkpoint URI or `ray.train.Checkpoint`); None: the run's own (`roots`)."""
     phase2_checkpoint: Any = None
-    """`ray.train.Checkpoint` of a finished phase 2 (evaluation needs it)."""
+    """A finished phase 2 (a checkpoint URI or `ray.train.Checkpoint`); None: the run's own (`roots`)."""
     training: dict[str, float | None] = field(default_factory=dict)
     """What evaluation records about training: corrupt samples skipped per phase."""
     identity: dict[str, Any] = field(default_factory=dict)
     """Per stage: the fingerprint of its inputs and the commits that ran it (ltad/training/identity.py)."""
+    stages: tuple[str, ...] = ()
+    """What `stages.run_job` runs, in order, in one worker group (encode, phase1, phase2, evaluate)."""
+    roots: dict[str, str] = field(default_factory=dict)
+    """Stage -> its run directory (checkpoints, evaluations): `{storage}/{run.name}-{stage}` by default."""
+
+    def root(self, stage: str) -> str:
+        """The run directory of `stage` (training/store.py keeps its checkpoints there)."""
+        if stage not in self.roots:
+            raise KeyError(f"no run directory for stage '{stage}' in this stage input")
+        return self.roots[stage]
 
     @property
     def data_uri(self) -> str:
@@ -49,7 +61,9 @@ class StageInput:
 
 
 def stage_input(cfg: LTADConfig, *, commit: str | None = None, **results: Any) -> StageInput:
-    """The input of any stage of the run `cfg`; `results` are phase1_checkpoint / phase2_checkpoint / training."""
+    """The input of any stage of the run `cfg`; `results` are phase1_checkpoint / phase2_checkpoint /
+    training / identity / stages / roots (default: every stage's `{storage}/{run.name}-{stage}`)."""
+    results.setdefault("roots", {s: run_root(cfg, s) for s in STAGE_NAMES})
     return StageInput(
         config=cfg,
         deepspeed=load_zero_config(cfg.scaling.zero_stage),

@@ -33,6 +33,7 @@ class LoopSpec:
     checkpoint_every: int
     seed: int = 0
     validate_every: int = 0  # steps between `validate` calls (at the next logged step); 0 = never
+    root: str = ""  # the stage's run directory: its checkpoints (training/store.py)
 
 
 LOOP_LOGS = ("bad_samples", "steps_per_s", "samples_per_s", "lr")
@@ -62,12 +63,10 @@ def run_steps(
     step's report and history.
     """
     history = History(spec.phase) if rank == 0 else None
-    start = restore(engine, history)
+    start = restore(engine, spec.root, history)
     if start >= spec.steps:
-        # Resumed from this run's own final checkpoint (a restart after it was reported): it is in
-        # storage with its model.pt. Reporting it again under the same directory name would make Ray's
-        # retention (num_to_keep) delete that directory as the older copy once a later checkpoint (the
-        # evaluation) is reported, and the run would lose its final model and history.
+        # the phase finished before (a restart, or a rerun of the job): its final checkpoint, with its
+        # model.pt and history, is the result; nothing is trained or written again
         return _last_metrics(spec, history)
     stream = batches(start)
     device = engine.device
@@ -113,12 +112,14 @@ def run_steps(
             if step == spec.steps:
                 break
             if step % spec.checkpoint_every == 0:
-                save_and_report(engine, step, metrics, history=history)
+                save_and_report(engine, step, metrics, root=spec.root, history=history)
             else:
                 _report(metrics, step)
     if bar is not None:
         bar.close()
-    save_and_report(engine, spec.steps, metrics, final=True, finalize=finalize, history=history)
+    save_and_report(
+        engine, spec.steps, metrics, root=spec.root, final=True, finalize=finalize, history=history
+    )
     return metrics
 
 

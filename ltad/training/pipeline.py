@@ -1,9 +1,10 @@
 """The driver side of a training job: encode (if needed), phase 1, phase 2, evaluate, publish.
 
-Runs on the Ray driver (`ray job submit ... python jobs/train.py`, or `ltad train`); each stage is a
-`TorchTrainer` run named `{run.name}-{stage}` under `run.storage_path`, so rerunning the same job
-resumes every unfinished stage from its latest checkpoint. Bad input (no manifest, a missing DeepSpeed
-config, an unreachable bucket) fails here, before any worker starts.
+Runs on the Ray driver (`ray job submit ... python jobs/train.py`, or `ltad train`). All stages run in
+one `TorchTrainer` run (`{run.name}-job`, `stages.run_job`), so workers start once; each stage keeps
+its checkpoints in its own run directory `{run.name}-{stage}` under `run.storage_path`, so rerunning the
+same job skips finished stages and resumes the unfinished one from its latest checkpoint. Bad input
+(no manifest, a missing DeepSpeed config, an unreachable bucket) fails here, before any worker starts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ltad.training.history import run_history, write_history
 from ltad.training.identity import RunIdentities, run_root
 from ltad.training.inputs import stage_input
 from ltad.training.ray_run import fit
+from ltad.training.store import latest_final, uri_of
 from ltad.training.tracking import Tracker
 
 Log = Callable[[str], None]
@@ -34,15 +36,22 @@ _log = get_logger("pipeline").info
 
 
 def publish(checkpoint, output: str, then: Callable[[Path], None] | None = None) -> list[str]:
-    """Copy a checkpoint's files (metrics, report, overlays, model) to a local dir or S3 prefix;
-    `then` gets the local folder holding them before it is removed."""
+    """Copy a finished evaluation's files (metrics, report, overlays, model) from its directory (a URI or
+    `ray.train.Checkpoint`) to a local dir or S3 prefix, metrics.json last; `then` gets a local folder
+    holding them before it is removed."""
+    source = uri_of(checkpoint)
+    prefix = source.rstrip("/") + "/"
+    files = [u for u in storage.list(source) if u.startswith(prefix)]
+    rels = sorted((u[len(prefix) :] for u in files), key=lambda r: (r == "metrics.json", r))
     written = []
     with tempfile.TemporaryDirectory(prefix="ltad-publish-") as tmp:
-        local = Path(checkpoint.to_directory(tmp))
-        for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            rel = path.relative_to(local).as_posix()
+        local = Path(tmp)
+        for rel in rels:
             if rel.startswith(".") or "/." in rel:
-                continue  # Ray's own metadata files
+                continue  # markers and Ray's own metadata files
+            path = local / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(storage.read_bytes(prefix + rel))
             uri = storage.join(output, rel)
             storage.upload_file(path, uri)
             written.append(uri)
@@ -51,29 +60,38 @@ def publish(checkpoint, output: str, then: Callable[[Path], None] | None = None)
     return written
 
 
-def stage_checkpoint(cfg: LTADConfig, stage: str, uri: str | None = None):
-    """A stage's checkpoint: `uri` (a checkpoint directory), else the stage's latest final one in storage."""
-    import ray.train
-
+def stage_checkpoint(cfg: LTADConfig, stage: str, uri: str | None = None) -> str:
+    """A stage's finished checkpoint directory as a URI: `uri`, else the stage's newest final one."""
     from ltad.training.checkpoint import MODEL_FILE
-    from ltad.training.ray_run import resolve_storage
 
     if uri is None:
         root = run_root(cfg, stage)
-        finals = sorted(
-            {u.rsplit("/", 1)[0] for u in storage.list(root) if u.endswith(f"-final/{MODEL_FILE}")}
-        )
-        if not finals:
+        found = latest_final(root)
+        if found is None:
             raise ConfigError(
                 f"no finished {stage} checkpoint under {root}: train first or pass --checkpoint"
             )
-        uri = finals[-1]
+        return found
+    uri = uri.rstrip("/")
+    if not storage.is_s3(uri):
+        uri = str(Path(uri).resolve())
     if not storage.exists(storage.join(uri, MODEL_FILE)):
         raise ConfigError(
             f"checkpoint '{uri}' has no {MODEL_FILE}: expected a finished {stage} checkpoint directory"
         )
-    path, fs = resolve_storage(uri, cfg.run.output)
-    return ray.train.Checkpoint(path, filesystem=fs) if fs is not None else ray.train.Checkpoint(path)
+    return uri
+
+
+def latest_evaluation(root: str) -> str | None:
+    """The newest complete evaluation directory under `root` (one holding metrics.json), or None."""
+    from ltad.training.checkpoint import EVALUATION_PREFIX
+
+    found = sorted(
+        u.rsplit("/", 1)[0]
+        for u in storage.list(root)
+        if u.endswith("/metrics.json") and u.rsplit("/", 2)[-2].startswith(EVALUATION_PREFIX)
+    )
+    return found[-1] if found else None
 
 
 def run_pipeline(
@@ -99,7 +117,7 @@ def run_pipeline(
 def _run_stages(
     cfg: LTADConfig, tracker: Tracker, stages: tuple[str, ...], checkpoints: dict[str, Any] | None, log: Log
 ) -> dict:
-    from ltad.training.stages import encode_stage, evaluate, phase1, phase2
+    from ltad.training.stages import STAGE_SECONDS, run_job
 
     data_uri = cfg.data.uri
     if not data_uri:
@@ -113,40 +131,54 @@ def _run_stages(
         f"{manifest.dataset}: {len(manifest.classes)} classes, {manifest.samples('train')} train / "
         f"{manifest.samples('test')} test images; {cfg.scaling.num_workers} workers, ZeRO-{cfg.scaling.zero_stage}"
     )
+    run: list[str] = [s for s in ("phase1", "phase2", "evaluate") if s in stages]
     if (
         cfg.data.use_feature_cache
         and find_cache(data_uri, cfg.model.encoder, manifest, cfg.data.cache_uri) is None
     ):
         log("feature cache: encoding train and test shards once")
-        fit(encode_stage, base, name=f"{cfg.run.name}-encode")
-    done: dict[str, Any] = dict(checkpoints or {})
-    training: dict[str, float | None] = {}  # what evaluation records about training (skipped corrupt samples)
-    for stage, fn, needs in (
-        ("phase1", phase1, None),
-        ("phase2", phase2, "phase1"),
-        ("evaluate", evaluate, "phase2"),
-    ):
-        if stage not in stages:
-            continue
-        if needs and needs not in done:
-            done[needs] = stage_checkpoint(cfg, needs)  # its identity was checked above
-        inp = replace(base, **({f"{needs}_checkpoint": done[needs]} if needs else {}))
-        log(f"{stage}: starting")
-        tic = time.monotonic()
-        identities.claim(stage)
-        if stage == "evaluate":
-            inp = replace(inp, training=training, identity=identities.provenance())
-        result = fit(fn, inp, name=f"{cfg.run.name}-{stage}")
-        done[stage] = result.checkpoint
-        if stage != "evaluate":
-            training[f"{stage}_bad_samples"] = (result.metrics or {}).get(f"{stage}/bad_samples")
-            history = run_history(done)
+        run.insert(0, "encode")
+    given: dict[str, Any] = dict(checkpoints or {})
+    for stage, needs in (("phase2", "phase1"), ("evaluate", "phase2")):
+        if stage in run and needs not in run and needs not in given:
+            given[needs] = stage_checkpoint(cfg, needs)  # its identity was checked above
+    for stage in run:
+        if stage != "encode":
+            identities.claim(stage)
+    inp = replace(
+        base,
+        stages=tuple(run),
+        phase1_checkpoint=given.get("phase1"),
+        phase2_checkpoint=given.get("phase2"),
+        identity=identities.provenance(),
+    )
+    log(f"{', '.join(run)}: starting in one worker group")
+    tic = time.monotonic()
+    result = fit(run_job, inp, name=f"{cfg.run.name}-job")
+    seconds = {k.removeprefix(STAGE_SECONDS): v for k, v in (result.metrics or {}).items()}
+    own = sum(v for k, v in seconds.items() if k in run)
+    log(f"job: done in {time.monotonic() - tic:.0f} s, of which stages {own:.0f} s")
+    finals = {s: given.get(s) for s in ("phase1", "phase2")}
+    for stage in run:
+        last: dict[str, Any] = {}
+        if stage in finals:
+            finals[stage] = stage_checkpoint(cfg, stage)
+            history = run_history(finals)
             write_history(cfg.run.output, history)
             tracker.stage(stage, history)
-        log(f"{stage}: done in {time.monotonic() - tic:.0f} s; {_brief(result.metrics)}")
-    if "evaluate" not in stages:
+            records = [r for r in history if r.get("stage") == stage]
+            if records:
+                last = {"step": records[-1]["step"]}
+                last |= {
+                    f"{stage}/{k}": v for k, v in records[-1].items() if k not in ("stage", "step", "time")
+                }
+        log(f"{stage}: done in {seconds.get(stage, 0.0):.0f} s; {_brief(last)}".rstrip("; "))
+    if "evaluate" not in run:
         return {}
-    written = publish(done["evaluate"], cfg.run.output, then=tracker.outputs)
+    evaluation = latest_evaluation(run_root(cfg, "evaluate"))
+    if evaluation is None:
+        raise ConfigError(f"the evaluation left no results under {run_root(cfg, 'evaluate')}")
+    written = publish(evaluation, cfg.run.output, then=tracker.outputs)
     log(f"wrote {len(written)} files to {cfg.run.output}")
     metrics = storage.read_json(storage.join(cfg.run.output, "metrics.json"))
     tracker.evaluation(summary(metrics))

@@ -18,8 +18,10 @@ Each train function takes Ray Train's loop dict, which holds one typed `StageInp
 
 from __future__ import annotations
 
+import gc
 import math
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ltad.errors import DataError
 from ltad.eval.aggregate import to_json
 from ltad.eval.calibration import calibrate, calibration_metrics, describe, thresholds_of
 from ltad.eval.normalise import calibrated_normalisation
@@ -45,10 +48,11 @@ from ltad.io import storage
 from ltad.log import get_logger
 from ltad.models.ltad import LTAD
 from ltad.models.state import build_model, load_trained, trained_state
+from ltad.training import store
 from ltad.training.banks import fit_memory_banks
-from ltad.training.checkpoint import evaluation_dir_name, load_model_state
+from ltad.training.checkpoint import evaluation_dir_name, load_model_state, report
 from ltad.training.data import feature_source, training_batches
-from ltad.training.dist import broadcast_from_rank0, gather_to_rank0
+from ltad.training.dist import barrier, broadcast_from_rank0, gather_to_rank0
 from ltad.training.engine import build_engine, deepspeed_config, param_groups
 from ltad.training.loop import LoopSpec, run_steps
 from ltad.training.objectives import Phase1Objective, Phase2Objective, features
@@ -57,6 +61,8 @@ from ltad.training.worker import Worker, worker
 
 PHASE1_KEYS = ("names.", "vae.", "feature_norm.")
 PHASE2_KEYS = ("reconstruction.", "semantic.")
+STAGE_SECONDS = "stage_seconds/"
+"""Prefix of the job's last report: each stage's own time on this worker, start-up excluded."""
 EVALUATED = "evaluated"
 """Key of every evaluation report (test samples scored): how a listener tells it from training reports."""
 
@@ -67,10 +73,17 @@ log = get_logger("stage")
 
 
 def encode_stage(loop: dict[str, Any]) -> None:
-    """Each worker encodes its share (by bytes) of the shards, skipping those a preempted run finished;
-    rank 0 writes the cache manifest last (ltad/training/feature_cache.py)."""
+    """Train function of the encode stage alone (see `encode`)."""
     import ray.train
 
+    written = encode(worker(loop))
+    ray.train.report({"encoded_shards": written})
+
+
+def encode(w: Worker) -> int:
+    """Each worker encodes its share (by bytes) of the shards, skipping those a preempted run finished;
+    rank 0 writes the cache manifest last (ltad/training/feature_cache.py). Every rank returns once the
+    cache is complete; the number of shards this worker encoded."""
     from ltad.models.encoder import Encoder
     from ltad.training.feature_cache import (
         cache_root,
@@ -80,7 +93,6 @@ def encode_stage(loop: dict[str, Any]) -> None:
         write_cache_manifest,
     )
 
-    w = worker(loop)
     encoder = Encoder(w.cfg.model.encoder).to(w.device)
     cache_id = fingerprint(w.cfg.model.encoder, w.manifest)
     out = storage.join(cache_root(w.data_uri, w.cfg.data.cache_uri), cache_id)
@@ -107,15 +119,20 @@ def encode_stage(loop: dict[str, Any]) -> None:
             encoder.weights_provenance(),
             precision(w.device),
         )
-    ray.train.report({"encoded_shards": len(written)})
+    barrier()  # the next stage reads the cache through its manifest
+    return len(written)
 
 
 # --------------------------------------------------------------------------- phases 1 and 2
 
 
 def phase1(loop: dict[str, Any]) -> None:
-    """Train function of phase 1 (pseudo class names + conditional VAE)."""
-    w = worker(loop)
+    """Train function of phase 1 alone (pseudo class names + conditional VAE)."""
+    train_phase1(worker(loop))
+
+
+def train_phase1(w: Worker) -> dict[str, float]:
+    """Phase 1 on this worker; its last reported metrics."""
     p = w.cfg.phase1
     model = build_model(w.cfg, len(w.manifest.classes)).to(w.device)
     cache = feature_source(w.cfg, w.data_uri, w.manifest)
@@ -130,10 +147,11 @@ def phase1(loop: dict[str, Any]) -> None:
         f"phase1: model and ZeRO-{engine.zero_optimization_stage()} engine ready; features {cache or 'online'}"
     )
     batches = _batches(w, cache, seed=w.cfg.run.seed * 1000 + 1, class_balance=p.class_balance)
-    run_steps(
+    metrics = run_steps(
         engine, batches, _spec(w, "phase1", p.steps), rank=w.rank, finalize=lambda s: _model_keys(model, s)
     )
     w.log("phase1: done")
+    return metrics
 
 
 def phase2(loop: dict[str, Any]) -> None:
@@ -144,7 +162,7 @@ def phase2(loop: dict[str, Any]) -> None:
 def train_phase2(w: Worker) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
     """Phase 2 on this worker: (the final whole-model state on rank 0, None elsewhere; last metrics)."""
     p = w.cfg.phase2
-    phase1_state = load_model_state(w.inp.phase1_checkpoint)
+    phase1_state = load_model_state(_finished(w, "phase1", w.inp.phase1_checkpoint))
     model = build_model(w.cfg, len(w.manifest.classes))
     load_trained(model, phase1_state, PHASE1_KEYS)
     model.to(w.device)
@@ -174,9 +192,7 @@ def train_phase2(w: Worker) -> tuple[dict[str, torch.Tensor] | None, dict[str, f
     validate = _phase2_validation(w, engine, phase1_state, cache) if p.validate_every else None
     metrics = run_steps(engine, batches, spec, rank=w.rank, finalize=finalize, validate=validate)
     if w.rank == 0 and "state" not in final:  # resumed from its own final checkpoint: model.pt is the model
-        import ray.train
-
-        final["state"] = load_model_state(ray.train.get_checkpoint())
+        final["state"] = load_model_state(_finished(w, "phase2", None))
         w.log("phase2: resumed at its final checkpoint; its model.pt is the final model")
     w.log("phase2: done")
     return final.get("state"), metrics
@@ -223,7 +239,20 @@ def _engine(w: Worker, objective, groups, lr: float, weight_decay: float, grad_c
 
 
 def _spec(w: Worker, phase: str, steps: int) -> LoopSpec:
-    return LoopSpec(phase, steps, w.cfg.run.log_every, w.cfg.run.checkpoint_every, w.cfg.run.seed)
+    cfg = w.cfg
+    return LoopSpec(
+        phase, steps, cfg.run.log_every, cfg.run.checkpoint_every, cfg.run.seed, root=w.inp.root(phase)
+    )
+
+
+def _finished(w: Worker, stage: str, given: Any) -> Any:
+    """A finished stage's checkpoint: `given` (from the driver), else the stage's newest final one."""
+    if given is not None:
+        return given
+    found = store.latest_final(w.inp.root(stage))
+    if found is None:
+        raise DataError(f"no finished {stage} checkpoint under {w.inp.root(stage)}: run {stage} first")
+    return found
 
 
 def _batches(
@@ -286,7 +315,50 @@ def _sample_batches(
 def evaluate(loop: dict[str, Any]) -> None:
     """Train function of the evaluation run (see the module docstring)."""
     w = worker(loop)
-    evaluate_state(w, load_model_state(w.inp.phase2_checkpoint))
+    evaluate_state(w, load_model_state(_finished(w, "phase2", w.inp.phase2_checkpoint)))
+
+
+def run_job(loop: dict[str, Any]) -> None:
+    """Train function of a whole job: `inp.stages` in order in one worker group, so workers start,
+    import and join the process group once. Each stage keeps its own run directory; a restarted group
+    skips finished stages (their final checkpoints) and resumes the one it was in."""
+    w = worker(loop)
+    stages = w.inp.stages
+    training = dict(w.inp.training)
+    state: dict[str, torch.Tensor] | None = None
+    seconds: dict[str, float] = {}
+    for stage in stages:
+        tic = time.monotonic()
+        w.log(f"{stage}: starting")
+        if stage == "encode":
+            if feature_source(w.cfg, w.data_uri, w.manifest) is None:
+                encode(w)
+        elif stage == "phase1":
+            metrics = train_phase1(w)
+            training["phase1_bad_samples"] = metrics.get("phase1/bad_samples")
+        elif stage == "phase2":
+            state, metrics = train_phase2(w)
+            training["phase2_bad_samples"] = metrics.get("phase2/bad_samples")
+            if "evaluate" in stages:  # evaluated from memory, on every rank
+                state = broadcast_from_rank0(state, w.world_size)
+        elif stage == "evaluate":
+            if state is None:
+                state = load_model_state(_finished(w, "phase2", w.inp.phase2_checkpoint))
+            w = replace(w, inp=replace(w.inp, training=training))
+            evaluate_state(w, state)
+        else:
+            raise ValueError(f"unknown stage '{stage}'")
+        _free()
+        seconds[f"{STAGE_SECONDS}{stage}"] = time.monotonic() - tic
+        w.log(f"{stage}: done in {seconds[f'{STAGE_SECONDS}{stage}']:.0f} s")
+    report(seconds, summary=True)  # each stage's own time: the job's wall time minus these is start-up
+
+
+def _free() -> None:
+    """Between stages: what the last one no longer holds goes back (engines, models, CUDA cache)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def phase2_and_evaluate(loop: dict[str, Any]) -> None:
@@ -302,7 +374,6 @@ def phase2_and_evaluate(loop: dict[str, Any]) -> None:
 def evaluate_state(w: Worker, state: dict[str, torch.Tensor], extra: dict[str, float] | None = None) -> None:
     """Score the test set with the model in `state` (every rank); rank 0 reports the evaluation checkpoint
     with the summary metrics and `extra` (e.g. the last phase-2 metrics of a combined stage)."""
-    import ray.train
 
     model = build_model(w.cfg, len(w.manifest.classes))
     load_trained(model, state)
@@ -319,16 +390,16 @@ def evaluate_state(w: Worker, state: dict[str, torch.Tensor], extra: dict[str, f
     )
     gathered = gather_to_rank0(share, w.rank, w.world_size)
     if gathered is None:
-        ray.train.report({EVALUATED: len(share.samples)})
+        report({EVALUATED: len(share.samples)}, summary=True)
         return
     with tempfile.TemporaryDirectory(prefix="ltad-eval-") as tmp:
         metrics = write_evaluation(w, model, gathered, Path(tmp), cache=cache, banks=banks)
-        w.log(f"evaluate: {metrics['n_evaluated']} test samples, each exactly once; outputs written")
-        ray.train.report(
-            {**(extra or {}), **summary(metrics), EVALUATED: metrics["n_evaluated"]},
-            checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            checkpoint_dir_name=evaluation_dir_name(),
-        )
+        uri = storage.join(w.inp.root("evaluate"), evaluation_dir_name())
+        # metrics.json last: an evaluation directory without it is incomplete and never published
+        store.upload_rank_files(tmp, uri, skip=("metrics.json",))
+        storage.upload_file(Path(tmp) / "metrics.json", storage.join(uri, "metrics.json"))
+        w.log(f"evaluate: {metrics['n_evaluated']} test samples, each exactly once; outputs in {uri}")
+        report({**(extra or {}), **summary(metrics), EVALUATED: metrics["n_evaluated"]}, summary=True)
 
 
 def write_evaluation(

@@ -46,6 +46,35 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float =
     return Ran(done.returncode, done.stdout, done.stderr)
 
 
+def run_in_process(args: list[str], env: dict[str, str], capfd, monkeypatch) -> Ran:
+    """The same command as `run_cli`, called in this process (`ltad.cli.main` or the job's `main`):
+    what a subprocess adds (interpreter start, imports) is the same for every case, so all but a
+    few cases run here. stdout/stderr are captured at the file descriptors, as a terminal sees them."""
+    import importlib
+
+    from ltad.io import storage
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    storage.reset_client()  # a changed endpoint or credentials take effect, as in a fresh process
+    monkeypatch.chdir(REPO)
+    capfd.readouterr()
+    try:
+        if args[0].endswith(".py"):
+            module = importlib.import_module(args[0].removesuffix(".py").replace("/", "."))
+            rc = module.main(args[1:])
+        else:
+            from ltad import cli
+
+            rc = cli.main(args)
+    except SystemExit as exc:  # argparse's own errors
+        rc = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        storage.reset_client()
+    out, err = capfd.readouterr()
+    return Ran(int(rc or 0), out, err)
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """3 synthetic classes at 32 px (MVTec layout): small enough to copy per test."""

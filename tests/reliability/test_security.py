@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -156,79 +154,3 @@ def test_seaweedfs_rejects_wrong_credentials(s3_server):
             with pytest.raises(ClientError) as err:
                 call()
             assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
-
-
-def _files_holding(secret: bytes, roots: list[Path]) -> list[str]:
-    hits = []
-    for root in roots:
-        for path in (p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
-            try:
-                if secret in path.read_bytes():
-                    hits.append(str(path))
-            except OSError:
-                continue
-    return hits
-
-
-@pytest.mark.slow
-def test_job_with_a_unique_secret_leaks_it_nowhere(synth_root, split_file, tmp_path, monkeypatch):
-    """A fresh SeaweedFS identity (random secret), a Ray head started with it, `ray job submit` of the
-    whole pipeline (checkpoints on S3 through pyarrow, results local), then grep for the secret."""
-    from ray.job_submission import JobSubmissionClient
-
-    from ltad.data.prepare import prepare
-    from ltad.io import storage
-    from tests.integration.conftest import TINY_MODEL
-    from tools.services.ray_local import RayHead
-    from tools.services.seaweed import SeaweedServer
-
-    server = SeaweedServer(tmp_path / "s3")
-    server.start()
-    head = RayHead(tmp_path / "ray")
-    try:
-        env = server.env()
-        secret = env["AWS_SECRET_ACCESS_KEY"]
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        storage.reset_client()
-        server.create_bucket("sec")
-        prepare("synth", synth_root, split_file, "s3://sec/data", test_shard_samples=4, log=lambda _m: None)
-        out = tmp_path / "out"
-        cfg = {
-            "model": TINY_MODEL,
-            "data": {"uri": "s3://sec/data", "batch_size": 4, "use_feature_cache": False},
-            "phase1": {"steps": 2},
-            "phase2": {"steps": 2, "stats_samples": 8},
-            "run": {"name": "sec", "output": str(out), "storage_path": "s3://sec/ray", "checkpoint_every": 1},
-            "eval": {"overlays_per_class": 1, "pixel_bins": 50},
-        }
-        config = tmp_path / "sec.yaml"
-        config.write_text(yaml.safe_dump(cfg))
-        head.start()
-        address = head.env()["RAY_ADDRESS"]
-        cmd = [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--", "python"]
-        cmd += ["jobs/train.py", "--config", str(config)]
-        job_env = {**os.environ, **head.env()}
-        proc = subprocess.run(cmd, env=job_env, cwd=REPO, capture_output=True, text=True, timeout=900)
-        log = proc.stdout + proc.stderr
-        assert proc.returncode == 0, log[-3000:]
-        assert (out / "metrics.json").is_file()
-        client = JobSubmissionClient(address)
-        jobs = client.list_jobs()
-        assert jobs
-        metadata = json.dumps([j.dict() if hasattr(j, "dict") else vars(j) for j in jobs], default=str)
-        job_logs = "".join(client.get_job_logs(j.submission_id) for j in jobs if j.submission_id)
-        assert secret not in log and secret not in job_logs and secret not in metadata
-        # Ray's session dir (all logs, the uploaded working dir), outputs, and every stored object
-        assert _files_holding(secret.encode(), [head.temp_dir, head.state_dir, out]) == []
-        objects = storage.list("s3://sec/ray") + storage.list("s3://sec/data")
-        assert any(u.endswith("model.pt") for u in objects)
-        assert [u for u in objects if secret.encode() in storage.read_bytes(u)] == []
-        # the dashboard of this head listens on loopback only
-        dash = int(address.rsplit(":", 1)[1])
-        conns = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
-        assert {c.laddr.ip for c in conns if c.laddr.port == dash} <= LOOPBACK
-    finally:
-        head.stop()
-        server.stop()
-        storage.reset_client()

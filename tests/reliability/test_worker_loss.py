@@ -2,8 +2,8 @@
 
 Phase 2 twice from the same phase-1 checkpoint with the same seed on 2 workers, checkpoints on S3: one
 untouched, one whose Ray Train worker is SIGKILLed right after the first phase-2 checkpoint (step 4
-of 12). The killed run must finish from that checkpoint (Ray's FailureConfig restarts the workers,
-`ray.train.get_checkpoint()` resumes), not from step 0, evaluate every test sample, and end with the
+of 12). The killed run must finish from that checkpoint (Ray's FailureConfig restarts the worker
+group, which finds the stage's newest complete checkpoint in its run directory), not from step 0, evaluate every test sample, and end with the
 same model as the untouched run (resume repeats the data order and the per-step RNG), hence the same
 metrics.
 """
@@ -41,7 +41,7 @@ def _config(tmp, data_uri: str, bucket: str, name: str):
 
 
 class Killer(threading.Thread):
-    """Waits for phase 2's first checkpoint in storage, then SIGKILLs one `ray::RayTrainWorker` of the
+    """Waits for phase 2's first complete checkpoint in storage, then SIGKILLs one `ray::RayTrainWorker` of the
     local Ray this test started (a descendant of this process)."""
 
     def __init__(self, prefix: str, checkpoint: str) -> None:
@@ -55,9 +55,8 @@ class Killer(threading.Thread):
         from ltad.io import storage
 
         while not self.done.is_set():
-            if any(f"/{self.checkpoint}/" in u for u in storage.list(self.prefix)):
-                # Ray's controller registers a reported checkpoint on its 2 s poll: kill after it
-                time.sleep(3)
+            if any(u.endswith(f"/{self.checkpoint}/.ltad-complete") for u in storage.list(self.prefix)):
+                time.sleep(1)  # into the steps after it
                 workers = [  # only this test's own Ray: never a worker of another session
                     p
                     for p in psutil.Process(os.getpid()).children(recursive=True)

@@ -1,0 +1,144 @@
+"""A stage's checkpoints in its run directory on storage, written and read by ltad itself.
+
+Ray Train's own checkpoints belong to one Ray Train run; a job runs all its stages in one worker group
+(one run), yet each stage keeps its own directory `{storage}/{run.name}-{stage}/step-NNNNNNN[-final]`,
+so a finished phase 1 can be found by name, reused by sweeps and refused when its inputs changed.
+Every rank uploads its own files (ZeRO shards are per rank); after a barrier rank 0 adds the history,
+then `model.pt` (final checkpoints) and the marker `.ltad-complete`, last: a directory without the
+marker (or, for a final one written by older ltad versions through Ray, without `model.pt`) is never
+read. Restoring, a rank downloads the shared files and its own ZeRO shards only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ltad.io import storage
+
+MARKER = ".ltad-complete"
+MODEL_FILE = "model.pt"
+KEEP = 2
+"""Complete non-final checkpoints kept per stage (finals are always kept)."""
+_STEP = re.compile(r"^step-(\d{7})(-final)?$")
+_RANK = re.compile(r"zero_pp_rank_(\d+)_")
+
+
+def uri_of(checkpoint: Any) -> str:
+    """A checkpoint directory as a URI: a string as given, a `ray.train.Checkpoint` by its path and filesystem."""
+    if isinstance(checkpoint, str):
+        return checkpoint.rstrip("/")
+    path = str(checkpoint.path).rstrip("/")
+    fs = getattr(checkpoint, "filesystem", None)
+    if fs is not None and getattr(fs, "type_name", "") == "s3" and not storage.is_s3(path):
+        path = f"s3://{path}"
+    return path
+
+
+def step_dir(root: str, step: int, final: bool = False) -> str:
+    return storage.join(root, f"step-{step:07d}{'-final' if final else ''}")
+
+
+def _complete(root: str) -> list[tuple[int, bool, str]]:
+    """(step, final, uri) of every complete checkpoint under `root`, oldest first."""
+    files: dict[str, set[str]] = {}
+    prefix = root.rstrip("/") + "/"
+    for uri in storage.list(root):
+        rel = uri[len(prefix) :] if uri.startswith(prefix) else ""
+        name, _, rest = rel.partition("/")
+        if _STEP.match(name):
+            files.setdefault(name, set()).add(rest)
+    out = []
+    for name, names in files.items():
+        m = _STEP.match(name)
+        assert m is not None
+        final = bool(m.group(2))
+        if MARKER in names or (final and MODEL_FILE in names):
+            out.append((int(m.group(1)), final, storage.join(root, name)))
+    return sorted(out)
+
+
+def latest(root: str) -> str | None:
+    """The newest complete checkpoint of a stage (final or not), or None."""
+    found = _complete(root)
+    return found[-1][2] if found else None
+
+
+def latest_final(root: str) -> str | None:
+    """The newest final checkpoint of a stage (holding `model.pt`), or None."""
+    finals = [uri for _, final, uri in _complete(root) if final]
+    return finals[-1] if finals else None
+
+
+def upload_rank_files(local: str | Path, uri: str, *, skip: tuple[str, ...] = ()) -> int:
+    """Upload every file under `local` to `uri` (same relative paths) but `skip`; the count."""
+    local = Path(local)
+    n = 0
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        rel = path.relative_to(local).as_posix()
+        if rel in skip:
+            continue
+        storage.upload_file(path, storage.join(uri, rel))
+        n += 1
+    return n
+
+
+def seal(uri: str, local: str | Path, *, step: int, world_size: int, files: tuple[str, ...]) -> None:
+    """Rank 0, after every rank uploaded: the named files of `local` (history, model), then the marker."""
+    for name in files:
+        path = Path(local) / name
+        if path.is_file():
+            storage.upload_file(path, storage.join(uri, name))
+    storage.write_bytes(
+        storage.join(uri, MARKER), json.dumps({"step": step, "world_size": world_size}).encode()
+    )
+
+
+def prune(root: str, keep: int = KEEP) -> list[str]:
+    """Delete complete non-final checkpoints older than the newest `keep` (and incomplete ones older
+    than the newest complete one: a crash's leftovers); the deleted directories."""
+    found = _complete(root)
+    partial = [uri for _, final, uri in found if not final]
+    doomed = set(partial[:-keep] if keep else partial)
+    if found:
+        newest = found[-1][0]
+        prefix = root.rstrip("/") + "/"
+        for uri in storage.list(root):
+            name = uri[len(prefix) :].split("/", 1)[0] if uri.startswith(prefix) else ""
+            m = _STEP.match(name)
+            if m and int(m.group(1)) < newest and storage.join(root, name) not in {u for *_, u in found}:
+                doomed.add(storage.join(root, name))
+    for directory in sorted(doomed):
+        for uri in storage.list(directory):
+            storage.delete(uri)
+    return sorted(doomed)
+
+
+def download(uri: str, dest: str | Path, rank: int | None = None) -> Path:
+    """Copy a checkpoint directory into `dest`; with `rank`, other ranks' ZeRO shards are left out."""
+    dest = Path(dest)
+    prefix = uri.rstrip("/") + "/"
+    for src in storage.list(uri):
+        rel = src[len(prefix) :] if src.startswith(prefix) else Path(src).name
+        m = _RANK.search(rel.rsplit("/", 1)[-1])
+        if rank is not None and m and int(m.group(1)) != rank:
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(storage.read_bytes(src))
+    return dest
+
+
+def read_file(checkpoint: Any, name: str) -> bytes | None:
+    """One file of a checkpoint directory (a URI or `ray.train.Checkpoint`), or None when absent."""
+    return storage.read_optional(storage.join(uri_of(checkpoint), name))
+
+
+def local_copy(checkpoint: Any) -> tempfile.TemporaryDirectory:
+    """A temporary local copy of a whole checkpoint directory (the caller cleans it up)."""
+    tmp = tempfile.TemporaryDirectory(prefix="ltad-ckpt-copy-")
+    download(uri_of(checkpoint), tmp.name)
+    return tmp
