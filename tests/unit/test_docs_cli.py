@@ -112,3 +112,10 @@ def test_an_old_spelling_works_and_warns(capsys):
     assert args.spec == "s.yaml"
     args = cli.build_parser().parse_args(["sweep", "--space", "t.yaml", "--root", "r"])
     assert (args.space, args.root) == ("t.yaml", "r")
+
+
+def test_the_cli_reference_is_generated_from_the_parsers():
+    """docs/CLI.md is what `python -m tools.cli_reference` renders now (run it after changing a flag)."""
+    from tools import cli_reference
+
+    assert cli_reference.DOC.read_text() == cli_reference.render(), "run `python -m tools.cli_reference`"
