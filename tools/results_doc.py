@@ -29,7 +29,7 @@ from ltad.study.spec import load_spec
 from tools.bench_table import benchmark_table
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = ("README.md", "docs/RESULTS.md")
+DOCUMENTS = ("README.md", "docs/GUIDE.md", "docs/RESULTS.md")
 COMMAND = "python -m tools.results_doc"
 BLOCK = re.compile(
     r"(?P<open><!-- generated: (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(?P<close><!-- end generated: (?P=name) -->)",

@@ -24,16 +24,14 @@ is at most half the box, so:
     |binned AUPRO - exact| <= sum_{k: F_k < limit} dF_k * dPRO_k / 2 / limit
 ``PixelMetricAccumulator.error_bounds`` returns these figures (computed from the histograms). Clipping
 keeps the bound valid: it only widens the edge bins (so it loosens the bound, which then says so).
-Measured with 1000 bins on smooth noisy maps with blob defects (24-64 maps of 64-256 px): bounds
-1e-4..4e-4 (AUROC) and 5e-4..1e-3 (AUPRO); actual errors <= 1e-5 and <= 2e-5 (tests/unit/test_metrics.py).
+tests/unit/test_metrics.py checks the bound and the actual error on realistic maps.
 Which range: a fixed one needs a single pass over the test set (good when scores are standardised with
 training statistics); two passes give the tightest bins but need the maps twice (recomputed or cached).
 ``StreamingPixelAccumulator`` (what the evaluation stage uses) needs neither: one pass, no range known
 beforehand, no map kept. Its bins have power-of-two widths on a grid anchored at 0 and double (adjacent
 bins added, exact because the grids nest) whenever a value falls outside its window of 2 x ``bins``
 bins, so the final width is about (max - min) / ``bins`` or finer, like a fixed-range accumulator over
-the global min..max, and the same bound holds (``error_bounds``). It also bins the float32 maps
-themselves, where the earlier path rounded every map to fp16 first.
+the global min..max, and the same bound holds (``error_bounds``). It bins the float32 maps themselves.
 State is O(bins): per bin, the normal pixel count, the defect pixel count and the sum over regions of
 the region's share in that bin (the PRO curve only needs that sum), so accumulators of workers merge by
 addition.

@@ -25,9 +25,8 @@ What is the same, and why:
   2-norm as sqrt(sum of squared per-parameter norms) over the objective's parameters in module order,
   then a factor min(1, clip / (norm + 1e-6)); torch's clip_grad_norm_ sums in another order.
 
-Measured (docs/results/equivalence.jsonl): bit-identical weights when this process runs torch on
-one thread as a Ray worker does (OMP_NUM_THREADS=1); with more threads, intra-op float reductions
-sum in another order and the weights differ by a few 1e-6 after 12 steps.
+With torch on one thread, as a Ray worker runs (OMP_NUM_THREADS=1), the weights are bit-identical
+(docs/RESULTS.md has the figures); more threads sum intra-op reductions in another order.
 
 Not the same: no Ray, no DeepSpeed engine, no checkpoints or history; fp32 only (a job with
 `scaling.precision=bf16` or on a GPU runs under bf16 autocast); ZeRO 1-3 update the same AdamW on

@@ -1,5 +1,5 @@
 """Every figure source the docs cite exists, every artefact under docs/results/ says what made it, and
-each benchmark figure in the README's table appears in the benchmark's committed JSON."""
+each benchmark figure in the guide's table appears in the benchmark's committed JSON."""
 
 from __future__ import annotations
 
@@ -68,8 +68,8 @@ def _numbers(obj) -> set[str]:
 
 
 def _benchmark_rows() -> list[tuple[str, list[str], str]]:
-    """(script, cited bench JSON files, measured cell) of each README benchmark row citing a JSON."""
-    text = (ROOT / "README.md").read_text()
+    """(script, cited bench JSON files, measured cell) of each benchmark-table row citing a JSON."""
+    text = (ROOT / "docs" / "GUIDE.md").read_text()
     section = text[text.index("## Benchmarks") :]
     section = section[: section.index("\n## ", 1)]
     rows = []
@@ -95,4 +95,4 @@ def test_each_benchmark_figure_appears_in_its_json(script, files, cell):
     text = re.sub(r"\(target[^)]*\)", "", text)  # the targets are the issue's, not measurements
     text = re.sub(r"\d{4}-\d{2}-\d{2}", "", text)  # dates
     for number in re.findall(r"(?<![\w.])\d+(?:\.\d+)?", text):
-        assert number in known, f"{script}: {number} in the README is not in {files}"
+        assert number in known, f"{script}: {number} in docs/GUIDE.md is not in {files}"
