@@ -284,7 +284,8 @@ def write_status(
             status = "finished" if has else "stopped"
         else:
             status = TUNE_STATUS.get(status, status)
-        entry: dict[str, Any] = {"name": t.name, "level": t.level.name, "status": status, "params": t.params}
+        entry: dict[str, Any] = {"name": t.name, "level": t.level.name, "status": status}
+        entry["params"] = space.recorded_params(t)
         entry["path"] = f"trials/{t.name}"
         value = (last or {}).get(t.name, {}).get(VAL_METRIC)
         if status == "stopped" and isinstance(value, int | float) and math.isfinite(value):

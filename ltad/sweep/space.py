@@ -358,6 +358,11 @@ class Space:
         """The fields' Tune domains without the level (the space each level's Optuna study searches)."""
         return {p.key: p.tune_domain() for p in self.params}
 
+    def recorded_params(self, trial: Trial) -> dict[str, Any]:
+        """sweep.json's `params` of a trial: its swept fields' values, after the prompt length and
+        synthesis ratio it runs with (swept or the base config's: every summary row has them)."""
+        return {**{k: _value(self.base, k) for k in PARAM_KEYS.values()}, **trial.params}
+
     def trial_dir(self, trial: Trial) -> str:
         return storage.join(self.root, "trials", trial.name)
 

@@ -466,11 +466,13 @@ def test_sweep_json_lists_the_trials_tune_ran_with_their_params(tmp_path):
     ]
     write_status(space, {seen[0].name: "RUNNING"}, None, seen)
     sweep = read_sweep(space.root)
+    # params: the swept fields, after the prompt length and synthesis ratio every summary row has
+    fixed = {"model.prompts.length": 4, "phase2.synthesis_ratio": 0.25}
     assert [(t["name"], t["level"], t["status"], t["params"]) for t in sweep["trials"]] == [
         ("exp10-lr_0.0002-fusion_lambda_0.5", "exp10", "running",
-         {"phase2.lr": 2e-4, "model.score.fusion_lambda": 0.5}),
+         {**fixed, "phase2.lr": 2e-4, "model.score.fusion_lambda": 0.5}),
         ("exp100-lr_0.0005-fusion_lambda_2", "exp100", "pending",
-         {"phase2.lr": 5e-4, "model.score.fusion_lambda": 2.0}),
+         {**fixed, "phase2.lr": 5e-4, "model.score.fusion_lambda": 2.0}),
     ]  # fmt: skip
 
 
