@@ -463,6 +463,12 @@ def parse_params(spec: SpaceFile, base: LTADConfig) -> tuple[Param, ...]:
                 "so it needs a finite domain (choice or grid: phase 1 is trained once per value); or set "
                 "reuse: false to train phase 1 per trial"
             )
+    if spec.search != "grid" and all(p.finite for p in params):
+        raise ConfigError(
+            f"search {spec.search} needs at least one uniform or loguniform field: over finite domains "
+            "alone it would propose settings already running (two trials under one run name); use search "
+            "grid to run each combination once"
+        )
     if spec.search == "grid" and spec.num_samples != 1:
         raise ConfigError(
             f"config key 'num_samples' must be 1 with search grid (every grid point runs once; sweep "

@@ -308,8 +308,12 @@ def test_the_first_sweeps_syntax_is_a_grid_of_the_two_fields(tmp_path):
         ({"phase1.lr": {"loguniform": [1e-4, 1e-3]}}, {"search": "random"},
          "params key 'phase1.lr' is loguniform, but phase 1 depends on it and is shared (reuse: true)"),
         ({"phase2.lr": [1e-4]}, {"num_samples": 2}, "'num_samples' must be 1 with search grid"),
-        ({"phase2.lr": [1e-4]}, {"search": "optuna"}, "config key 'metric' must be what search optuna optimises"),
-        ({"phase2.lr": [1e-4]}, {"search": "optuna", "metric": "phase2/loss"}, "config key 'mode' must be 'min' or 'max'"),
+        ({"phase2.lr": [1e-4], "phase2.steps": {"choice": [5, 9]}}, {"search": "random", "num_samples": 4},
+         "search random needs at least one uniform or loguniform field"),
+        ({"phase2.lr": {"uniform": [1e-4, 1e-3]}}, {"search": "optuna"},
+         "config key 'metric' must be what search optuna optimises"),
+        ({"phase2.lr": {"uniform": [1e-4, 1e-3]}}, {"search": "optuna", "metric": "phase2/loss"},
+         "config key 'mode' must be 'min' or 'max'"),
         ({"phase2.lr": [1e-4]}, {"search": "bayes"}, "config key 'search' must be one of 'grid', 'random', 'optuna'"),
         ({"model.prompts.length": [3]}, {"prompt_lengths": [2]}, "params key 'model.prompts.length' is given twice"),
         ({}, {}, "config key 'params' must be a non-empty mapping"),
@@ -417,7 +421,8 @@ def test_search_gives_tune_each_algorithm(tmp_path):
     assert (alg.metric, alg.mode) == ("val_image_AUROC", "max")
     # optuna's metric and mode default to ASHA's
     asha = {"metric": "phase2/loss", "mode": "min"}
-    from_asha = load_space(_open(tmp_path, {"phase2.lr": [1e-4]}, search="optuna", asha=asha))
+    params = {"phase2.lr": {"loguniform": [1e-4, 1e-3]}}
+    from_asha = load_space(_open(tmp_path, params, search="optuna", asha=asha))
     assert (from_asha.metric, from_asha.mode) == ("phase2/loss", "min")
 
 
