@@ -348,6 +348,17 @@ def concurrency(space: Space) -> int:
     return max(n, 1)
 
 
+class TrialName:
+    """Tune's trial_name_creator: a Tune trial is named as the space names it (`exp10-L2-s0.25`), which
+    MLflow's runs (Tune's MLflow callback) and Tune's progress tables then show."""
+
+    def __init__(self, space: Space):
+        self.space = space
+
+    def __call__(self, trial) -> str:
+        return self.space.trial(trial.config).name
+
+
 def _tuner(
     space: Space,
     name: str,
@@ -379,6 +390,7 @@ def _tuner(
             search_alg=search_alg,
             num_samples=num_samples,
             max_concurrent_trials=max_concurrent(space, drivers),
+            trial_name_creator=TrialName(space),
         ),
         run_config=tune.RunConfig(
             name=name,

@@ -101,6 +101,7 @@ def test_optuna_sweep_over_two_new_fields_reaches_results_csv(ray_local, tiny_da
         (float(r.data.params["phase2.lr"]), float(r.data.params["model.score.fusion_lambda"])) for r in runs
     }
     assert {(r.data.params["level"]) for r in runs} == {"exp4"}
+    assert {r.data.tags["trial_name"] for r in runs} == set(values)  # MLflow runs named as the trials
     assert all(
         any(math.isclose(a, lr) and math.isclose(b, lam) for a, b in logged) for lr, lam in values.values()
     )

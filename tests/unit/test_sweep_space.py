@@ -488,3 +488,18 @@ def test_level_asha_reads_the_level_from_the_trial_config():
     trial = type("T", (), {"trial_id": "x", "config": {"level": "exp100", "phase2.lr": 1e-4}})()
     sched.on_trial_add(None, trial)
     assert sched.level_of(trial) == "exp100" and list(sched.by_level) == ["exp100"]
+
+
+def test_tune_trials_are_named_as_the_space_names_them(tmp_path):
+    """Tune's trial name (MLflow's run name) is the trial's name, for new and old-style configs."""
+    import pickle
+
+    from ltad.sweep.driver import TrialName
+
+    space = load_space(_write(tmp_path))
+    name = pickle.loads(pickle.dumps(TrialName(space)))  # Tune saves it with the experiment
+    trial = type(
+        "T", (), {"config": {"level": "exp10", "model.prompts.length": 4, "phase2.synthesis_ratio": 0.25}}
+    )
+    assert name(trial) == "exp10-L4-s0.25"
+    assert name(type("T", (), {"config": {"trial": "exp10-L2"}})) == "exp10-L2"  # a phase-1 run
