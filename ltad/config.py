@@ -583,6 +583,29 @@ def read_yaml_file(path: str | Path) -> dict[str, Any]:
     return data or {}
 
 
+def key_type(cls: type, key: str) -> Any:
+    """The declared type of the dotted value key `key` of the config dataclass `cls` (e.g. `float` for
+    'phase2.lr'); an unknown key or a section is one ConfigError naming the key."""
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts):
+        hints, here, so_far = _hints(cls), ".".join(parts[:i]), ".".join(parts[: i + 1])
+        if part not in hints:
+            raise ConfigError(f"unknown config key '{so_far}' ({_known(here, hints)})")
+        tp, last = hints[part], i == len(parts) - 1
+        if dataclasses.is_dataclass(tp):
+            if last:
+                raise ConfigError(
+                    f"config key '{so_far}' is a section, not a value "
+                    f"(name one of its keys: {', '.join(_hints(tp))})"  # type: ignore[arg-type]
+                )
+            cls = tp  # type: ignore[assignment]
+        elif not last:
+            raise ConfigError(f"config key '{so_far}' is a value, not a section")
+        else:
+            return tp
+    raise ConfigError(f"config key '{key}' is empty")
+
+
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     """Apply `a.b.c=value` strings, each value parsed by its field's declared type, and re-validate."""
     data = to_dict(cfg)

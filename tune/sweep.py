@@ -1,9 +1,9 @@
-"""Ray Tune sweep of prompt length x synthesis ratio across imbalance levels (a Ray job, = `ltad sweep`).
+"""Ray Tune sweep of run-config fields across imbalance levels (a Ray job, = `ltad sweep`; docs/SWEEPS.md).
 
     ray job submit --working-dir . -- python tune/sweep.py --config tune/demo.yaml \
         [--root s3://bucket/sweeps/demo] [--set phase2.steps=100 ...] [--max-concurrent N] [--resume]
 
-The search space (tune/*.yaml) names the levels (one prepared shard set each), the values to sweep,
+The search space (tune/*.yaml) names the levels (one prepared shard set each), the fields to sweep,
 the base run config, ASHA and the sweep root. Rerunning the same command resumes the sweep (Tune's
 `Tuner.restore`): finished trials are kept. Rerunning it with other inputs (another `--set`, other
 data) under the same root is refused before anything runs: use another `--root`. Results:

@@ -3,8 +3,11 @@
 Reads each run's `metrics.json` (local folder or `s3://` prefix) and the sweep's `sweep.json` (format
 in docs/ARCHITECTURE.md), validates everything before writing anything, builds one row per run and
 writes all outputs into a temporary folder first, so a failure never leaves a half report behind.
-An imbalance *level* is (dataset, profile, ratio); a *setting* is (prompt length, synthesis ratio)
-within a level, its figures the mean over the runs (seeds) that share it.
+An imbalance *level* is (dataset, profile, ratio); a *setting* is (prompt length, synthesis ratio, and
+the values of any other field the sweep swept) within a level, its figures the mean over the runs
+(seeds) that share it. A sweep trial's swept fields (sweep.json `params`) are read back from the
+config its metrics.json records (what ran) and checked against sweep.json; fields other than the
+prompt length and synthesis ratio get a results.csv column each, named by the dotted key.
 
 Each level's setting is chosen by the validation metric alone (`val_image_AUROC`: held-out normals vs
 synthetic pseudo-anomalies, ltad/eval/validation.py), never by a test metric; the test metrics are
@@ -23,7 +26,7 @@ import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,13 @@ class RunResult:
     real_clip: bool
     weights: str
     status: str = "finished"  # or "stopped": an ASHA-stopped trial, validation metric only
+    params: dict[str, Any] = field(default_factory=dict)
+    """The sweep's swept fields (dotted key -> the value the run's config holds); {} for a run."""
+
+    @property
+    def other_params(self) -> tuple[tuple[str, Any], ...]:
+        """The swept fields beyond the prompt length and synthesis ratio (their own CSV columns)."""
+        return tuple(sorted((k, _frozen(v)) for k, v in self.params.items() if k not in PARAM_FIELDS))
 
     @property
     def validated(self) -> bool:
@@ -93,7 +103,26 @@ class RunResult:
 
     def row(self) -> dict[str, Any]:
         fixed = {c: getattr(self, c) for c in COLUMNS if c not in self.values and c != "path"}
-        return {**fixed, **self.values, "path": self.uri}
+        return {**fixed, **self.values, **dict(self.other_params), "path": self.uri}
+
+
+PARAM_FIELDS = frozenset(PARAM_KEYS.values())
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def param_text(params: Iterable[tuple[str, Any]]) -> str:
+    """'phase2.lr=0.0003, model.score.fusion_lambda=0.5' ('' for none)."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params)
+
+
+def csv_columns(results: Sequence[RunResult]) -> list[str]:
+    """COLUMNS, with one column per other swept field (sorted) after `synthesis_ratio`."""
+    extra = sorted({k for r in results for k, _ in r.other_params})
+    at = COLUMNS.index("synthesis_ratio") + 1
+    return [*COLUMNS[:at], *extra, *COLUMNS[at:]]
 
 
 def _get(data: Any, dotted: str, where: str) -> Any:
@@ -135,8 +164,9 @@ def _metrics_uri(uri: str) -> str:
     return uri if uri.endswith(".json") else storage.join(uri, "metrics.json")
 
 
-def load_run(uri: str, source: str = "run", trial: str = "") -> RunResult:
-    """Read and validate the metrics.json of the run folder `uri` (or the file itself)."""
+def load_run(uri: str, source: str = "run", trial: str = "", keys: Iterable[str] = ()) -> RunResult:
+    """Read and validate the metrics.json of the run folder `uri` (or the file itself); `keys`: the
+    dotted config keys (a sweep's swept fields) whose values to read from its recorded config."""
     where = _metrics_uri(uri)
     if not storage.exists(where):
         raise UserError(
@@ -169,6 +199,7 @@ def load_run(uri: str, source: str = "run", trial: str = "") -> RunResult:
         per_class=per_class,
         real_clip=bool(weights.get("real_clip", False)),
         weights=f"image: {weights.get('image', '?')}; text: {weights.get('text', '?')}",
+        params={k: _get(prov, f"config.{k}", f"{where} provenance") for k in keys},
     )
 
 
@@ -218,11 +249,12 @@ def _check_trial(run: RunResult, trial: dict, level: dict, params: dict, where: 
             f"{where} was evaluated on split {run.profile} ratio {run.ratio:g}, but sweep.json puts trial "
             f"{trial['name']!r} in level {level['name']!r} ({level['profile']} ratio {float(level['ratio']):g})"
         )
-    ran = {PARAM_KEYS["prompt_length"]: run.prompt_length, PARAM_KEYS["synthesis_ratio"]: run.synthesis_ratio}
     for key, value in params.items():
-        if key in ran and not math.isclose(float(ran[key]), float(value)):
+        have: Any = run.params.get(key)
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (have, value))
+        if not (math.isclose(float(have), float(value)) if numbers else _frozen(have) == _frozen(value)):
             raise DataError(
-                f"{where} ran with {key}={ran[key]}, but sweep.json gives trial {trial['name']!r} {value}"
+                f"{where} ran with {key}={have}, but sweep.json gives trial {trial['name']!r} {value}"
             )
 
 
@@ -257,6 +289,7 @@ def stopped_trial(root: str, trial: dict, level: dict, dataset: str) -> RunResul
         real_clip=False,
         weights="",
         status="stopped",
+        params=dict(params),
     )
 
 
@@ -276,7 +309,7 @@ def collect(sweeps: Sequence[str], runs: Sequence[str]) -> tuple[list[RunResult]
                 else:
                     missing.append(f"{root}: trial {t['name']} ({t['status']})")
                 continue
-            run = load_run(uri, source=root, trial=t["name"])
+            run = load_run(uri, source=root, trial=t["name"], keys=t.get("params", {}))
             _check_trial(run, t, levels[t["level"]], t.get("params", {}), _metrics_uri(uri))
             results.append(run)
         by_level = {t["name"]: t["level"] for t in sweep["trials"]}
@@ -306,11 +339,13 @@ def _mean(values: Iterable[float]) -> float:
 
 @dataclass(frozen=True)
 class Setting:
-    """(prompt length, synthesis ratio) within one level, figures averaged over its runs."""
+    """(prompt length, synthesis ratio, other swept fields) within one level, figures averaged over its runs."""
 
     prompt_length: int
     synthesis_ratio: float
     runs: tuple[RunResult, ...]
+    params: tuple[tuple[str, Any], ...] = ()
+    """The other swept fields' values (RunResult.other_params)."""
 
     def value(self, key: str) -> float:
         return _mean(r.values[key] for r in self.runs)
@@ -335,11 +370,17 @@ def settings_by_level(results: Sequence[RunResult]) -> dict[tuple, list[Setting]
     """Level key -> its settings (evaluated runs only); levels sorted by (dataset, profile, ratio)."""
     grouped: dict[tuple, dict[tuple, list[RunResult]]] = defaultdict(lambda: defaultdict(list))
     for r in evaluated(results):
-        grouped[r.level_key][(r.prompt_length, r.synthesis_ratio)].append(r)
+        grouped[r.level_key][(r.prompt_length, r.synthesis_ratio, r.other_params)].append(r)
     return {
-        key: [Setting(p, s, tuple(runs)) for (p, s), runs in sorted(grouped[key].items())]
+        key: [Setting(p, s, tuple(runs), o) for (p, s, o), runs in sorted(grouped[key].items(), key=_order)]
         for key in sorted(grouped)
     }
+
+
+def _order(item: tuple) -> tuple:
+    """Settings in (prompt length, synthesis ratio, other fields as text) order."""
+    (p, s, o), _ = item
+    return (p, s, param_text(o))
 
 
 def unvalidated(results: Sequence[RunResult]) -> dict[tuple, list[RunResult]]:
@@ -380,7 +421,7 @@ def _slug(key: tuple) -> str:
 
 def write_csv(path: Path, results: Sequence[RunResult]) -> None:
     with path.open("w", newline="") as f:
-        out = csv.DictWriter(f, fieldnames=COLUMNS)
+        out = csv.DictWriter(f, fieldnames=csv_columns(results))
         out.writeheader()
         for r in results:
             out.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.row().items()})
@@ -398,8 +439,9 @@ def choice_lines(results: Sequence[RunResult]) -> list[str]:
     for key in settings_by_level(results):
         if key in best:
             s = best[key]
+            other = f", {param_text(s.params)}" if s.params else ""
             lines.append(
-                f"  {_level_name(key)}: prompt length {s.prompt_length}, synthesis ratio {s.synthesis_ratio:g} "
+                f"  {_level_name(key)}: prompt length {s.prompt_length}, synthesis ratio {s.synthesis_ratio:g}{other} "
                 f"(validation image AUROC {_pct(s.value(VAL_METRIC))}; test image AUROC {_pct(s.value('image_AUROC'))})"
             )
         else:
@@ -442,7 +484,12 @@ def write_report(
             rows.append([_level_name(key), "not chosen", "", "", "n/a", "", "",
                          f"{len(skip[key])} runs without a validation metric (below)"])  # fmt: skip
     header = ["level", "prompt length", "synthesis ratio", "runs", "validation image AUROC (chose)"]
-    lines += _table([*header, "test image AUROC", "test pixel AUROC", "best run"], rows)
+    header += ["test image AUROC", "test pixel AUROC", "best run"]
+    if any(r.other_params for r in results):  # the other swept fields of each chosen setting
+        header.append("other swept fields")
+        for key, row in zip(levels, rows):
+            row.append(param_text(best[key].params) if key in best else "")
+    lines += _table(header, rows)
     if skip:
         lines += [
             "",
@@ -476,9 +523,10 @@ def write_report(
             "",
         ]
         lines += _table(
-            ["trial", "level", "prompt length", "synthesis ratio", "validation image AUROC when stopped"],
+            ["trial", "level", "prompt length", "synthesis ratio", "validation image AUROC when stopped",
+             "other swept fields"],
             ([r.trial, f"{r.dataset} {r.level}".strip(), r.prompt_length, f"{r.synthesis_ratio:g}",
-              _pct(r.values[VAL_METRIC])] for r in stopped),
+              _pct(r.values[VAL_METRIC]), param_text(r.other_params)] for r in stopped),
         )  # fmt: skip
         lines.append("")
     if missing:
@@ -501,7 +549,8 @@ def _render(tmp: Path, results: Sequence[RunResult], missing: Sequence[str]) -> 
         lengths = sorted({s.prompt_length for s in settings})
         ratios = sorted({s.synthesis_ratio for s in settings})
         grid = np.full((len(lengths), len(ratios)), np.nan)
-        for s in settings:
+        # a cell holding several settings (other swept fields) shows the one validation ranks first
+        for s in sorted(settings, key=lambda s: s.score):
             grid[lengths.index(s.prompt_length), ratios.index(s.synthesis_ratio)] = s.value("image_AUROC")
         rel = plots[f"{_level_name(key)}: prompt length x synthesis ratio (test)"] = (
             f"plots/heatmap_{_slug(key)}.png"

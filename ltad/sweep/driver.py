@@ -3,15 +3,19 @@
 Order of work, each step skipped when its result is already in storage (so a restarted sweep resumes):
 1. the feature cache of every level (one `encode` run per level, from the job driver, on
    `scaling.num_workers` workers);
-2. Tune experiment `phase1`: one trial per (level, prompt length) training phase 1 under the
-   deterministic run name `{level}-L{length}-phase1`; a finished checkpoint there is reused;
-3. Tune experiment `trials`: one trial per (level, length, synthesis ratio) that loads that phase-1
+2. Tune experiment `phase1`: one trial per shared phase-1 run (level x the values of the swept fields
+   phase 1 depends on, ltad/sweep/space.py) training phase 1 under the deterministic run name
+   `{phase1 run}-phase1` (e.g. `exp10-L2-phase1`); a finished checkpoint there is reused;
+3. Tune experiment `trials`: the trials the space's search algorithm gives (grid: every level x
+   every grid point; random: Tune's sampling; optuna: one Optuna study per level, ltad/sweep/search.py),
+   each config {'level': name, key: value, ...}; each trial loads its phase-1 run's
    checkpoint and runs phase 2 and the evaluation as one stage (`phase2-evaluate`; its phase-2
    metrics, with the validation AUROC every `phase2.validate_every` steps, go to Tune for ASHA every
    `run.log_every` steps; ASHA compares trials of one imbalance level only), and publishes the evaluation to
    `<root>/trials/<trial>/` with the trial's history.jsonl (phase 1 and phase 2); `sweep.json` is
    rewritten as trials end. With `run.loggers` holding mlflow, Ray Tune's own MLflowLoggerCallback
-   logs every trial (its config and every result Tune receives) as one MLflow run of the experiment
+   logs every trial (its config: the level and every swept field's value as params, and every result
+   Tune receives) as one MLflow run of the experiment
    named after the sweep (ltad/training/tracking.py: `run.tracking_uri`, else `<root>/mlruns` when
    the root is local).
 Both experiments live under `<root>/tune/` and are restored with `Tuner.restore` when present, so
@@ -39,6 +43,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -100,13 +105,16 @@ def check_identities(space: Space, commit: str) -> None:
     inputs the space gives now (else one RunIdentityError sentence; nothing has run yet)."""
     manifests = {lv.name: read_manifest(lv.data) for lv in space.levels}
     checked: set[str] = set()
-    for trial in space.trials():
+    # a grid's trials are known now; the phase-1 runs of every search (those of proposed trials are
+    # checked as each trial claims its stage)
+    runs = [(t, True) for t in space.trials()] + [(t, False) for t in space.phase1_runs()]
+    for trial, is_trial in runs:
         cfg = space.run_config(trial)
         ids = identity.stage_identities(cfg, manifests[trial.level.name])
-        for root, stage, ident in (
-            (_phase1_root(space, trial), "phase1", ids["phase1"]),
-            (identity.run_root(cfg, TRIAL_STAGE), TRIAL_STAGE, ids["evaluate"]),
-        ):
+        stages = [(_phase1_root(space, trial), "phase1", ids["phase1"])]
+        if is_trial:
+            stages.append((identity.run_root(cfg, TRIAL_STAGE), TRIAL_STAGE, ids["evaluate"]))
+        for root, stage, ident in stages:
             if root not in checked:
                 identity.check(root, ident, commit, stage=stage, remedy=_remedy(space))
                 checked.add(root)
@@ -126,9 +134,8 @@ def _finished(cfg, stage: str):
 
 
 def _trial(space: Space, config: dict[str, Any]) -> Trial:
-    """The trial (or, by its phase-1 run name, the first trial of a phase-1 run) a Tune config names."""
-    named = {t.phase1_name: t for t in space.phase1_runs()} | {t.name: t for t in space.trials()}
-    return named[config["trial"]]
+    """The trial (or, by its name, the shared phase-1 run) a Tune config gives."""
+    return space.trial(config)
 
 
 def _launch(space: Space, stage: str, run: str, fn, inp: StageInput, **kwargs):
@@ -253,19 +260,24 @@ def _provenance(space: Space, trial: Trial, cfg, ids: dict[str, identity.Identit
     return identity.provenance(ids, commits)
 
 
-def write_status(space: Space, statuses: dict[str, str], last: dict[str, dict] | None = None) -> str:
-    """sweep.json with every planned trial; Tune's TERMINATED is finished with results, stopped without.
-    A stopped trial keeps the validation AUROC of its last Tune result in `last` (what ASHA stopped it
-    on), so the summary can list it."""
+def write_status(
+    space: Space, statuses: dict[str, str], last: dict[str, dict] | None = None, seen: Sequence[Trial] = ()
+) -> str:
+    """sweep.json with every planned trial (a grid's) and every trial Tune has (`seen`: those a search
+    algorithm proposed), each with its swept fields' values (`params`); Tune's TERMINATED is finished
+    with results, stopped without. A stopped trial keeps the validation AUROC of its last Tune result
+    in `last` (what ASHA stopped it on), so the summary can list it."""
     trials = []
-    for t in space.trials():
+    known = {t.name: t for t in [*space.trials(), *seen]}
+    for t in known.values():
         status = statuses.get(t.name, "PENDING")
         if status == "TERMINATED":
             has = storage.exists(storage.join(space.trial_dir(t), "metrics.json"))
             status = "finished" if has else "stopped"
         else:
             status = TUNE_STATUS.get(status, status)
-        entry: dict[str, Any] = {"name": t.name, "level": t.level.name, "status": status, "params": t.params}
+        entry: dict[str, Any] = {"name": t.name, "level": t.level.name, "status": status}
+        entry["params"] = space.recorded_params(t)
         entry["path"] = f"trials/{t.name}"
         value = (last or {}).get(t.name, {}).get(VAL_METRIC)
         if status == "stopped" and isinstance(value, int | float) and math.isfinite(value):
@@ -282,8 +294,9 @@ def _recorder(space: Space):
         """Rewrites sweep.json (in the sweep driver: one writer) whenever a trial starts or ends."""
 
         def _write(self, trials) -> None:
-            last = {t.config["trial"]: t.last_result or {} for t in trials}
-            write_status(space, {t.config["trial"]: t.status for t in trials}, last)
+            named = [(space.trial(t.config), t) for t in trials]
+            last = {s.name: t.last_result or {} for s, t in named}
+            write_status(space, {s.name: t.status for s, t in named}, last, [s for s, _ in named])
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self._write(trials)
@@ -327,16 +340,29 @@ def concurrency(space: Space) -> int:
     return max(n, 1)
 
 
+class TrialName:
+    """Tune's trial_name_creator: a Tune trial is named as the space names it (`exp10-L2-s0.25`), which
+    MLflow's runs (Tune's MLflow callback) and Tune's progress tables then show."""
+
+    def __init__(self, space: Space):
+        self.space = space
+
+    def __call__(self, trial) -> str:
+        return self.space.trial(trial.config).name
+
+
 def _tuner(
     space: Space,
     name: str,
     fn,
-    trials: list[str],
+    param_space: dict[str, Any],
     commit: str,
     drivers: dict[str, float],
     *,
     callbacks=(),
     scheduler=None,
+    search_alg=None,
+    num_samples: int = 1,
 ):
     from ray import tune
 
@@ -350,9 +376,13 @@ def _tuner(
         )
     return tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(trials)},
+        param_space=param_space,
         tune_config=tune.TuneConfig(
-            scheduler=scheduler, max_concurrent_trials=max_concurrent(space, drivers)
+            scheduler=scheduler,
+            search_alg=search_alg,
+            num_samples=num_samples,
+            max_concurrent_trials=max_concurrent(space, drivers),
+            trial_name_creator=TrialName(space),
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -378,6 +408,31 @@ def _asha(space: Space):
     return LevelASHA({t.name: t.level.name for t in space.trials()}, **settings)
 
 
+def search(space: Space) -> tuple[dict[str, Any], Any, int]:
+    """The `trials` experiment's (param_space, search_alg, num_samples) for the space's `search`: grid
+    (Tune's default generator over every grid point, once), random (the same generator, seeded with
+    run.seed, `num_samples` draws per level and grid point), optuna (one study per level,
+    `num_samples` trials each, on the space's metric and mode)."""
+    if space.search == "optuna":
+        from ltad.sweep.search import LevelSearch
+
+        searcher = LevelSearch(
+            [lv.name for lv in space.levels],
+            space.search_space(),
+            metric=space.metric,
+            mode=space.mode,
+            num_samples=space.num_samples,
+            seed=space.base.run.seed,
+        )
+        return {}, searcher, space.num_samples * len(space.levels)
+    if space.search == "random":
+        from ray.tune.search import BasicVariantGenerator
+
+        generator = BasicVariantGenerator(random_state=space.base.run.seed)
+        return space.param_space(), generator, space.num_samples
+    return space.param_space(), None, 1
+
+
 def encode_levels(space: Space, commit: str) -> None:
     """The feature cache of each level, built once and shared by every trial of the level."""
     for trial in space.phase1_runs():
@@ -400,15 +455,19 @@ def run_sweep(space: Space) -> dict[str, Any]:
     for level in space.levels:
         read_manifest(level.data)  # fail here, in one sentence, on a level that was never prepared
     check_identities(space, commit)  # and here, before anything runs, on a root made from other inputs
-    names = [t.name for t in space.trials()]
-    log(f"{space.name}: {len(names)} trials over {len(space.levels)} levels -> {space.root}")
+    param_space, search_alg, num_samples = search(space)
+    planned = len(space.trials()) or f"{space.search} search of {num_samples}"
+    fields = ", ".join(p.key for p in space.params)
+    log(f"{space.name}: {planned} trials over {len(space.levels)} levels ({fields}) -> {space.root}")
     drivers = driver_resources(ray.cluster_resources())
     limit = max_concurrent(space, drivers)
     fixed = "" if DRIVER_RESOURCE in drivers else f" (no node declares '{DRIVER_RESOURCE}': a fixed cluster)"
     log(f"trial drivers take {drivers}; at most {limit or 'all'} trials at once{fixed}")
     if space.reuse:
         encode_levels(space, commit)
-        runs = [t.phase1_name for t in space.phase1_runs()]
+        from ray import tune
+
+        runs = {"trial": tune.grid_search([t.phase1_name for t in space.phase1_runs()])}
         results = _tuner(space, "phase1", phase1_trial, runs, commit, drivers).fit()
         failed = [r.config["trial"] for r in results if r.error]
         if failed:
@@ -418,12 +477,15 @@ def run_sweep(space: Space) -> dict[str, Any]:
         space,
         "trials",
         sweep_trial,
-        names,
+        param_space,
         commit,
         drivers,
         callbacks=[_recorder(space), *trackers],
         scheduler=_asha(space),
+        search_alg=search_alg,
+        num_samples=num_samples,
     ).fit()
-    statuses = {r.config["trial"]: "ERROR" if r.error else "TERMINATED" for r in results}
-    write_status(space, statuses, {r.config["trial"]: r.metrics or {} for r in results})
+    ran = [(space.trial(r.config), r) for r in results]
+    statuses = {t.name: "ERROR" if r.error else "TERMINATED" for t, r in ran}
+    write_status(space, statuses, {t.name: r.metrics or {} for t, r in ran}, [t for t, _ in ran])
     return storage.read_json(storage.join(space.root, "sweep.json"))

@@ -15,7 +15,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 
 class LevelASHA(FIFOScheduler):
-    """ASHA per level; `levels` maps a trial's `config["trial"]` (its name) to its level's name."""
+    """ASHA per level: a trial's level is its config's `level`; `levels` maps the `config["trial"]`
+    names of experiments made before fields were swept by key to their level's name."""
 
     def __init__(self, levels: dict[str, str], *, metric: str, mode: str, **asha: Any):
         super().__init__()
@@ -24,6 +25,8 @@ class LevelASHA(FIFOScheduler):
         self.by_level: dict[str, ASHAScheduler] = {}
 
     def level_of(self, trial) -> str:
+        if "level" in trial.config:
+            return trial.config["level"]
         return self.levels[trial.config["trial"]]
 
     def _of(self, trial) -> ASHAScheduler:

@@ -125,6 +125,14 @@ def _training_inputs(cfg: LTADConfig, data_hash: str, phase: str) -> dict[str, A
     }
 
 
+def shapes_phase1(key: str) -> bool:
+    """Whether the dotted run-config key `key` is an input of phase 1's fingerprint (so runs that
+    differ in it cannot share one phase-1 run): `model.*` but `model.score.*`, `phase1.*`, the training
+    fields of `data` and `scaling`, `run.seed`. Read off `_training_inputs`, so it cannot drift."""
+    inputs = _training_inputs(LTADConfig(), "", "phase1")
+    return any(k == key or k.startswith(f"{key}.") for k in inputs)
+
+
 def _identity(stage: str, own: dict[str, Any], upstream: Identity | str | None) -> Identity:
     inputs = dict(own)
     explain = dict(own)

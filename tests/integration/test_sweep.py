@@ -164,7 +164,10 @@ def test_each_trial_has_its_history_and_an_mlflow_run(killed_and_restored):
     finished = [r for r in runs if r.info.status == "FINISHED"]
     # a trial that finished after Tune's last snapshot of the killed job is restored and republished,
     # so it may have two finished runs; the republishing one reports no phase-2 steps
-    assert {r.data.params["trial"] for r in finished} == {t.name for t in space.trials()}
+    # each run's params are the trial's Tune config: its level and its swept fields' values
+    setting = ("model.prompts.length", "phase2.synthesis_ratio")
+    logged = {(r.data.params["level"], *(float(r.data.params[k]) for k in setting)) for r in finished}
+    assert logged == {(t.level.name, *(float(t.params[k]) for k in setting)) for t in space.trials()}
     for run in finished:
         assert 0.0 <= run.data.metrics["image_AUROC"] <= 1.0
     trained = [r for r in finished if "phase2/loss" in r.data.metrics]

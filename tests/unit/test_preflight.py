@@ -104,8 +104,6 @@ def test_sweep_root_and_level_data_must_be_shared(tmp_path):
         name="s",
         base=_cfg(),
         levels=(Level("exp4", "exp", 4.0, "s3://b/exp4"), Level("exp10", "exp", 10.0, str(tmp_path))),
-        prompt_lengths=(1,),
-        synthesis_ratios=(0.0,),
         root="s3://b/sweep",
     )
     with pytest.raises(ConfigError, match=rf"^levels\[1\]\.data '{tmp_path}' is a local path"):

@@ -126,10 +126,10 @@ def test_sweep_trials_share_the_phase1_identity_of_their_phase1_run(tmp_path):
         shared = stage_identities(space.run_config(trial, phase1=True), manifest)["phase1"]
         assert own == shared
     by_length = {
-        t.prompt_length: stage_identities(space.run_config(t), manifest)["phase1"].fingerprint
+        t.params["model.prompts.length"]: stage_identities(space.run_config(t), manifest)["phase1"]
         for t in space.trials()
     }
-    assert by_length[2] != by_length[4]
+    assert by_length[2].fingerprint != by_length[4].fingerprint
 
 
 # ----------------------------------------------------------------------------- the decision

@@ -357,3 +357,64 @@ def test_a_level_with_runs_without_validation_is_not_chosen_by_test(sweep, singl
     assert "synth step100: prompt length 4, synthesis ratio 0.25 (validation image AUROC 80.0" in stdout
     row = next(r for r in read_csv(out / "results.csv") if r["trial"] == "exp100-L8-s0.25")
     assert row["val_image_AUROC"] == "" and float(row["image_AUROC"]) == pytest.approx(0.88)
+
+
+def test_swept_fields_reach_results_csv_and_the_report(tmp_path):
+    """A sweep over fields beyond the prompt length and synthesis ratio (an open sweep): each trial's
+    values, read from the config its metrics.json records, get their own columns; settings differ by
+    them (not averaged together as seeds); a stopped trial keeps its values from sweep.json."""
+    root = tmp_path / "sweep"
+    levels = [{"name": "exp100", "profile": "exp", "ratio": 100.0, "data": "s3://b/x"}]
+    trials = []
+    for i, (lr, lam, val) in enumerate([(1e-4, 0.5, 0.70), (3e-4, 0.5, 0.90), (3e-4, 2.0, 0.80)]):
+        metrics = fake_metrics("exp", 100.0, 4, 0.25, 0.8 + i / 100, 0.9, val)
+        metrics["provenance"]["config"]["phase2"]["lr"] = lr
+        metrics["provenance"]["config"]["model"]["score"] = {"fusion_lambda": lam}
+        name = f"exp100-lr_{lr:g}-fusion_lambda_{lam:g}"
+        write_run(root / "trials" / name, metrics)
+        params = {"model.prompts.length": 4, "phase2.synthesis_ratio": 0.25, "phase2.lr": lr,
+                  "model.score.fusion_lambda": lam}  # fmt: skip
+        trials.append({"name": name, "level": "exp100", "status": "finished", "params": params})
+    fixed = {"model.prompts.length": 4, "phase2.synthesis_ratio": 0.25}  # in every trial's params
+    stopped = {**fixed, "phase2.lr": 7e-4, "model.score.fusion_lambda": 1.0}
+    trials.append({"name": "exp100-stopped", "level": "exp100", "status": "stopped", "params": stopped,
+                   "val_image_AUROC": 0.5})  # fmt: skip
+    write_sweep(str(root), "open", levels, trials)
+    out = tmp_path / "out"
+    results = summarize([str(root)], [], str(out))
+    assert len(results) == 4
+    rows = read_csv(out / "results.csv")
+    header = list(rows[0])
+    at = header.index("synthesis_ratio")
+    assert header[at + 1 : at + 3] == ["model.score.fusion_lambda", "phase2.lr"]
+    assert [h for h in header if h not in ("model.score.fusion_lambda", "phase2.lr")] == list(COLUMNS)
+    got = {
+        r["trial"]: (float(r["phase2.lr"]), float(r["model.score.fusion_lambda"]), r["status"]) for r in rows
+    }
+    assert got == {
+        "exp100-lr_0.0001-fusion_lambda_0.5": (1e-4, 0.5, "finished"),
+        "exp100-lr_0.0003-fusion_lambda_0.5": (3e-4, 0.5, "finished"),
+        "exp100-lr_0.0003-fusion_lambda_2": (3e-4, 2.0, "finished"),
+        "exp100-stopped": (7e-4, 1.0, "stopped"),
+    }
+    report = (out / "report.md").read_text()
+    # three settings (same length and ratio, other fields differ): validation chose lr 3e-4, lambda 0.5
+    assert "| synth exp100 | 4 | 0.25 | 1 | 90.0 |" in report
+    assert "model.score.fusion_lambda=0.5, phase2.lr=0.0003 |" in report
+    assert "model.score.fusion_lambda=1, phase2.lr=0.0007 |" in report  # the stopped trial's row
+
+
+def test_a_trial_whose_recorded_config_differs_from_its_swept_value_is_an_error(tmp_path):
+    from ltad.errors import DataError
+
+    root = tmp_path / "sweep"
+    metrics = fake_metrics("exp", 100.0, 4, 0.25, 0.8, 0.9, 0.7)
+    metrics["provenance"]["config"]["phase2"]["lr"] = 1e-4
+    write_run(root / "trials" / "t", metrics)
+    levels = [{"name": "exp100", "profile": "exp", "ratio": 100.0, "data": "s3://b/x"}]
+    params = {"phase2.lr": 3e-4}
+    write_sweep(
+        str(root), "open", levels, [{"name": "t", "level": "exp100", "status": "finished", "params": params}]
+    )
+    with pytest.raises(DataError, match=r"ran with phase2.lr=0.0001, but sweep.json gives trial 't' 0.0003"):
+        summarize([str(root)], [], str(tmp_path / "out"))

@@ -224,3 +224,282 @@ def test_level_asha_cuts_trials_only_against_their_own_level():
     assert sorted(sched.by_level) == ["exp10", "exp100"] and "level exp100" in sched.debug_string()
     # a result without the metric (a phase-2 report between validations) never stops a trial
     assert sched.on_trial_result(None, trials["b1"], {"training_iteration": 2}) == TrialScheduler.CONTINUE
+
+
+# ----------------------------------------------------------------------------- fields swept by key
+
+
+def _open(tmp_path: Path, params: dict, **space) -> Path:
+    """A space file sweeping `params` (no prompt_lengths / synthesis_ratios)."""
+    base = {
+        "levels": [
+            {"profile": "exp", "ratio": 10, "data": "s3://b/exp10"},
+            {"profile": "exp", "ratio": 100, "data": "s3://b/exp100"},
+        ],
+        "params": params,
+        "root": "s3://b/sweeps/t",
+    }
+    path = tmp_path / "open.yaml"
+    path.write_text(yaml.safe_dump({**base, **space}, sort_keys=False))  # params keep the written order
+    return path
+
+
+def test_params_parse_every_domain_and_type_values_by_the_run_config(tmp_path):
+    from ray.tune.search.sample import Categorical, Float
+
+    params = {
+        "phase2.lr": {"loguniform": ["1e-4", 1e-3]},  # YAML reads 1e-4 as a string: the float field decides
+        "model.score.fusion_lambda": {"uniform": [0.5, 2]},
+        "phase1.steps": {"choice": [10, 20]},
+        "phase2.synthesis_ratio": [0, 0.25],  # a plain list: the values to try
+        "model.score.class_mode": {"choice": ["predicted", "oracle"]},
+    }
+    space = load_space(_open(tmp_path, params, search="random", num_samples=3))
+    got = {p.key: (p.domain, p.values) for p in space.params}
+    assert got == {
+        "phase2.lr": ("loguniform", (1e-4, 1e-3)),
+        "model.score.fusion_lambda": ("uniform", (0.5, 2.0)),
+        "phase1.steps": ("choice", (10, 20)),
+        "phase2.synthesis_ratio": ("grid", (0.0, 0.25)),
+        "model.score.class_mode": ("choice", ("predicted", "oracle")),
+    }
+    assert (space.search, space.num_samples) == ("random", 3)
+    tune_space = space.param_space()
+    assert tune_space["level"] == {"grid_search": ["exp10", "exp100"]}
+    assert tune_space["phase2.synthesis_ratio"] == {"grid_search": [0.0, 0.25]}
+    assert isinstance(tune_space["phase2.lr"], Float) and isinstance(tune_space["phase1.steps"], Categorical)
+    assert space.phase1_keys() == ("phase1.steps",)
+
+
+def test_the_first_sweeps_syntax_is_a_grid_of_the_two_fields(tmp_path):
+    space = load_space(_write(tmp_path))
+    assert [(p.key, p.domain, p.values) for p in space.params] == [
+        ("model.prompts.length", "grid", (2, 4)),
+        ("phase2.synthesis_ratio", "grid", (0.0, 0.25)),
+    ]
+    both = load_space(_write(tmp_path, synthesis_ratios=[], params={"phase2.lr": [1e-4, 3e-4]}))
+    assert [t.name for t in both.trials()][:2] == ["exp10-L2-lr_0.0001", "exp10-L2-lr_0.0003"]
+
+
+@pytest.mark.parametrize(
+    ("params", "extra", "message"),
+    [
+        ({"phase2.nope": [1]}, {}, "params key 'phase2.nope': unknown config key 'phase2.nope' (known keys of phase2:"),
+        ({"phase2": [1]}, {}, "params key 'phase2': config key 'phase2' is a section, not a value"),
+        ({"phase2.lr": {"normal": [0, 1]}}, {}, "params key 'phase2.lr' must be one of {grid: [..]}, {choice: [..]}"),
+        ({"phase2.lr": {"grid": [1e-4], "choice": [1e-3]}}, {}, "params key 'phase2.lr' must be one of"),
+        ({"phase2.lr": 1e-4}, {}, "params key 'phase2.lr' must be one of"),
+        ({"phase2.lr": {"grid": []}}, {}, "params key 'phase2.lr': grid must be a non-empty list of values"),
+        ({"phase2.lr": {"uniform": [1e-3, 1e-4]}}, {"search": "random"},
+         "params key 'phase2.lr': uniform must be [lo, hi] with lo < hi, got [0.001, 0.0001]"),
+        ({"phase2.lr": {"loguniform": [0, 1e-3]}}, {"search": "random"}, "loguniform needs lo > 0"),
+        ({"phase2.steps": {"uniform": [10, 20]}}, {"search": "random"},
+         "params key 'phase2.steps': uniform draws floats, but the key is int: use choice or grid"),
+        ({"phase2.synthesis_ratio": {"uniform": [0, 1]}}, {"search": "random"},
+         "params key 'phase2.synthesis_ratio': uniform bound 1.0: config key 'phase2.synthesis_ratio' must be in [0, 1)"),
+        ({"phase2.synthesis_ratio": {"choice": [0.1, 1.5]}}, {},
+         "params key 'phase2.synthesis_ratio': choice value 1.5: config key 'phase2.synthesis_ratio' must be in [0, 1)"),
+        ({"phase2.steps": {"grid": [1, "many"]}}, {}, "grid value 'many': config key 'phase2.steps' must be an int"),
+        ({"phase2.steps": {"grid": [5, 5]}}, {}, "params key 'phase2.steps': grid values [5, 5] must be distinct"),
+        ({"run.name": ["a", "b"]}, {}, "params key 'run.name' is set by the sweep itself"),
+        ({"phase2.lr": {"loguniform": [1e-4, 1e-3]}}, {}, "params key 'phase2.lr' is loguniform, which search grid cannot enumerate"),
+        ({"phase2.lr": {"grid": [1e-4, 1e-3]}}, {"search": "optuna", "metric": "phase2/loss", "mode": "min"},
+         "params key 'phase2.lr' is a grid, which search optuna cannot take"),
+        ({"phase1.lr": {"loguniform": [1e-4, 1e-3]}}, {"search": "random"},
+         "params key 'phase1.lr' is loguniform, but phase 1 depends on it and is shared (reuse: true)"),
+        ({"phase2.lr": [1e-4]}, {"num_samples": 2}, "'num_samples' must be 1 with search grid"),
+        ({"phase2.lr": [1e-4], "phase2.steps": {"choice": [5, 9]}}, {"search": "random", "num_samples": 4},
+         "search random needs at least one uniform or loguniform field"),
+        ({"phase2.lr": {"uniform": [1e-4, 1e-3]}}, {"search": "optuna"},
+         "config key 'metric' must be what search optuna optimises"),
+        ({"phase2.lr": {"uniform": [1e-4, 1e-3]}}, {"search": "optuna", "metric": "phase2/loss"},
+         "config key 'mode' must be 'min' or 'max'"),
+        ({"phase2.lr": [1e-4]}, {"search": "bayes"}, "config key 'search' must be one of 'grid', 'random', 'optuna'"),
+        ({"model.prompts.length": [3]}, {"prompt_lengths": [2]}, "params key 'model.prompts.length' is given twice"),
+        ({}, {}, "config key 'params' must be a non-empty mapping"),
+    ],
+)  # fmt: skip
+def test_bad_params_are_one_sentence_naming_the_key(tmp_path, params, extra, message):
+    with pytest.raises(ConfigError) as err:
+        load_space(_open(tmp_path, params, **extra))
+    text = str(err.value)
+    assert text.startswith("search space '") and message in text and "\n" not in text
+
+
+def test_a_continuous_phase1_field_is_allowed_when_phase1_is_not_shared(tmp_path):
+    space = load_space(
+        _open(tmp_path, {"phase1.lr": {"loguniform": [1e-4, 1e-3]}}, search="random", reuse=False)
+    )
+    assert space.phase1_runs() == [] and space.trials() == []
+    trial = space.trial({"level": "exp10", "phase1.lr": 2.5e-4})
+    assert space.run_config(trial, phase1=True).run.name == trial.name  # its own phase 1
+
+
+def test_trials_share_phase1_runs_on_the_fields_phase1_depends_on(tmp_path):
+    from ltad.training.identity import stage_identities
+    from tests.unit.test_run_identity import _manifest
+
+    params = {
+        "phase1.steps": [10, 20],
+        "phase2.lr": [1e-4, 3e-4],
+        "model.score.fusion_lambda": [0.5, 1.0],  # scoring only: never splits phase 1
+    }
+    space = load_space(_open(tmp_path, params))
+    trials = space.trials()
+    assert len(trials) == 2 * 2 * 2 * 2
+    assert [t.name for t in space.phase1_runs()] == [
+        "exp10-steps_10", "exp10-steps_20", "exp100-steps_10", "exp100-steps_20"
+    ]  # fmt: skip
+    assert trials[0].name == "exp10-steps_10-lr_0.0001-fusion_lambda_0.5"
+    groups: dict[str, list] = {}
+    for t in trials:
+        groups.setdefault(t.phase1_name, []).append(t)
+    assert sorted(groups) == sorted(r.name for r in space.phase1_runs())
+    assert all(len(members) == 4 for members in groups.values())
+    manifest = _manifest()
+    for run in space.phase1_runs():
+        shared = stage_identities(space.run_config(run, phase1=True), manifest)["phase1"].fingerprint
+        for t in groups[run.name]:
+            assert stage_identities(space.run_config(t), manifest)["phase1"].fingerprint == shared
+            assert space.run_config(t, phase1=True).run.name == run.name
+            cfg = space.run_config(t)
+            assert (cfg.phase1.steps, cfg.phase2.lr, cfg.model.score.fusion_lambda) == (
+                t.params["phase1.steps"], t.params["phase2.lr"], t.params["model.score.fusion_lambda"]
+            )  # fmt: skip
+    other = {t.phase1_name for t in trials if t.params["phase1.steps"] == 20 and t.level.name == "exp10"}
+    assert other == {"exp10-steps_20"}
+
+
+def test_trial_names_are_readable_and_unique_for_sampled_values(tmp_path):
+    params = {"phase2.lr": {"loguniform": [1e-4, 1e-3]}, "model.prompts.length": {"choice": [2, 4]}}
+    space = load_space(_open(tmp_path, params, search="random", num_samples=4))
+    a = space.trial({"level": "exp10", "phase2.lr": 0.000123456789, "model.prompts.length": 4})
+    b = space.trial({"level": "exp10", "phase2.lr": 0.000123456001, "model.prompts.length": 4})
+    assert a.name.startswith("exp10-L4-lr_0.0001235-") and b.name.startswith("exp10-L4-lr_0.0001235-")
+    assert a.name != b.name and a.phase1_name == b.phase1_name == "exp10-L4"
+    assert (
+        space.trial({"level": "exp10", "phase2.lr": 2e-4, "model.prompts.length": 2}).name
+        == "exp10-L2-lr_0.0002"
+    )
+    assert a.config == {"level": "exp10", "phase2.lr": 0.000123456789, "model.prompts.length": 4}
+    # two swept keys ending alike are named by their whole key
+    both = load_space(_open(tmp_path, {"phase1.lr": [1e-4], "phase2.lr": [2e-4]}))
+    assert both.trials()[0].name == "exp10-phase1_lr_0.0001-phase2_lr_0.0002"
+    # Tune hands back what the domain held (an int for a float field): the same trial
+    grid = load_space(_write(tmp_path))
+    assert (
+        grid.trial({"level": "exp10", "model.prompts.length": 2, "phase2.synthesis_ratio": 0}).name
+        == "exp10-L2-s0"
+    )
+    # experiments made before fields were swept by key name their trials
+    assert grid.trial({"trial": "exp10-L4-s0.25"}).params == {
+        "model.prompts.length": 4,
+        "phase2.synthesis_ratio": 0.25,
+    }
+
+
+def test_search_gives_tune_each_algorithm(tmp_path):
+    from ray.tune.search import BasicVariantGenerator
+
+    from ltad.sweep.driver import search
+    from ltad.sweep.search import LevelSearch
+
+    grid = load_space(_open(tmp_path, {"phase2.lr": {"choice": [1e-4, 3e-4]}}))
+    param_space, alg, n = search(grid)
+    assert (
+        alg is None and n == 1 and param_space["phase2.lr"] == {"grid_search": [1e-4, 3e-4]}
+    )  # choice as a grid
+    random = load_space(
+        _open(tmp_path, {"phase2.lr": {"loguniform": [1e-4, 1e-3]}}, search="random", num_samples=3)
+    )
+    param_space, alg, n = search(random)
+    assert isinstance(alg, BasicVariantGenerator) and n == 3 and "phase2.lr" in param_space
+    optuna = load_space(_open(tmp_path, {"phase2.lr": {"loguniform": [1e-4, 1e-3]}}, search="optuna",
+                              num_samples=2, metric="val_image_AUROC", mode="max"))  # fmt: skip
+    param_space, alg, n = search(optuna)
+    assert param_space == {} and isinstance(alg, LevelSearch) and n == 4
+    assert (alg.metric, alg.mode) == ("val_image_AUROC", "max")
+    # optuna's metric and mode default to ASHA's
+    asha = {"metric": "phase2/loss", "mode": "min"}
+    params = {"phase2.lr": {"loguniform": [1e-4, 1e-3]}}
+    from_asha = load_space(_open(tmp_path, params, search="optuna", asha=asha))
+    assert (from_asha.metric, from_asha.mode) == ("phase2/loss", "min")
+
+
+def test_level_search_runs_one_optuna_study_per_level(tmp_path):
+    from ray.tune.search import Searcher
+
+    from ltad.sweep.search import LevelSearch
+
+    space = load_space(_open(tmp_path, {"phase2.lr": {"loguniform": [1e-4, 1e-3]},
+                                        "model.prompts.length": {"choice": [2, 4]}},
+                             search="optuna", num_samples=2, metric="val_image_AUROC", mode="max"))  # fmt: skip
+    alg = LevelSearch(["exp10", "exp100"], space.search_space(), metric="val_image_AUROC", mode="max",
+                      num_samples=2, seed=0)  # fmt: skip
+    configs = {f"t{i}": alg.suggest(f"t{i}") for i in range(4)}
+    assert [c["level"] for c in configs.values()] == ["exp10", "exp100", "exp10", "exp100"]  # round robin
+    assert alg.suggest("t4") == Searcher.FINISHED
+    for c in configs.values():
+        assert 1e-4 <= c["phase2.lr"] <= 1e-3 and c["model.prompts.length"] in (2, 4)
+        trial = space.trial(c)
+        assert trial.phase1_name in {r.name for r in space.phase1_runs()}  # a choice: its phase 1 exists
+    alg.on_trial_result("t0", {"training_iteration": 1, "phase2/loss": 0.3})  # no metric: not forwarded
+    alg.on_trial_result("t0", {"training_iteration": 2, "val_image_AUROC": 0.6})
+    alg.on_trial_complete("t0", {"val_image_AUROC": 0.7})
+    alg.on_trial_complete("t1", None, error=True)
+    exp10, exp100 = alg.studies["exp10"]._ot_study, alg.studies["exp100"]._ot_study
+    assert [t.value for t in exp10.trials if t.value is not None] == [0.7] and exp100.trials[
+        0
+    ].state.name == "FAIL"
+    alg.save(str(tmp_path / "searcher.pkl"))
+    restored = LevelSearch(["exp10", "exp100"], space.search_space(), metric="val_image_AUROC", mode="max",
+                           num_samples=2)  # fmt: skip
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.issued == {"exp10": 2, "exp100": 2} and restored.level_of == alg.level_of
+    assert restored.suggest("t5") == Searcher.FINISHED
+
+
+def test_sweep_json_lists_the_trials_tune_ran_with_their_params(tmp_path):
+    from ltad.eval.summary import read_sweep
+    from ltad.sweep.driver import write_status
+
+    params = {"phase2.lr": {"loguniform": [1e-4, 1e-3]}, "model.score.fusion_lambda": {"choice": [0.5, 2.0]}}
+    space = load_space(_open(tmp_path, params, search="random", num_samples=2, root=str(tmp_path / "root")))
+    seen = [
+        space.trial({"level": "exp10", "phase2.lr": 2e-4, "model.score.fusion_lambda": 0.5}),
+        space.trial({"level": "exp100", "phase2.lr": 5e-4, "model.score.fusion_lambda": 2.0}),
+    ]
+    write_status(space, {seen[0].name: "RUNNING"}, None, seen)
+    sweep = read_sweep(space.root)
+    # params: the swept fields, after the prompt length and synthesis ratio every summary row has
+    fixed = {"model.prompts.length": 4, "phase2.synthesis_ratio": 0.25}
+    assert [(t["name"], t["level"], t["status"], t["params"]) for t in sweep["trials"]] == [
+        ("exp10-lr_0.0002-fusion_lambda_0.5", "exp10", "running",
+         {**fixed, "phase2.lr": 2e-4, "model.score.fusion_lambda": 0.5}),
+        ("exp100-lr_0.0005-fusion_lambda_2", "exp100", "pending",
+         {**fixed, "phase2.lr": 5e-4, "model.score.fusion_lambda": 2.0}),
+    ]  # fmt: skip
+
+
+def test_level_asha_reads_the_level_from_the_trial_config():
+    from ltad.sweep.scheduler import LevelASHA
+
+    sched = LevelASHA({}, metric="val_image_AUROC", mode="max", grace_period=1, max_t=4)
+    trial = type("T", (), {"trial_id": "x", "config": {"level": "exp100", "phase2.lr": 1e-4}})()
+    sched.on_trial_add(None, trial)
+    assert sched.level_of(trial) == "exp100" and list(sched.by_level) == ["exp100"]
+
+
+def test_tune_trials_are_named_as_the_space_names_them(tmp_path):
+    """Tune's trial name (MLflow's run name) is the trial's name, for new and old-style configs."""
+    import pickle
+
+    from ltad.sweep.driver import TrialName
+
+    space = load_space(_write(tmp_path))
+    name = pickle.loads(pickle.dumps(TrialName(space)))  # Tune saves it with the experiment
+    trial = type(
+        "T", (), {"config": {"level": "exp10", "model.prompts.length": 4, "phase2.synthesis_ratio": 0.25}}
+    )
+    assert name(trial) == "exp10-L4-s0.25"
+    assert name(type("T", (), {"config": {"trial": "exp10-L2"}})) == "exp10-L2"  # a phase-1 run

@@ -245,8 +245,8 @@ def test_a_rerun_replaces_the_tensorboard_stage_file(tmp_path):
 class _Trial:
     """What Tune's MLflowLoggerCallback reads of a trial (no Tune run needed to drive it)."""
 
-    def __init__(self, name: str) -> None:
-        self.config, self.name, self.local_path = {"trial": name}, name, ""
+    def __init__(self, name: str, config: dict) -> None:
+        self.config, self.name, self.local_path = config, name, ""
 
     def __str__(self) -> str:
         return self.name
@@ -264,13 +264,17 @@ def test_tune_callback_only_with_mlflow_and_it_logs_trials_to_the_file_store(tmp
     assert callback.tracking_uri == uri and callback.experiment_name == "sweep"
     # the calls Tune makes in the sweep's driver, in its order
     callback.setup()
-    trial = _Trial("exp4-L1-s0.5")
+    # a sweep trial's Tune config: its level and its swept fields (ltad/sweep/space.py); its name
+    # is the space's (the sweep's trial_name_creator)
+    config = {"level": "exp4", "model.prompts.length": 1, "phase2.lr": 0.0003}
+    trial = _Trial("exp4-L1-lr_0.0003", config)
     callback.log_trial_start(trial)
     for i, loss in enumerate((0.9, 0.7), 1):
         callback.log_trial_result(i, trial, {"training_iteration": i, "phase2/loss": loss, "published": "x"})
     callback.log_trial_end(trial)
     client = MlflowClient(uri)
     (found,) = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
-    assert found.info.status == "FINISHED" and found.data.params["trial"] == "exp4-L1-s0.5"
+    assert found.info.status == "FINISHED" and found.data.tags["trial_name"] == "exp4-L1-lr_0.0003"
+    assert found.data.params == {"level": "exp4", "model.prompts.length": "1", "phase2.lr": "0.0003"}
     history = client.get_metric_history(found.info.run_id, "phase2/loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 0.9), (2, 0.7)]
