@@ -197,7 +197,7 @@ def vae_fidelity(inp: Inputs) -> str:
     return "\n".join(out) + "\n"
 
 
-DEMO_METRICS = "demo-2026-11-30-metrics.json"
+DEMO_METRICS = "demo-2026-12-07-metrics.json"
 
 
 def readme_demo(inp: Inputs) -> str:

@@ -123,7 +123,7 @@ def test_loop_validates_at_the_first_logged_step_after_each_interval(monkeypatch
     from ltad.training import loop
 
     reports: list[tuple[int, dict]] = []
-    monkeypatch.setattr(loop, "restore", lambda engine, history: 0)
+    monkeypatch.setattr(loop, "restore", lambda engine, root, history: 0)
     monkeypatch.setattr(loop, "_report", lambda metrics, step: reports.append((step, metrics)))
     monkeypatch.setattr(
         loop, "save_and_report", lambda engine, step, metrics, **kw: reports.append((step, metrics))
