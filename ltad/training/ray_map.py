@@ -3,7 +3,9 @@
 Each item becomes one task (1 CPU) that may run on any node, so what it reads and writes must be
 reachable by URI from every node: an s3:// root and output on a cluster of several nodes (checked by
 `check_reachable`). The first failed task is raised as its own error (a DataError naming the image,
-not a RayTaskError wrapper) and the tasks not yet finished are cancelled.
+not a RayTaskError wrapper) and the tasks not yet finished are cancelled. A task whose worker or
+node is lost (a spot reclaim) is retried up to `RETRIES` times: its writes are idempotent (a shard is
+rewritten whole, the manifest comes last); an error the task raises itself is never retried.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 from ltad.errors import ConfigError, UserError
 from ltad.io import storage
+
+RETRIES = 3
 
 
 def _call(fn: Callable[[Any], Any], item: Any) -> Any:
@@ -36,7 +40,7 @@ def ray_tasks(fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[
     """(index, fn(item)) as Ray tasks finish; Ray must be connected (ltad.training.cluster.connect)."""
     import ray
 
-    remote = ray.remote(num_cpus=1, max_retries=0)(_call)
+    remote = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(_call)
     fn_ref = ray.put(fn)
     pending = {remote.remote(fn_ref, item): i for i, item in enumerate(items)}
     try:
