@@ -73,7 +73,11 @@ def stage_input(cfg: LTADConfig, *, commit: str | None = None, **results: Any) -
 
 
 def git_commit() -> str:
-    """LTAD_GIT_COMMIT (set by whoever submits from a checkout), else `git rev-parse`, else 'unknown'."""
+    """The commit this code is: LTAD_GIT_COMMIT when set, else `git rev-parse` in the checkout
+    (`+dirty` with uncommitted changes), else the commit `.git/HEAD` and the refs name (what `ray job
+    submit --working-dir .` uploads of .git, see .rayignore: no objects, so uncommitted changes cannot
+    be checked there and the commit is marked `+unverified`), else the image's LTAD_IMAGE_COMMIT (the
+    code baked into it), else 'unknown'."""
     if os.environ.get("LTAD_GIT_COMMIT"):
         return os.environ["LTAD_GIT_COMMIT"]
     root = Path(__file__).resolve().parents[2]
@@ -85,5 +89,34 @@ def git_commit() -> str:
             ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
         )
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        found = commit_from_refs(root / ".git")
+        if found:
+            return f"{found}+unverified"
+        return os.environ.get("LTAD_IMAGE_COMMIT") or "unknown"  # baked into docker/Dockerfile's image
     return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def commit_from_refs(git_dir: Path) -> str | None:
+    """The commit `HEAD` names, read from the files alone (a detached sha, a loose ref or packed-refs)."""
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    if not head.startswith("ref: "):
+        return head if _is_sha(head) else None
+    ref = head[len("ref: ") :]
+    loose = git_dir / ref
+    if loose.is_file():
+        sha = loose.read_text().strip()
+        return sha if _is_sha(sha) else None
+    packed = git_dir / "packed-refs"
+    if packed.is_file():
+        for line in packed.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == ref and _is_sha(parts[0]):
+                return parts[0]
+    return None
+
+
+def _is_sha(text: str) -> bool:
+    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)

@@ -79,7 +79,7 @@ def killed_and_restored(ray_head, tiny_data, s3_server, tmp_path_factory):
     space_file = _space(tmp, tiny_data, root)
     client = JobSubmissionClient(ray_head["RAY_ADDRESS"])
     # tmp/: scratch space of whoever works in this checkout (not in .rayignore), never needed by a job
-    env = {"working_dir": str(REPO), "excludes": ["/tmp/"], "env_vars": {"LTAD_GIT_COMMIT": "test-commit"}}
+    env = {"working_dir": str(REPO), "excludes": ["/tmp/"]}
 
     def published() -> list[str]:
         return [u for u in storage.list(f"{root}/trials") if u.endswith("/metrics.json")]

@@ -330,3 +330,45 @@ def test_stage_checkpoint_without_a_finished_run_is_a_config_error(tmp_path):
     cfg = LTADConfig.from_dict({"run": {"output": str(tmp_path), "name": "none"}})
     with pytest.raises(ConfigError, match="no finished phase2 checkpoint under"):
         stage_checkpoint(cfg, "phase2")
+
+
+def test_the_commit_is_read_from_head_and_refs_when_git_cannot_run(tmp_path):
+    """What `ray job submit --working-dir .` uploads of .git (.rayignore): HEAD and the refs, no objects."""
+    from ltad.training.inputs import commit_from_refs
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    git = tmp_path / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    assert commit_from_refs(git) is None  # the branch has no commit yet
+    (git / "packed-refs").write_text(f"# pack-refs with: peeled\n{sha} refs/heads/main\n")
+    assert commit_from_refs(git) == sha
+    other = "f" * 40
+    (git / "refs" / "heads" / "main").write_text(other + "\n")  # a loose ref wins over packed-refs
+    assert commit_from_refs(git) == other
+    (git / "HEAD").write_text(sha + "\n")  # detached
+    assert commit_from_refs(git) == sha
+    (git / "HEAD").write_text("not a ref\n")
+    assert commit_from_refs(git) is None
+    assert commit_from_refs(tmp_path / "nowhere") is None
+
+
+def test_rayignore_uploads_head_and_refs_but_no_objects_config_or_index():
+    """The working-dir package Ray builds from this checkout carries .git/HEAD and the refs only."""
+    import logging
+    import tempfile
+    import zipfile
+    from pathlib import Path
+
+    from ray._private.runtime_env.packaging import _zip_files
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").is_dir():
+        pytest.skip("not a git checkout")
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "pkg.zip"
+        _zip_files(str(root), [], str(out), include_gitignore=True, logger=logging.getLogger("t"))
+        names = [n for n in zipfile.ZipFile(out).namelist() if n.startswith(".git/")]
+    assert ".git/HEAD" in names
+    assert any(n.startswith(".git/refs/heads/") for n in names) or (root / ".git" / "packed-refs").is_file()
+    assert not [n for n in names if n.startswith((".git/objects", ".git/config", ".git/index", ".git/logs"))]
