@@ -303,9 +303,10 @@ class ResampledStream(IterableDataset):
             window: deque[_Draw] = deque()
             ahead = [0, 0]  # ranged draws in the window, their bytes
             most = max(64, _LOOKAHEAD_DRAWS * self.read_ahead)
+            low = self.read_ahead - max(1, self.read_ahead // 4)  # refill in steps of >= 1/4: coalescing
             done = False
             while True:
-                if not done and ahead[0] <= self.read_ahead // 2:
+                if not done and ahead[0] <= low:
                     done = self._refill(plan, window, ahead, most, pool)
                 if not window:
                     return
