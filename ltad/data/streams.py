@@ -126,7 +126,8 @@ COALESCE_MAX = 8 * 2**20
 """A coalesced read spans at most this many bytes (a single larger sample still reads on its own)."""
 
 _LOOKAHEAD_DRAWS = 8
-"""Planned draws (sequential ones included) a reader keeps at most, per unit of read-ahead (min 64)."""
+"""Planned draws (sequential ones included) a reader keeps at most, per unit of read-ahead (min 64);
+the sample indexes of classes drawn that far ahead of the planner are read ahead too."""
 
 
 @dataclass(frozen=True)
@@ -289,17 +290,20 @@ class ResampledStream(IterableDataset):
         order, does not depend on `read_ahead` (0: each sample is read when it is delivered).
         """
         sources: dict[str, Iterator[dict[str, Any]]] = {}
-        plan = self._plan(epoch, worker, count, sources)
+        pool = (
+            ThreadPoolExecutor(self.read_ahead, thread_name_prefix="ltad-read-ahead")
+            if self.read_ahead
+            else None
+        )
+        plan = self._plan(epoch, worker, count, sources, pool)
         # replacements for corrupt ranged samples: drawn when the damage is met, from their own
         # generator, so the planned draws (made before) do not depend on what was read
         repick = np.random.default_rng([self.seed, epoch, self.rank, worker, 1])
-        pool: ThreadPoolExecutor | None = None
         try:
-            if not self.read_ahead:
+            if pool is None:
                 for draw in plan:
                     yield self._deliver(draw, sources, repick, worker)
                 return
-            pool = ThreadPoolExecutor(self.read_ahead, thread_name_prefix="ltad-read-ahead")
             window: deque[_Draw] = deque()
             ahead = [0, 0]  # ranged draws in the window, their bytes
             most = max(64, _LOOKAHEAD_DRAWS * self.read_ahead)
@@ -317,24 +321,40 @@ class ResampledStream(IterableDataset):
                 yield self._deliver(draw, sources, repick, worker)
         finally:
             plan.close()
-            if pool is not None:  # reads of draws never delivered (a closed epoch) are dropped
+            if pool is not None:  # reads for draws never delivered (a closed epoch) are dropped
                 pool.shutdown(wait=False, cancel_futures=True)
             for source in sources.values():  # ends their reads (open S3 GETs) now, not at garbage collection
                 source.close()  # type: ignore[attr-defined]
 
     def _plan(
-        self, epoch: int, worker: int, count: int, sources: dict[str, Iterator[dict[str, Any]]]
+        self,
+        epoch: int,
+        worker: int,
+        count: int,
+        sources: dict[str, Iterator[dict[str, Any]]],
+        pool: ThreadPoolExecutor | None = None,
     ) -> Generator[_Draw, None, None]:
         """The epoch's draws in delivery order: a class by weight, then a sample of it for a ranged
-        class (opening a sequential source the first time a sequential class is drawn)."""
+        class (opening a sequential source the first time a sequential class is drawn). With a
+        `pool`, the sample indexes of the classes drawn next are read on it ahead of their draw."""
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
         classes = sorted(self.weights)
         probs = np.array([self.weights[c] for c in classes])
         sequential = self.sequential_classes(count)
         pick: np.random.Generator | None = None
-        for c in rng.choice(len(classes), size=count, p=probs / probs.sum()):
+        draws = rng.choice(len(classes), size=count, p=probs / probs.sum())
+        loading: dict[str, Future] = {}  # class indexes being read ahead, at most `read_ahead` at once
+        scanned = 0
+        for position, c in enumerate(draws):
+            if pool is not None:  # start reading the indexes of the classes met in the next draws
+                horizon = min(count, position + _LOOKAHEAD_DRAWS * self.read_ahead)
+                while scanned < horizon and len(loading) < self.read_ahead:
+                    other = classes[draws[scanned]]
+                    if other not in self._index and other not in loading and other not in sequential:
+                        loading[other] = pool.submit(self._load_index, other)
+                    scanned += 1
             cls = classes[c]
-            if cls in sources or cls in sequential or self._class_index(cls) is None:
+            if cls in sources or cls in sequential or self._class_index(cls, loading) is None:
                 if cls not in sources:
                     sources[cls] = self._source(cls, np.random.default_rng(rng.integers(2**63)))
                     self.stats["sources_opened"] += 1
@@ -453,11 +473,17 @@ class ResampledStream(IterableDataset):
                 continue
             return {**decoded, "bad_skipped": self.bad_samples - bad_before}
 
-    def _class_index(self, cls: str) -> _ClassIndex | None:
-        """The per-sample index of one class (read once per reader); None when a shard has no current
-        sidecar or one that disagrees with the manifest (the class is then read sequentially)."""
-        if cls in self._index:
-            return self._index[cls]
+    def _class_index(self, cls: str, loading: dict[str, Future] | None = None) -> _ClassIndex | None:
+        """The per-sample index of one class (read once per reader, or taken from `loading`, where the
+        planner started its read ahead); None when a shard has no current sidecar or one that
+        disagrees with the manifest (the class is then read sequentially)."""
+        if cls not in self._index:
+            started = loading.pop(cls, None) if loading is not None else None
+            self._index[cls] = started.result() if started is not None else self._load_index(cls)
+        return self._index[cls]
+
+    def _load_index(self, cls: str) -> _ClassIndex | None:
+        """Read the sidecars of the shards of `cls` (any thread: it changes nothing of the reader)."""
         urls: list[str] = []
         shard: list[np.ndarray] = []  # per shard: its position in `urls`, once per sample of the class
         offsets: list[np.ndarray] = []
@@ -493,7 +519,6 @@ class ResampledStream(IterableDataset):
             found = _ClassIndex(
                 tuple(urls), np.concatenate(shard), np.concatenate(offsets), np.concatenate(lengths)
             )
-        self._index[cls] = found
         return found
 
     def _skip(self, lost: int, exc: DataError, worker: int) -> None:

@@ -277,6 +277,22 @@ def test_read_ahead_delivers_the_same_samples_in_the_same_order_reads_bounded(tm
                 live["now"] -= 1
 
     monkeypatch.setattr(storage, "read_range", slow)
+    from ltad.data import streams
+
+    read_index, indexing = streams.read_shard_index, {"now": 0, "peak": 0}
+
+    def slow_index(*args):  # the class indexes are read ahead too
+        with lock:
+            indexing["now"] += 1
+            indexing["peak"] = max(indexing["peak"], indexing["now"])
+        time.sleep(0.005)
+        try:
+            return read_index(*args)
+        finally:
+            with lock:
+                indexing["now"] -= 1
+
+    monkeypatch.setattr(streams, "read_shard_index", slow_index)
 
     def run(read_ahead, epoch=0, count=500):
         stream = _stream(
@@ -288,7 +304,7 @@ def test_read_ahead_delivers_the_same_samples_in_the_same_order_reads_bounded(tm
         return [(s["key"], s["bad_skipped"]) for s in got], stream, dict(live)
 
     off, off_stream, off_live = run(0)
-    assert off_live["peak"] == 1 and off_stream.bad_samples == 1
+    assert off_live["peak"] == 1 and off_stream.bad_samples == 1 and indexing["peak"] == 1
     assert off_stream.stats["ranged_requests"] == off_stream.stats["ranged_reads"] == off_live["calls"]
     for read_ahead in (1, 4, 16):
         on, stream, seen = run(read_ahead)
@@ -297,7 +313,7 @@ def test_read_ahead_delivers_the_same_samples_in_the_same_order_reads_bounded(tm
         # at most read_ahead reads ahead, plus the replacement of a corrupt sample read when it is met
         assert 1 <= seen["peak"] <= read_ahead + 1
         assert stream.stats["ranged_requests"] == seen["calls"]
-    assert seen["peak"] > 1  # reads overlapped
+    assert seen["peak"] > 1 and indexing["peak"] > 1  # reads overlapped, index reads too
     # samples of one shard planned together share a read (a known-bad one drawn again costs one more)
     assert seen["calls"] < 0.95 * stream.stats["ranged_reads"]
     assert run(8, epoch=2, count=200)[0] == run(0, epoch=2, count=200)[0]
