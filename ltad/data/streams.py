@@ -295,6 +295,8 @@ class ResampledStream(IterableDataset):
             if self.read_ahead
             else None
         )
+        if pool is not None and storage.is_s3(self.uri):
+            storage.client()  # made once here, not by every read thread at once (each would make one)
         plan = self._plan(epoch, worker, count, sources, pool)
         # replacements for corrupt ranged samples: drawn when the damage is met, from their own
         # generator, so the planned draws (made before) do not depend on what was read
