@@ -3,7 +3,8 @@
 Training is resampled with a fixed epoch length split evenly over ranks and DataLoader workers, so
 every rank runs the same number of steps whatever the shard sizes (no DDP hang), and mixes classes by
 weights ~ count^(1 - class_balance); each reader holds a bounded number of open class sources and
-reads the other classes sample by sample through the shards' sample index (ranged reads), and
+reads the other classes sample by sample through the shards' sample index (ranged reads, up to
+`data.read_ahead` of them in flight ahead of delivery), and
 `endless_batches` serves a whole phase from one DataLoader with persistent workers. Evaluation reads
 every test sample exactly once across ranks x workers, each shard checked against its manifest count. The shard machinery takes a `decode`
 callable, so the feature cache streams its own shards through the same code.
@@ -196,6 +197,9 @@ class ResampledStream(IterableDataset):
     a `buffer`-sample buffer); every other class is served by one ranged read per sample, a sample
     chosen uniformly with replacement from that class's per-sample index (sample_index.py, loaded on
     the class's first draw, numpy arrays only). Both give every sample of a class the same chance.
+    Draws are planned ahead of delivery, so up to `read_ahead` ranged reads (and the indexes of the
+    classes drawn next) are in flight while earlier samples are decoded; the samples and their order
+    do not depend on `read_ahead`.
     Shards without an index (`sample_index=False`: prepared before it existed), or a class whose
     sidecars are missing or stale, fall back to one sequential source per drawn class.
 
