@@ -228,6 +228,10 @@ class DataConfig:
     max_open_sources: int = 8
     """Sequential class sources each training reader holds open (the most drawn classes); the other
     classes are read one sample per ranged read from the shards' sample index."""
+    read_ahead: int = 16
+    """Ranged sample reads each training reader keeps in flight ahead of the samples it delivers (the
+    same samples in the same order; 0 reads each sample when it is delivered). Hides the per-request
+    latency of an object store; memory ahead is bounded too (64 MiB of samples a reader)."""
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, "data.batch_size", "an int >= 1", self.batch_size)
@@ -235,6 +239,7 @@ class DataConfig:
         check(0 <= self.class_balance <= 1, "data.class_balance", "in [0, 1]", self.class_balance)
         check(self.max_bad_samples >= 0, "data.max_bad_samples", "an int >= 0", self.max_bad_samples)
         check(self.max_open_sources >= 1, "data.max_open_sources", "an int >= 1", self.max_open_sources)
+        check(self.read_ahead >= 0, "data.read_ahead", "an int >= 0", self.read_ahead)
 
 
 @dataclass(frozen=True)

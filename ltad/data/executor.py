@@ -42,14 +42,21 @@ def start_context() -> multiprocessing.context.BaseContext:
     return context
 
 
+WINDOW_PER_WORKER = 4
+"""Items a `Processes` executor has submitted and not yet handed back, per worker: enough to keep
+every worker busy, and each wait is over this window, not over every item (quadratic at 30k)."""
+
+
 class Processes:
     """An executor over `workers` local processes, one pool for every phase (`close()` ends it).
 
-    The pool starts on the first call (`start_context`: fork when safe, else a fork server).
+    The pool starts on the first call (`start_context`: fork when safe, else a fork server). Items
+    start in their order; at most `window` (default `WINDOW_PER_WORKER` x workers) are in flight.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, window: int | None = None) -> None:
         self.workers = workers
+        self.window = window or WINDOW_PER_WORKER * workers
         self._pool: ProcessPoolExecutor | None = None
 
     def __call__(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
@@ -57,13 +64,24 @@ class Processes:
             return
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=start_context())
-        pending: dict[Future, int] = {self._pool.submit(fn, item): i for i, item in enumerate(items)}
+        pool = self._pool
+        pending: dict[Future, int] = {}
+        upcoming = iter(enumerate(items))
+
+        def submit() -> None:
+            for i, item in upcoming:
+                pending[pool.submit(fn, item)] = i
+                if len(pending) >= self.window:
+                    return
+
         try:
+            submit()
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in sorted(done, key=lambda f: pending[f]):
                     index = pending.pop(future)
                     yield index, future.result()
+                submit()
         finally:
             for future in pending:
                 future.cancel()

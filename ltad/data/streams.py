@@ -3,7 +3,8 @@
 Training is resampled with a fixed epoch length split evenly over ranks and DataLoader workers, so
 every rank runs the same number of steps whatever the shard sizes (no DDP hang), and mixes classes by
 weights ~ count^(1 - class_balance); each reader holds a bounded number of open class sources and
-reads the other classes sample by sample through the shards' sample index (ranged reads), and
+reads the other classes sample by sample through the shards' sample index (ranged reads, up to
+`data.read_ahead` of them in flight ahead of delivery), and
 `endless_batches` serves a whole phase from one DataLoader with persistent workers. Evaluation reads
 every test sample exactly once across ranks x workers, each shard checked against its manifest count. The shard machinery takes a `decode`
 callable, so the feature cache streams its own shards through the same code.
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
@@ -108,6 +111,25 @@ def class_weights(counts: Mapping[K, int], class_balance: float) -> dict[K, floa
 MAX_OPEN_SOURCES = 8
 """Default of `data.max_open_sources`: sequential class sources one training reader holds open."""
 
+READ_AHEAD = 16
+"""Default of `data.read_ahead`: ranged sample reads one training reader keeps ahead of its consumer
+(and the most GET requests it has in flight at once); 0 reads each sample when it is drawn."""
+
+READ_AHEAD_BYTES = 64 * 2**20
+"""The sample bytes one reader plans ahead at most (the first planned sample is always admitted, so a
+sample larger than this still reads); coalescing adds at most `COALESCE_GAP` unused bytes per request."""
+
+COALESCE_GAP = 64 * 2**10
+"""Samples planned together that lie in one shard with at most this many bytes between them are
+fetched by one ranged read (the gap is read and dropped: cheaper than a request at 20-50 ms)."""
+
+COALESCE_MAX = 8 * 2**20
+"""A coalesced read spans at most this many bytes (a single larger sample still reads on its own)."""
+
+_LOOKAHEAD_DRAWS = 8
+"""Planned draws (sequential ones included) a reader keeps at most, per unit of read-ahead (min 64);
+the sample indexes of classes drawn that far ahead of the planner are read ahead too."""
+
 
 @dataclass(frozen=True)
 class _ClassIndex:
@@ -120,6 +142,42 @@ class _ClassIndex:
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+
+@dataclass
+class _Draw:
+    """One planned draw of a reader: its class and, for a ranged one, the sample and its read."""
+
+    cls: str
+    sample: int | None = None  # position in the class index; None: from the class's sequential source
+    length: int = 0
+    fetch: Callable[[], bytes] | None = None  # the sample's bytes, read ahead; None: read when delivered
+
+
+def _slice(read: Future, start: int, length: int) -> bytes:
+    return bytes(memoryview(read.result())[start : start + length])
+
+
+def _ranged_read(url: str, offset: int, length: int) -> bytes:
+    return storage.read_range(url, offset, length)  # looked up per call (tests and benchmarks wrap it)
+
+
+def coalesce(spans: Sequence[tuple[str, int, int]]) -> list[tuple[str, int, int, list[int]]]:
+    """Ranged reads covering `spans` (url, offset, length): one per run of spans of one URL that lie
+    at most `COALESCE_GAP` bytes apart and span at most `COALESCE_MAX` bytes (duplicates share one).
+    Returns (url, offset, length, positions in `spans` it serves), in order of first span."""
+    order = sorted(range(len(spans)), key=lambda i: (spans[i][0], spans[i][1], i))
+    reads: list[tuple[str, int, int, list[int]]] = []
+    for i in order:
+        url, offset, length = spans[i]
+        if reads:
+            u, start, size, members = reads[-1]
+            end = max(start + size, offset + length)
+            if u == url and offset - (start + size) <= COALESCE_GAP and end - start <= COALESCE_MAX:
+                reads[-1] = (u, start, end - start, [*members, i])
+                continue
+        reads.append((url, offset, length, [i]))
+    return sorted(reads, key=lambda r: min(r[3]))
 
 
 def _worker() -> tuple[int, int]:
@@ -139,6 +197,9 @@ class ResampledStream(IterableDataset):
     a `buffer`-sample buffer); every other class is served by one ranged read per sample, a sample
     chosen uniformly with replacement from that class's per-sample index (sample_index.py, loaded on
     the class's first draw, numpy arrays only). Both give every sample of a class the same chance.
+    Draws are planned ahead of delivery, so up to `read_ahead` ranged reads (and the indexes of the
+    classes drawn next) are in flight while earlier samples are decoded; the samples and their order
+    do not depend on `read_ahead`.
     Shards without an index (`sample_index=False`: prepared before it existed), or a class whose
     sidecars are missing or stale, fall back to one sequential source per drawn class.
 
@@ -166,11 +227,14 @@ class ResampledStream(IterableDataset):
         max_bad_samples: int = 0,
         max_open_sources: int = MAX_OPEN_SOURCES,
         sample_index: bool = False,
+        read_ahead: int = READ_AHEAD,
     ) -> None:
         if epoch_samples < world_size:
             raise ConfigError(f"epoch_samples ({epoch_samples}) must be at least world_size ({world_size})")
         if max_open_sources < 1:
             raise ConfigError(f"data.max_open_sources must be an int >= 1, got {max_open_sources}")
+        if read_ahead < 0:
+            raise ConfigError(f"data.read_ahead must be an int >= 0, got {read_ahead}")
         missing = [c for c in weights if not shards_by_class.get(c)]
         if missing:
             raise DataError(f"class '{missing[0]}' has a sampling weight but no training shards at {uri}")
@@ -179,10 +243,20 @@ class ResampledStream(IterableDataset):
         self.decode, self.epoch, self.buffer = decode, epoch, buffer
         self.max_bad_samples = max_bad_samples
         self.max_open_sources, self.sample_index = max_open_sources, sample_index
+        self.read_ahead = read_ahead
         self.bad_samples = 0
         """Corrupt samples skipped by this reader so far (samples lost with a corrupt shard included)."""
-        self.stats = {"sources_opened": 0, "open_sources_peak": 0, "ranged_reads": 0, "ranged_bytes": 0}
-        """What this reader did: sequential sources opened, most open at once, ranged reads and bytes."""
+        self.stats = {
+            "sources_opened": 0,
+            "open_sources_peak": 0,
+            "ranged_reads": 0,
+            "ranged_bytes": 0,
+            "ranged_requests": 0,
+            "ranged_request_bytes": 0,
+        }
+        """What this reader did: sequential sources opened, most open at once, samples delivered to
+        the decoder by ranged reads and their bytes, and the ranged GET requests made for them (fewer
+        when coalesced, more when read ahead for an epoch that was closed early) and their bytes."""
         self._bad_shards: set[str] = set()
         self._bad_keys: set[tuple[str, str]] = set()
         self._bad_ranged: dict[str, set[int]] = {}
@@ -213,29 +287,144 @@ class ResampledStream(IterableDataset):
         yield from self.samples(self.epoch, worker, self.reader_samples(worker, workers))
 
     def samples(self, epoch: int, worker: int, count: int) -> Iterator[Any]:
-        """`count` decoded samples (each with `bad_skipped`) of loader worker `worker` in `epoch`."""
+        """`count` decoded samples (each with `bad_skipped`) of loader worker `worker` in `epoch`.
+
+        The draws are planned ahead of delivery (`_plan`), so up to `read_ahead` ranged samples are
+        read on a small thread pool while earlier ones are decoded; which samples come, and in which
+        order, does not depend on `read_ahead` (0: each sample is read when it is delivered).
+        """
+        sources: dict[str, Iterator[dict[str, Any]]] = {}
+        pool = (
+            ThreadPoolExecutor(self.read_ahead, thread_name_prefix="ltad-read-ahead")
+            if self.read_ahead
+            else None
+        )
+        if pool is not None and storage.is_s3(self.uri):
+            storage.client()  # made once here, not by every read thread at once (each would make one)
+        plan = self._plan(epoch, worker, count, sources, pool)
+        # replacements for corrupt ranged samples: drawn when the damage is met, from their own
+        # generator, so the planned draws (made before) do not depend on what was read
+        repick = np.random.default_rng([self.seed, epoch, self.rank, worker, 1])
+        try:
+            if pool is None:
+                for draw in plan:
+                    yield self._deliver(draw, sources, repick, worker)
+                return
+            window: deque[_Draw] = deque()
+            ahead = [0, 0]  # ranged draws in the window, their bytes
+            most = max(64, _LOOKAHEAD_DRAWS * self.read_ahead)
+            low = self.read_ahead - max(1, self.read_ahead // 4)  # refill in steps of >= 1/4: coalescing
+            done = False
+            while True:
+                if not done and ahead[0] <= low:
+                    done = self._refill(plan, window, ahead, most, pool)
+                if not window:
+                    return
+                draw = window.popleft()
+                if draw.sample is not None:
+                    ahead[0] -= 1
+                    ahead[1] -= draw.length
+                yield self._deliver(draw, sources, repick, worker)
+        finally:
+            plan.close()
+            if pool is not None:  # reads for draws never delivered (a closed epoch) are dropped
+                pool.shutdown(wait=False, cancel_futures=True)
+            for source in sources.values():  # ends their reads (open S3 GETs) now, not at garbage collection
+                source.close()  # type: ignore[attr-defined]
+
+    def _plan(
+        self,
+        epoch: int,
+        worker: int,
+        count: int,
+        sources: dict[str, Iterator[dict[str, Any]]],
+        pool: ThreadPoolExecutor | None = None,
+    ) -> Generator[_Draw, None, None]:
+        """The epoch's draws in delivery order: a class by weight, then a sample of it for a ranged
+        class (opening a sequential source the first time a sequential class is drawn). With a
+        `pool`, the sample indexes of the classes drawn next are read on it ahead of their draw."""
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
         classes = sorted(self.weights)
         probs = np.array([self.weights[c] for c in classes])
         sequential = self.sequential_classes(count)
-        sources: dict[str, Iterator[dict[str, Any]]] = {}
         pick: np.random.Generator | None = None
-        try:
-            for c in rng.choice(len(classes), size=count, p=probs / probs.sum()):
-                cls = classes[c]
-                if cls in sources or cls in sequential or self._class_index(cls) is None:
-                    if cls not in sources:
-                        sources[cls] = self._source(cls, np.random.default_rng(rng.integers(2**63)))
-                        self.stats["sources_opened"] += 1
-                        self.stats["open_sources_peak"] = max(self.stats["open_sources_peak"], len(sources))
-                    yield self._next_sequential(cls, sources[cls], worker)
-                else:
-                    if pick is None:
-                        pick = np.random.default_rng(rng.integers(2**63))
-                    yield self._next_ranged(cls, pick, worker)
-        finally:
-            for source in sources.values():  # ends their reads (open S3 GETs) now, not at garbage collection
-                source.close()  # type: ignore[attr-defined]
+        draws = rng.choice(len(classes), size=count, p=probs / probs.sum())
+        loading: dict[str, Future] = {}  # class indexes being read ahead, at most `read_ahead` at once
+        scanned = 0
+        for position, c in enumerate(draws):
+            if pool is not None:  # start reading the indexes of the classes met in the next draws
+                horizon = min(count, position + _LOOKAHEAD_DRAWS * self.read_ahead)
+                while scanned < horizon and len(loading) < self.read_ahead:
+                    other = classes[draws[scanned]]
+                    if other not in self._index and other not in loading and other not in sequential:
+                        loading[other] = pool.submit(self._load_index, other)
+                    scanned += 1
+            cls = classes[c]
+            if cls in sources or cls in sequential or self._class_index(cls, loading) is None:
+                if cls not in sources:
+                    sources[cls] = self._source(cls, np.random.default_rng(rng.integers(2**63)))
+                    self.stats["sources_opened"] += 1
+                    self.stats["open_sources_peak"] = max(self.stats["open_sources_peak"], len(sources))
+                yield _Draw(cls)
+            else:
+                if pick is None:
+                    pick = np.random.default_rng(rng.integers(2**63))
+                index = self._index[cls]
+                assert index is not None
+                j = int(pick.integers(len(index)))
+                yield _Draw(cls, j, int(index.lengths[j]))
+
+    def _refill(
+        self,
+        plan: Iterator[_Draw],
+        window: deque[_Draw],
+        ahead: list[int],
+        most: int,
+        pool: ThreadPoolExecutor,
+    ) -> bool:
+        """Plan draws into `window` until `read_ahead` ranged ones (or `READ_AHEAD_BYTES`, or `most`
+        draws) are ahead, and start their reads, coalesced; True when the plan is exhausted."""
+        new: list[_Draw] = []
+        exhausted = False
+        while (
+            len(window) < most
+            and ahead[0] < self.read_ahead
+            and (ahead[1] < READ_AHEAD_BYTES or not ahead[0])
+        ):
+            draw = next(plan, None)
+            if draw is None:
+                exhausted = True
+                break
+            window.append(draw)
+            if draw.sample is not None:
+                ahead[0] += 1
+                ahead[1] += draw.length
+                new.append(draw)
+        spans = [self._span(d.cls, d.sample) for d in new if d.sample is not None]
+        for url, offset, length, members in coalesce(spans):
+            read = pool.submit(_ranged_read, url, offset, length)
+            self.stats["ranged_requests"] += 1
+            self.stats["ranged_request_bytes"] += length
+            for i in members:
+                new[i].fetch = partial(_slice, read, spans[i][1] - offset, spans[i][2])
+        return exhausted
+
+    def _span(self, cls: str, j: int) -> tuple[str, int, int]:
+        """(shard URL, offset, length) of sample `j` of a ranged class."""
+        index = self._index[cls]
+        assert index is not None
+        return index.urls[index.shard[j]], int(index.offsets[j]), int(index.lengths[j])
+
+    def _deliver(
+        self,
+        draw: _Draw,
+        sources: dict[str, Iterator[dict[str, Any]]],
+        repick: np.random.Generator,
+        worker: int,
+    ) -> Any:
+        if draw.sample is None:
+            return self._next_sequential(draw.cls, sources[draw.cls], worker)
+        return self._next_ranged(draw, repick, worker)
 
     def _next_sequential(self, cls: str, source: Iterator[dict[str, Any]], worker: int) -> Any:
         known_bad, bad_before = 0, self.bad_samples
@@ -256,8 +445,10 @@ class ResampledStream(IterableDataset):
             # how many bad samples this one replaced: summed by the trainer into the run's metrics
             return {**decoded, "bad_skipped": self.bad_samples - bad_before}
 
-    def _next_ranged(self, cls: str, pick: np.random.Generator, worker: int) -> Any:
-        """One sample of `cls` chosen uniformly from its index, read with one ranged read."""
+    def _next_ranged(self, draw: _Draw, repick: np.random.Generator, worker: int) -> Any:
+        """The planned sample of a ranged class (its bytes read ahead, or read now); a corrupt one is
+        replaced by a draw from `repick` among the class's other samples, read now."""
+        cls, j, fetch = draw.cls, draw.sample, draw.fetch
         index = self._index[cls]
         assert index is not None
         bad = self._bad_ranged.setdefault(cls, set())
@@ -265,11 +456,18 @@ class ResampledStream(IterableDataset):
         while True:  # a corrupt sample is replaced by another draw among the class's other samples
             if len(bad) >= len(index):
                 raise DataError(f"every training sample of class '{cls}' at {self.uri} is corrupt")
-            j = int(pick.integers(len(index)))
+            if j is None:
+                j, fetch = int(repick.integers(len(index))), None
             if j in bad:
+                j = None
                 continue
-            url, offset, length = index.urls[index.shard[j]], int(index.offsets[j]), int(index.lengths[j])
-            data = storage.read_range(url, offset, length)  # a StorageError is never skipped
+            url, offset, length = self._span(cls, j)
+            if fetch is None:
+                data = storage.read_range(url, offset, length)  # a StorageError is never skipped
+                self.stats["ranged_requests"] += 1
+                self.stats["ranged_request_bytes"] += length
+            else:
+                data = fetch()  # the read's StorageError, if it failed, is raised here
             self.stats["ranged_reads"] += 1
             self.stats["ranged_bytes"] += len(data)
             try:
@@ -277,14 +475,21 @@ class ResampledStream(IterableDataset):
             except DataError as exc:
                 bad.add(j)
                 self._skip(1, exc, worker)
+                j = None
                 continue
             return {**decoded, "bad_skipped": self.bad_samples - bad_before}
 
-    def _class_index(self, cls: str) -> _ClassIndex | None:
-        """The per-sample index of one class (read once per reader); None when a shard has no current
-        sidecar or one that disagrees with the manifest (the class is then read sequentially)."""
-        if cls in self._index:
-            return self._index[cls]
+    def _class_index(self, cls: str, loading: dict[str, Future] | None = None) -> _ClassIndex | None:
+        """The per-sample index of one class (read once per reader, or taken from `loading`, where the
+        planner started its read ahead); None when a shard has no current sidecar or one that
+        disagrees with the manifest (the class is then read sequentially)."""
+        if cls not in self._index:
+            started = loading.pop(cls, None) if loading is not None else None
+            self._index[cls] = started.result() if started is not None else self._load_index(cls)
+        return self._index[cls]
+
+    def _load_index(self, cls: str) -> _ClassIndex | None:
+        """Read the sidecars of the shards of `cls` (any thread: it changes nothing of the reader)."""
         urls: list[str] = []
         shard: list[np.ndarray] = []  # per shard: its position in `urls`, once per sample of the class
         offsets: list[np.ndarray] = []
@@ -320,7 +525,6 @@ class ResampledStream(IterableDataset):
             found = _ClassIndex(
                 tuple(urls), np.concatenate(shard), np.concatenate(offsets), np.concatenate(lengths)
             )
-        self._index[cls] = found
         return found
 
     def _skip(self, lost: int, exc: DataError, worker: int) -> None:
@@ -385,6 +589,7 @@ def train_stream(
     epoch: int = 0,
     max_bad_samples: int = 0,
     max_open_sources: int = MAX_OPEN_SOURCES,
+    read_ahead: int = READ_AHEAD,
 ) -> ResampledStream:
     """Training images: `image`, `class_id`, `key`; class-weighted, resampled, fixed epoch length."""
     by_class: dict[str, list[ShardEntry]] = {c: [] for c in manifest.classes}
@@ -404,6 +609,7 @@ def train_stream(
         max_bad_samples=max_bad_samples,
         max_open_sources=max_open_sources,
         sample_index=manifest.sample_index,
+        read_ahead=read_ahead,
     )
 
 

@@ -73,6 +73,7 @@ def training_batches(
         epoch=start_step // epoch_steps,
         max_bad_samples=cfg.data.max_bad_samples,
         max_open_sources=cfg.data.max_open_sources,
+        read_ahead=cfg.data.read_ahead,
     )
     if cache is None:
         stream = train_stream(data_uri, manifest, image_size=size, class_balance=balance, **common)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 import pytest
 
@@ -21,6 +22,13 @@ def _square_and_pid(x: int) -> tuple[int, int]:
 def _fails_on_three(x: int) -> int:
     if x == 3:
         raise ValueError(f"bad item {x}")
+    return x
+
+
+def _slow_unless_three(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"bad item {x}")
+    time.sleep(0.05)
     return x
 
 
@@ -85,3 +93,114 @@ def test_largest_first_hands_out_big_shards_first_and_keeps_each_items_index():
     assert seen == ["train/b-000000.tar", "test/test-000000.tar", "train/a-000000.tar"]
     assert all(items[index].name == result for index, result in results)
     assert sorted(index for index, _ in results) == [0, 1, 2]
+
+
+def test_processes_keep_a_bounded_window_in_flight_and_return_every_result():
+    from concurrent.futures import ProcessPoolExecutor
+
+    run = Processes(2, window=3)
+    submitted = []
+
+    class Counting(ProcessPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+            submitted.append(args[0])
+            return super().submit(fn, *args, **kwargs)
+
+    run._pool = Counting(max_workers=2, mp_context=start_context())
+    try:
+        results, ahead = {}, []
+        for i, (square, _pid) in run(_square_and_pid, list(range(40))):
+            results[i] = square
+            ahead.append(len(submitted) - len(results))  # submitted and not yet handed back
+        assert results == {i: i * i for i in range(40)} and submitted == list(range(40))
+        assert max(ahead) <= 3 - 1 and len(ahead) == 40  # at most the window in flight
+        submitted.clear()
+        with pytest.raises(ValueError, match="bad item 3"):
+            list(run(_slow_unless_three, list(range(100))))
+        assert len(submitted) < 10  # items past the window never started
+    finally:
+        run.close()
+
+
+class _FakeRay:
+    """What ray_tasks uses of Ray, in process: tasks finish in a seeded random order, one or more per wait."""
+
+    class exceptions:
+        class RayTaskError(Exception):
+            def __init__(self, cause: BaseException) -> None:
+                super().__init__(str(cause))
+                self.cause = cause
+
+    def __init__(self, cpus: int) -> None:
+        import random
+
+        self.cpus, self.rng, self.done, self.waited, self.cancelled, self.started = (
+            cpus,
+            random.Random(0),
+            set(),
+            [],
+            [],
+            0,
+        )
+
+    def remote(self, **_):
+        fake = self
+
+        class Ref:
+            def __init__(self, fn, item):
+                self.fn, self.item = fn, item
+                fake.started += 1
+
+        class Remote:
+            @staticmethod
+            def remote(fn, item):
+                return Ref(fn, item)
+
+        return lambda _fn: Remote
+
+    def put(self, value):
+        return value
+
+    def cluster_resources(self):
+        return {"CPU": float(self.cpus)}
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        self.waited.append(len(refs))
+        if timeout is None:  # blocks until one more finishes
+            for ref in self.rng.sample(refs, min(len(refs), self.rng.randint(1, 3))):
+                self.done.add(ref)
+        ready = [r for r in refs if r in self.done][:num_returns]
+        return ready, [r for r in refs if r not in ready]
+
+    def get(self, ref):
+        try:
+            return ref.fn(ref.item)
+        except Exception as exc:
+            raise self.exceptions.RayTaskError(exc) from None
+
+    def cancel(self, ref):
+        self.cancelled.append(ref)
+
+
+def test_ray_tasks_wait_over_a_bounded_window_and_return_every_result(monkeypatch):
+    from ltad.errors import DataError
+    from ltad.training import ray_map
+
+    fake = _FakeRay(cpus=4)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    n = 2000
+    results = dict(ray_map.ray_tasks(lambda x: x * 3, list(range(n))))
+    assert results == {i: 3 * i for i in range(n)}
+    assert max(fake.waited) <= ray_map.MIN_WINDOW  # 2 x 4 CPUs < the minimum window
+    assert sum(fake.waited) < 2 * n * ray_map.MIN_WINDOW  # linear in the items, not quadratic
+
+    def bad(x):
+        if x == 50:
+            raise DataError(f"image {x} is corrupt")
+        return x
+
+    fake = _FakeRay(cpus=32)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(DataError, match="image 50 is corrupt"):
+        list(ray_map.ray_tasks(bad, list(range(n))))
+    assert max(fake.waited) <= 64 and fake.started < 200 and fake.cancelled  # the rest never started

@@ -245,3 +245,102 @@ def test_endless_batches_uneven_workers_full_batches_and_exact_resume(tmp_path):
     assert [len(b) for b in full] == [5] * 12
     assert batches(1, 3, 8) == full[4:]  # a run resumed at epoch 1 trains on the same batches
     assert batches(0, 3, 12) == full  # deterministic
+
+
+def test_read_ahead_delivers_the_same_samples_in_the_same_order_reads_bounded(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    counts = {"big": 100, **{f"t{i}": 3 + i % 4 for i in range(12)}}
+    by_class = _write(tmp_path, counts, 300)
+    [entry] = by_class["t3"]  # one corrupt sample in a ranged class: replaced alike with and without
+    shard = tmp_path / entry.name
+    data = bytearray(shard.read_bytes())
+    png = data.index(b"t3/00001.png")
+    data[png + 512] = 0xFF
+    shard.write_bytes(bytes(data))
+
+    read_range = storage.read_range
+    live = {"now": 0, "peak": 0, "calls": 0}
+    lock = threading.Lock()
+
+    def slow(uri, offset, length, retries=None):  # a slow store: reads overlap only when read ahead
+        with lock:
+            live["now"] += 1
+            live["calls"] += 1
+            live["peak"] = max(live["peak"], live["now"])
+        time.sleep(0.002)
+        try:
+            return read_range(uri, offset, length, retries)
+        finally:
+            with lock:
+                live["now"] -= 1
+
+    monkeypatch.setattr(storage, "read_range", slow)
+    from ltad.data import streams
+
+    read_index, indexing = streams.read_shard_index, {"now": 0, "peak": 0}
+
+    def slow_index(*args):  # the class indexes are read ahead too
+        with lock:
+            indexing["now"] += 1
+            indexing["peak"] = max(indexing["peak"], indexing["now"])
+        time.sleep(0.005)
+        try:
+            return read_index(*args)
+        finally:
+            with lock:
+                indexing["now"] -= 1
+
+    monkeypatch.setattr(streams, "read_shard_index", slow_index)
+
+    def run(read_ahead, epoch=0, count=500):
+        stream = _stream(
+            tmp_path, by_class, counts, epoch_samples=count, max_open_sources=1, max_bad_samples=5,
+            read_ahead=read_ahead, balance=1.0,
+        )  # fmt: skip
+        live.update(peak=0, calls=0)
+        got = list(stream.samples(epoch, 0, count))
+        return [(s["key"], s["bad_skipped"]) for s in got], stream, dict(live)
+
+    off, off_stream, off_live = run(0)
+    assert off_live["peak"] == 1 and off_stream.bad_samples == 1 and indexing["peak"] == 1
+    assert off_stream.stats["ranged_requests"] == off_stream.stats["ranged_reads"] == off_live["calls"]
+    for read_ahead in (1, 4, 16):
+        on, stream, seen = run(read_ahead)
+        assert on == off, read_ahead
+        assert stream.bad_samples == 1 and stream.stats["ranged_reads"] == off_stream.stats["ranged_reads"]
+        # at most read_ahead reads ahead, plus the replacement of a corrupt sample read when it is met
+        assert 1 <= seen["peak"] <= read_ahead + 1
+        assert stream.stats["ranged_requests"] == seen["calls"]
+    assert seen["peak"] > 1 and indexing["peak"] > 1  # reads overlapped, index reads too
+    # samples of one shard planned together share a read (a known-bad one drawn again costs one more)
+    assert seen["calls"] < 0.95 * stream.stats["ranged_reads"]
+    assert run(8, epoch=2, count=200)[0] == run(0, epoch=2, count=200)[0]
+    # a reader that stops early (a closed epoch) leaves no read behind that it waits for
+    stream = _stream(
+        tmp_path, by_class, counts, epoch_samples=500, max_open_sources=1, max_bad_samples=5, balance=1.0
+    )
+    samples = stream.samples(0, 0, 500)
+    first = [next(samples)["key"] for _ in range(10)]
+    samples.close()
+    assert first == [k for k, _ in off[:10]]
+
+
+def test_coalesce_merges_close_spans_of_one_shard_only():
+    from ltad.data.streams import COALESCE_GAP, COALESCE_MAX, coalesce
+
+    spans = [
+        ("a", 1000, 100),
+        ("b", 0, 10),
+        ("a", 0, 100),
+        ("a", 1000, 100),
+        ("a", 1100 + COALESCE_GAP + 1, 5),
+    ]
+    assert coalesce(spans) == [
+        ("a", 0, 1100, [2, 0, 3]),
+        ("b", 0, 10, [1]),
+        ("a", 1100 + COALESCE_GAP + 1, 5, [4]),
+    ]
+    assert len(coalesce([("a", 0, COALESCE_MAX), ("a", COALESCE_MAX, 1)])) == 2
+    assert coalesce([]) == []

@@ -41,3 +41,22 @@ def test_training_batches_full_and_resumed_exactly_with_persistent_workers(shard
     assert [len(b) for b in full] == [3] * 12
     assert keys(7, 5) == full[7:]  # a run resumed at step 7 trains on the batches it would have
     assert {k.split("/")[0] for b in full for k in b} == set(manifest.classes)
+
+
+def test_read_ahead_changes_neither_the_samples_nor_their_order_nor_the_resume_point(shards):
+    manifest = read_manifest(shards)
+
+    def keys(read_ahead: int, start: int, n: int) -> list[list[str]]:
+        cfg = LTADConfig().with_overrides(
+            ["data.batch_size=3", "model.encoder.image_size=32", f"data.read_ahead={read_ahead}"]
+        )
+        batches = training_batches(
+            cfg, shards, manifest, None, seed=3, rank=0, world_size=1, start_step=start, epoch_steps=5
+        )
+        return [list(b["key"]) for b in islice(batches, n)]
+
+    off = keys(0, 0, 12)
+    assert keys(16, 0, 12) == off and keys(2, 0, 12) == off
+    assert keys(16, 7, 5) == keys(0, 7, 5) == off[7:]
+    with pytest.raises(Exception, match="data.read_ahead"):
+        LTADConfig().with_overrides(["data.read_ahead=-1"])

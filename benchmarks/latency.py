@@ -1,0 +1,359 @@
+"""One training reader on a slow object store: samples/s with D ms added per request; prints JSON.
+
+Real object stores answer each request after 20-50 ms. This benchmark writes `--classes` tail
+classes of `--per-class` PNG images (`--image-px`, random pixels, so they do not compress) with the
+real shard writer and sample index into a SeaweedFS server started for this run, and starts one
+small asyncio TCP proxy per delay in front of its S3 port, each in its own process: the proxy sleeps
+D ms before it forwards each client-to-server chunk (a request), responses pass at once, and it
+counts the GET requests it forwarded. One training reader (`ResampledStream`, every class served by
+ranged reads, PNG decode and resize to 64 px as in training) then draws the same samples directly
+and through each proxy (`AWS_ENDPOINT_URL` pointed at it), in alternating order over `--passes`
+passes, each pass a new epoch (the same epoch for every endpoint). Class indexes are loaded before
+the clock starts, except in one extra pass per endpoint (`cold_reader_samples_per_s`: a fresh
+reader that reads its class indexes as it meets the classes, as on the first epoch of a run). Reported: samples/s per endpoint (median pass), the ratio to the direct rate
+(median of the per-pass ratios), GETs per delivered sample (counted at the proxy), and the same for
+`data.read_ahead=0` (each sample read when it is delivered, the path before read-ahead) at 1/4 of
+the samples, for reference.
+
+Target: at 20 ms, the reader keeps >= 0.8 of its direct rate. Exits 1 naming the missed target.
+
+Usage: .venv/bin/python benchmarks/latency.py [--quick] [--read-ahead 16] [--json docs/results/latency.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ (local services) from the repo
+
+from record import add_json_flag, emit  # noqa: E402  (benchmarks/record.py, beside this script)
+
+TARGET_RATIO_20MS = 0.8
+
+PROXY = r"""
+import asyncio, json, sys
+
+target_port, delay = int(sys.argv[1]), float(sys.argv[2]) / 1000.0
+stats = {"requests": 0, "gets": 0, "connections": 0, "bytes_up": 0, "bytes_down": 0}
+METHODS = (b"GET ", b"HEAD ", b"PUT ", b"POST ", b"DELETE ")
+
+
+async def pipe(reader, writer, up):
+    try:
+        while True:
+            data = await reader.read(1 << 16)
+            if not data:
+                break
+            if up:
+                stats["bytes_up"] += len(data)
+                if data.startswith(METHODS):
+                    stats["requests"] += 1
+                    stats["gets"] += data.startswith(b"GET ")
+                if delay:
+                    await asyncio.sleep(delay)  # every client-to-server chunk waits D ms
+            else:
+                stats["bytes_down"] += len(data)
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+async def handle(client_r, client_w):
+    stats["connections"] += 1
+    try:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", target_port)
+    except OSError:
+        client_w.close()
+        return
+    await asyncio.gather(pipe(client_r, server_w, True), pipe(server_r, client_w, False))
+
+
+async def report(reader, writer):
+    writer.write(json.dumps(stats).encode())
+    await writer.drain()
+    writer.close()
+
+
+async def main():
+    proxy = await asyncio.start_server(handle, "127.0.0.1", 0)
+    control = await asyncio.start_server(report, "127.0.0.1", 0)
+    ports = [s.getsockname()[1] for s in (proxy.sockets[0], control.sockets[0])]
+    print(json.dumps({"port": ports[0], "stats_port": ports[1]}), flush=True)
+    await asyncio.Event().wait()
+
+
+asyncio.run(main())
+"""
+
+
+class Proxy:
+    """The delaying proxy in its own process (so it takes no GIL time from the reader)."""
+
+    def __init__(self, target_port: int, delay_ms: float) -> None:
+        self.delay_ms = delay_ms
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", PROXY, str(target_port), str(delay_ms)], stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {delay_ms} ms proxy did not start (exit code {self.proc.poll()})")
+        ports = json.loads(line)
+        self.endpoint = f"http://127.0.0.1:{ports['port']}"
+        self.stats_port = ports["stats_port"]
+
+    def stats(self) -> dict[str, int]:
+        with socket.create_connection(("127.0.0.1", self.stats_port), timeout=10) as s:
+            chunks = []
+            while data := s.recv(4096):
+                chunks.append(data)
+        return json.loads(b"".join(chunks))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def write_dataset(work: Path, prefix: str, classes: int, per_class: int, px: int) -> tuple[dict, dict]:
+    """PNG shards (one per class) with sidecars, uploaded under `prefix`; (shards by class, counts)."""
+    import numpy as np
+    from PIL import Image
+
+    from ltad.data.manifest import ShardEntry
+    from ltad.data.sample_index import write_shard_index
+    from ltad.data.shards import ShardWriter
+    from ltad.io import storage
+
+    rng = np.random.default_rng(0)
+    by_class: dict[str, list] = {}
+    counts = {f"c{i:03d}": per_class for i in range(classes)}
+    for cls in counts:
+        by_class[cls] = []
+
+        def done(path, info, cls=cls):
+            uri = storage.join(prefix, info.name)
+            write_shard_index(path, uri, info.sha256)
+            storage.upload_file(path, uri)
+            by_class[cls].append(ShardEntry(info.name, info.samples, info.bytes, info.sha256, info.per_class))
+
+        writer = ShardWriter(work, "train", cls, done)
+        for i in range(per_class):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (px, px, 3), dtype=np.uint8)).save(buf, format="PNG")
+            meta = json.dumps({"class_name": cls, "label": 0}).encode()
+            writer.write(f"{cls}/{i:05d}", {"png": buf.getvalue(), "cls": b"0", "json": meta}, cls)
+        writer.close()
+    return by_class, counts
+
+
+def use_endpoint(endpoint: str) -> None:
+    from ltad.io import storage
+
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    storage.reset_client()
+
+
+def one_pass(
+    prefix: str,
+    by_class: dict,
+    counts: dict,
+    epoch: int,
+    samples: int,
+    read_ahead: int,
+    proxy: Proxy | None,
+    cold: bool = False,
+) -> dict:
+    """One reader's epoch of `samples` draws; samples/s, what it requested, what the proxy saw."""
+    from ltad.data.streams import ResampledStream, class_weights, decode_image_sample
+
+    stream = ResampledStream(
+        prefix,
+        by_class,
+        class_weights(counts, 1.0),
+        epoch_samples=samples,
+        seed=0,
+        rank=0,
+        world_size=1,
+        decode=partial(decode_image_sample, image_size=64, with_mask=False),
+        epoch=epoch,
+        max_open_sources=1,
+        sample_index=True,
+        read_ahead=read_ahead,
+    )
+    assert not stream.sequential_classes(samples), "every class must be served by ranged reads"
+    for cls in [] if cold else counts:  # the class indexes (a GET per shard, once a reader) before the clock
+        assert stream._class_index(cls) is not None
+    before = proxy.stats() if proxy else None
+    tic = time.perf_counter()
+    n = sum(1 for _ in stream.samples(epoch, 0, samples))
+    seconds = time.perf_counter() - tic
+    row = {"samples": n, "seconds": seconds, "samples_per_s": n / seconds, **stream.stats}
+    if proxy and before:
+        after = proxy.stats()
+        row["proxy_gets"] = after["gets"] - before["gets"]
+        row["proxy_requests"] = after["requests"] - before["requests"]
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ltad.data.streams import COALESCE_GAP, READ_AHEAD, READ_AHEAD_BYTES
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples and passes (under 2 minutes)")
+    parser.add_argument(
+        "--read-ahead", type=int, default=READ_AHEAD, help="data.read_ahead of the measured reader"
+    )
+    parser.add_argument("--delays", default="20,50", help="ms added per request, comma-separated")
+    parser.add_argument("--classes", type=int, default=40)
+    parser.add_argument("--per-class", type=int, default=12)
+    parser.add_argument("--image-px", type=int, default=96)
+    parser.add_argument("--samples", type=int, help="draws per pass (default 300, --quick 200)")
+    parser.add_argument("--passes", type=int, help="default 5, --quick 3")
+    add_json_flag(parser)
+    args = parser.parse_args(argv)
+    samples = args.samples or (200 if args.quick else 300)
+    passes = args.passes or (3 if args.quick else 5)
+    delays = [float(d) for d in args.delays.split(",") if d]
+    if samples >= 64 * args.classes:
+        parser.error(
+            f"--samples must stay below 64 x --classes ({64 * args.classes}): else classes go sequential"
+        )
+
+    from ltad.io import storage
+    from tools.services.seaweed import SeaweedServer
+
+    started = time.monotonic()
+    saved = os.environ.get("AWS_ENDPOINT_URL")
+    with tempfile.TemporaryDirectory(prefix="ltad-latency-") as tmp:
+        server = SeaweedServer(Path(tmp) / "s3")
+        server.start()
+        proxies: list[Proxy] = []
+        try:
+            os.environ.update(server.env())
+            storage.reset_client()
+            server.create_bucket("bench")
+            prefix = "s3://bench/latency"
+            by_class, counts = write_dataset(
+                Path(tmp) / "work", prefix, args.classes, args.per_class, args.image_px
+            )
+            sample_bytes = statistics.mean(e.bytes / e.samples for v in by_class.values() for e in v)
+            target = int(server.endpoint.rsplit(":", 1)[1])
+            proxies = [Proxy(target, d) for d in delays]
+            endpoints = [("direct", server.endpoint, None)] + [
+                (f"{p.delay_ms:g}ms", p.endpoint, p) for p in proxies
+            ]
+            runs: dict[str, dict[str, list[dict]]] = {"read_ahead": {}, "read_ahead_0": {}}
+            cold: dict[str, dict[str, list[dict]]] = {"read_ahead": {}, "read_ahead_0": {}}
+            for p in range(passes):
+                order = endpoints if p % 2 == 0 else endpoints[::-1]  # alternate: load hits all alike
+                for name, endpoint, proxy in order:
+                    for kind, ra, n in (
+                        ("read_ahead", args.read_ahead, samples),
+                        ("read_ahead_0", 0, max(20, samples // 4)),
+                    ):
+                        use_endpoint(endpoint)
+                        row = one_pass(prefix, by_class, counts, 100 + p, n, ra, proxy)
+                        runs[kind].setdefault(name, []).append(row)
+                        if p == passes - 1:  # once: a fresh reader, its class indexes read on the clock
+                            row = one_pass(prefix, by_class, counts, 100 + p, n, ra, proxy, cold=True)
+                            cold[kind].setdefault(name, []).append(row)
+        finally:
+            for proxy in proxies:
+                proxy.stop()
+            server.stop()
+            if saved is None:
+                os.environ.pop("AWS_ENDPOINT_URL", None)
+            else:
+                os.environ["AWS_ENDPOINT_URL"] = saved
+            storage.reset_client()
+
+    def summary(rows_by: dict[str, list[dict]]) -> dict:
+        out: dict = {}
+        direct = rows_by["direct"]
+        for name, rows in rows_by.items():
+            fig = {
+                "samples_per_s": round(statistics.median(r["samples_per_s"] for r in rows), 1),
+                "passes_samples_per_s": [round(r["samples_per_s"], 1) for r in rows],
+                "samples_per_pass": rows[0]["samples"],
+                "ranged_requests_per_sample": round(
+                    sum(r["ranged_requests"] for r in rows) / sum(r["samples"] for r in rows), 3
+                ),
+            }
+            if name != "direct":
+                fig["ratio_to_direct"] = round(
+                    statistics.median(r["samples_per_s"] / d["samples_per_s"] for r, d in zip(rows, direct)),
+                    3,
+                )
+                fig["gets_per_sample_at_proxy"] = round(
+                    sum(r["proxy_gets"] for r in rows) / sum(r["samples"] for r in rows), 3
+                )
+            out[name] = fig
+        return out
+
+    measured = summary(runs["read_ahead"])
+    before = summary(runs["read_ahead_0"])
+    ratio_20 = measured.get("20ms", {}).get("ratio_to_direct")
+    missed = []
+    if ratio_20 is None:
+        missed.append("no 20 ms run (--delays must include 20)")
+    elif ratio_20 < TARGET_RATIO_20MS:
+        missed.append(
+            f"at 20 ms one reader keeps {ratio_20} of its direct rate (read_ahead={args.read_ahead}), "
+            f"target >= {TARGET_RATIO_20MS}"
+        )
+    result = {
+        "read_ahead": args.read_ahead,
+        "measured": measured,
+        "read_ahead_0_for_reference": before,
+        "cold_reader_samples_per_s": {
+            kind: {name: round(rows[0]["samples_per_s"], 1) for name, rows in by.items()}
+            for kind, by in cold.items()
+        },
+        "targets": {"ratio_to_direct_at_20ms": f">= {TARGET_RATIO_20MS}"},
+        "met": not missed,
+        "missed": missed,
+        "bounds": {
+            "read_ahead_bytes": READ_AHEAD_BYTES,
+            "coalesce_gap_bytes": COALESCE_GAP,
+            "in_flight_requests_at_most": args.read_ahead,
+        },
+        "sizes": {
+            "classes": args.classes,
+            "per_class": args.per_class,
+            "image_px": args.image_px,
+            "decode_to_px": 64,
+            "mean_sample_bytes": round(sample_bytes),
+            "passes": passes,
+            "delays_ms": delays,
+            "shards": "one per class, every class served by ranged reads (max_open_sources=1, class_balance=1)",
+        },
+        "quick": args.quick,
+        "seconds": round(time.monotonic() - started, 1),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+    emit(result, args.json, argv)
+    for line in missed:
+        print(f"TARGET MISSED: {line}", file=sys.stderr)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
