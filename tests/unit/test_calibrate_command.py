@@ -121,3 +121,22 @@ def test_bad_input_is_one_sentence_and_exit_2(model_dir, normals, tmp_path, caps
     assert err.startswith("ltad calibrate: error: ") and err.count("\n") == 1
     assert message.format(tmp=tmp_path, full=full) in err
     assert not (tmp_path / "new").exists() and (full / "x").read_text() == "x"
+
+
+def test_s3_normals_are_downloaded_with_their_relative_paths(tmp_path, monkeypatch):
+    from ltad.commands.calibrate import download_images
+    from ltad.errors import DataError
+    from ltad.io import storage
+
+    objects = {"s3://b/line2/a/1.png": b"1", "s3://b/line2/b/2.JPG": b"2", "s3://b/line2/notes.txt": b"t"}
+    monkeypatch.setattr(
+        storage, "list", lambda prefix: sorted(u for u in objects if u.startswith(prefix + "/"))
+    )
+    monkeypatch.setattr(storage, "read_bytes", lambda u: objects[u])
+    folder = download_images("s3://b/line2/", tmp_path / "n")
+    assert sorted(p.relative_to(folder).as_posix() for p in (tmp_path / "n").rglob("*") if p.is_file()) == [
+        "a/1.png",
+        "b/2.JPG",
+    ]
+    with pytest.raises(DataError, match="--normals 's3://b/other' holds no image files"):
+        download_images("s3://b/other", tmp_path / "m")
