@@ -128,7 +128,12 @@ def recalibrate(
     predictor = Predictor.load(model_dir, device=device, batch_size=batch_size)
     got = score_normals(predictor, normals)
     ids = np.array([classes.index(c) for c in got.pred_class], dtype=np.int64)
-    calibration = calibrate(np.array(got.scores), ids, classes, target_fpr, mix=mix)
+    try:
+        calibration = calibrate(np.array(got.scores), ids, classes, target_fpr, mix=mix)
+    except ValueError as exc:  # a mix whose classes got none of the normals
+        raise ConfigError(
+            f"--mix: {exc} (classes predicted for the normals: {sorted(set(got.pred_class))})"
+        ) from None
     assert calibration is not None  # score_normals returns at least one score
     previous = meta.get("calibration")
     new = with_calibration(meta, calibration)

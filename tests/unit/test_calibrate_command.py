@@ -140,3 +140,17 @@ def test_s3_normals_are_downloaded_with_their_relative_paths(tmp_path, monkeypat
     ]
     with pytest.raises(DataError, match="--normals 's3://b/other' holds no image files"):
         download_images("s3://b/other", tmp_path / "m")
+
+
+def test_a_mix_on_classes_without_normals_is_a_config_error(model_dir, normals, tmp_path):
+    from ltad import Predictor
+    from ltad.errors import ConfigError
+    from ltad.inference.calibrate import recalibrate
+
+    one = normals / "n0.png"
+    other = "b" if Predictor.load(model_dir).predict([one]).pred_class[0] == "a" else "a"
+    with pytest.raises(
+        ConfigError, match="--mix: the deployment mix gives no weight to any class that has normal"
+    ):
+        recalibrate(model_dir, str(one), tmp_path / "o", 0.05, mix={other: 1.0})
+    assert not (tmp_path / "o").exists()
