@@ -25,6 +25,7 @@ COMMANDS = (
     "train",
     "evaluate",
     "predict",
+    "calibrate",
     "export",
     "sweep",
     "summary",

@@ -368,7 +368,8 @@ class EvalConfig:
     aupro_fpr_limit: float = 0.3
     target_fpr: float = 0.05
     """Share of normal images the exported model may flag: its per-class thresholds are calibrated on
-    held-out normal images at this rate (ltad/eval/calibration.py), never on test labels."""
+    held-out normal images so that each class's false-positive rate is at most this at 90 % confidence
+    (ltad/eval/calibration.py; classes with too few are marked uncovered), never on test labels."""
 
     def __post_init__(self) -> None:
         check(self.pixel_bins >= 10, "eval.pixel_bins", "an int >= 10", self.pixel_bins)

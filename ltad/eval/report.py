@@ -113,6 +113,14 @@ def validation_lines(val: dict | None) -> list[str]:
     ]
 
 
+def _rule_row(r: dict) -> str:
+    """source, n and (records since the bounds) the false-positive bound and coverage of one class."""
+    out = f"{r['source']}, n={r['n_heldout']}"
+    if "fpr_bound" in r:
+        out += f", FPR <= {100 * r['fpr_bound']:.3g} % at 90 %" + ("" if r["covered"] else ", uncovered")
+    return out
+
+
 def _calibration_lines(cal: dict | None) -> list[str]:
     """The decision rule of the exported model and its rates on the test set (none for old metrics)."""
     if not cal:
@@ -121,9 +129,7 @@ def _calibration_lines(cal: dict | None) -> list[str]:
     rates = f"on the test set: false-positive rate {_fmt(test['fpr'])} %, true-positive rate {_fmt(test['tpr'])} %."
     if not cal["calibrated"]:
         return [f"Decision threshold: uncalibrated ({cal['reason']}); {rates}", ""]
-    rows = ", ".join(
-        f"{c} {r['threshold']:.4g} ({r['source']}, n={r['n_heldout']})" for c, r in cal["per_class"].items()
-    )
+    rows = ", ".join(f"{c} {r['threshold']:.4g} ({_rule_row(r)})" for c, r in cal["per_class"].items())
     return [
         f"Decision thresholds ({cal['rule']}, target_fpr {cal['target_fpr']:g}; fewer than "
         f"{cal['min_heldout_per_class']} held-out images: {cal['fallback']}): {rows}. Decisions {rates}",

@@ -11,7 +11,9 @@ sha256 and source, so the folder predicts on a machine that has neither the file
 Older exports without `encoder_weights` keep using the configured path.
 
 Thresholds (`calibration` in export.json, ltad/eval/calibration.py): one per class, calibrated on
-held-out normal training images at `eval.target_fpr`, never on test labels; an image is anomalous when
+held-out normal training images at `eval.target_fpr` (or, in a copy `ltad calibrate` writes, on normal
+images of a changed line: ltad/inference/calibrate.py), never on test labels, each with its n and
+the false-positive rate it guarantees at 90 % confidence; an image is anomalous when
 its raw score >= the threshold of the class the model predicts for it (`decide`). Normalised score:
 0.5 at that class's threshold, 0 at the lowest held-out normal score and 1 as far above the threshold
 (clipped), so a decision is also `normalised >= 0.5` whatever the raw scale. Exports without
@@ -56,7 +58,15 @@ FORMATS = {"torch": FORMAT, "onnx": ONNX_FORMAT}
 ONNX_OPSET = 17
 PARITY_TOLERANCE = 1e-4
 """Largest |ONNX - torch| of the anomaly maps an ONNX export may show on its check batch."""
-__all__ = ["normalise", "decide", "load_export", "write_export", "export_model", "read_meta"]
+__all__ = [
+    "normalise",
+    "decide",
+    "load_export",
+    "write_export",
+    "with_calibration",
+    "export_model",
+    "read_meta",
+]
 log = get_logger(__name__)
 
 
@@ -83,6 +93,18 @@ def _calibrated(calibration: dict[str, Any]) -> dict[str, Any]:
         for name, row in calibration["per_class"].items()
     }
     return {**calibration, "per_class": per_class}
+
+
+def with_calibration(meta: dict[str, Any], calibration: dict[str, Any]) -> dict[str, Any]:
+    """export.json `meta` deciding by `calibration` (ltad/eval/calibration.py): the record with each
+    class's normalisation, the global normalisation at the pooled threshold (for readers that ignore
+    `calibration`) and the rule in words. Shared by the training job's export and `ltad calibrate`."""
+    return {
+        **meta,
+        "calibration": _calibrated(calibration),
+        "normalisation": calibrated_normalisation(calibration["pooled_threshold"], calibration["low"]),
+        "threshold_rule": f"{calibration['rule']} (target_fpr {calibration['target_fpr']:g})",
+    }
 
 
 def write_export(
@@ -116,9 +138,7 @@ def write_export(
             "classes": [classes[c] for c in model.memory_banks.classes],
         }
     if calibration is not None:
-        meta["calibration"] = _calibrated(calibration)
-        meta["normalisation"] = calibrated_normalisation(calibration["pooled_threshold"], calibration["low"])
-        meta["threshold_rule"] = f"{calibration['rule']} (target_fpr {calibration['target_fpr']:g})"
+        meta = with_calibration(meta, calibration)
     encoder = model.encoder.weights
     if encoder.file is not None:
         meta["encoder_weights"] = _copy_encoder(out, encoder.file, encoder.sha256, encoder.source)

@@ -35,8 +35,9 @@ ERRORS_COLUMNS = ("path", "error")
 log = get_logger(__name__)
 
 
-def find_images(images: str) -> tuple[list[Path], Path]:
-    """Image files of a directory (recursive) or a glob, sorted; plus the folder their names are relative to."""
+def find_images(images: str, flag: str = "--images") -> tuple[list[Path], Path]:
+    """Image files of a directory (recursive) or a glob, sorted; plus the folder their names are relative
+    to. None is a DataError naming `flag`."""
     path = Path(images)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
@@ -47,7 +48,7 @@ def find_images(images: str) -> tuple[list[Path], Path]:
         )
         root = glob_base(images)
     if not files:
-        raise DataError(f"--images '{images}' matches no image files ({', '.join(SUFFIXES)})")
+        raise DataError(f"{flag} '{images}' matches no image files ({', '.join(SUFFIXES)})")
     return files, root
 
 

@@ -112,10 +112,10 @@ def test_scores_csv_decides_by_the_predicted_class_threshold(tmp_path):
 def test_calibration_metrics_rates_on_test_and_the_uncalibrated_fallback():
     from ltad.eval.calibration import calibrate, calibration_metrics
 
-    cal = calibrate(np.arange(40.0), np.zeros(40, dtype=int), ["c0"], 0.05)
-    scores, labels, pred = np.array([10.0, 39.0, 50.0, 5.0]), np.array([0, 0, 1, 1]), np.zeros(4, dtype=int)
+    cal = calibrate(np.arange(60.0), np.zeros(60, dtype=int), ["c0"], 0.05)  # 60 normals: the maximum
+    scores, labels, pred = np.array([10.0, 59.0, 70.0, 5.0]), np.array([0, 0, 1, 1]), np.zeros(4, dtype=int)
     got = calibration_metrics(cal, scores, labels, pred, ["c0"], fallback_threshold=0.0)
-    assert got["calibrated"] and got["per_class"]["c0"]["threshold"] == 38.0
+    assert got["calibrated"] and got["per_class"]["c0"]["threshold"] == 59.0
     assert got["test"] == {"fpr": 0.5, "tpr": 0.5, "n_normal": 2, "n_anomalous": 2}
     none = calibration_metrics(None, scores, labels, pred, ["c0"], fallback_threshold=7.0)
     assert not none["calibrated"] and "re-run `ltad prepare`" in none["reason"]
