@@ -228,7 +228,7 @@ class DataConfig:
     max_open_sources: int = 8
     """Sequential class sources each training reader holds open (the most drawn classes); the other
     classes are read one sample per ranged read from the shards' sample index."""
-    read_ahead: int = 16
+    read_ahead: int = 32
     """Ranged sample reads each training reader keeps in flight ahead of the samples it delivers (the
     same samples in the same order; 0 reads each sample when it is delivered). Hides the per-request
     latency of an object store; memory ahead is bounded too (64 MiB of samples a reader)."""

@@ -111,7 +111,7 @@ def class_weights(counts: Mapping[K, int], class_balance: float) -> dict[K, floa
 MAX_OPEN_SOURCES = 8
 """Default of `data.max_open_sources`: sequential class sources one training reader holds open."""
 
-READ_AHEAD = 16
+READ_AHEAD = 32
 """Default of `data.read_ahead`: ranged sample reads one training reader keeps ahead of its consumer
 (and the most GET requests it has in flight at once); 0 reads each sample when it is drawn."""
 

@@ -74,7 +74,7 @@ def client() -> Any:
             retries={"max_attempts": 3, "mode": "standard"},
             connect_timeout=5,
             read_timeout=30,
-            max_pool_connections=16,
+            max_pool_connections=32,  # >= data.read_ahead (32): a training reader's reads in flight
         )
         _client = boto3.session.Session().client("s3", config=config)
         _client_pid = os.getpid()
