@@ -74,9 +74,10 @@ def stage_input(cfg: LTADConfig, *, commit: str | None = None, **results: Any) -
 
 def git_commit() -> str:
     """The commit this code is: LTAD_GIT_COMMIT when set, else `git rev-parse` in the checkout
-    (`+dirty` with uncommitted changes), else the commit `.git/HEAD` and the refs name (what `ray job
-    submit --working-dir .` uploads of .git, see .rayignore: no objects, so uncommitted changes cannot
-    be checked there and the commit is marked `+unverified`), else the image's LTAD_IMAGE_COMMIT (the
+    (`+dirty` with uncommitted changes), else the commit HEAD and the refs name (what `ray job submit
+    --working-dir .` uploads of them through the `.ltad-git` link, see .rayignore; Ray never uploads
+    .git itself, and without objects uncommitted changes cannot be checked, so the commit is marked
+    `+unverified`), else the image's LTAD_IMAGE_COMMIT (the
     code baked into it), else 'unknown'."""
     if os.environ.get("LTAD_GIT_COMMIT"):
         return os.environ["LTAD_GIT_COMMIT"]
@@ -89,7 +90,7 @@ def git_commit() -> str:
             ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
         )
     except (OSError, subprocess.CalledProcessError):
-        found = commit_from_refs(root / ".git")
+        found = commit_from_refs(root / ".git") or commit_from_refs(root / ".ltad-git")
         if found:
             return f"{found}+unverified"
         return os.environ.get("LTAD_IMAGE_COMMIT") or "unknown"  # baked into docker/Dockerfile's image

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
 import torch
@@ -354,21 +356,35 @@ def test_the_commit_is_read_from_head_and_refs_when_git_cannot_run(tmp_path):
 
 
 def test_rayignore_uploads_head_and_refs_but_no_objects_config_or_index():
-    """The working-dir package Ray builds from this checkout carries .git/HEAD and the refs only."""
+    """The working-dir package `ray job submit` builds from this checkout (Ray's default excludes, .git
+    among them, plus .gitignore and .rayignore) carries HEAD and the refs through .ltad-git, nothing else
+    of .git."""
     import logging
     import tempfile
     import zipfile
     from pathlib import Path
 
+    from ray._private.ray_constants import get_runtime_env_default_excludes
     from ray._private.runtime_env.packaging import _zip_files
+
+    from ltad.training.inputs import commit_from_refs
 
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").is_dir():
         pytest.skip("not a git checkout")
+    excludes = get_runtime_env_default_excludes()
+    assert ".git" in excludes  # why the link exists
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "pkg.zip"
-        _zip_files(str(root), [], str(out), include_gitignore=True, logger=logging.getLogger("t"))
-        names = [n for n in zipfile.ZipFile(out).namelist() if n.startswith(".git/")]
-    assert ".git/HEAD" in names
-    assert any(n.startswith(".git/refs/heads/") for n in names) or (root / ".git" / "packed-refs").is_file()
-    assert not [n for n in names if n.startswith((".git/objects", ".git/config", ".git/index", ".git/logs"))]
+        _zip_files(str(root), excludes, str(out), include_gitignore=True, logger=logging.getLogger("t"))
+        with zipfile.ZipFile(out) as z:
+            names = [n for n in z.namelist() if n.startswith((".git/", ".ltad-git/"))]
+            z.extractall(Path(d) / "job", members=names)
+        found = commit_from_refs(Path(d) / "job" / ".ltad-git")
+    assert ".ltad-git/HEAD" in names and not [n for n in names if n.startswith(".git/")]
+    bad = (".ltad-git/objects", ".ltad-git/config", ".ltad-git/index", ".ltad-git/logs", ".ltad-git/hooks")
+    assert not [n for n in names if n.startswith(bad)]
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
+    assert found == head  # what the job reads is the checkout's commit
