@@ -4,12 +4,13 @@ As with ASHA (ltad/sweep/scheduler.py), trials of different levels train on diff
 study that mixed them would learn the level's difficulty, not the fields'. `LevelSearch` keeps one
 study per level and hands out `num_samples` trials per level, round robin (so levels progress
 together), each config being {'level': name, key: value, ...}; results reach only their level's study.
-It pickles its own state (Tune saves searchers with experiment snapshots, and `Tuner.restore` reads it).
+Tune saves searchers with experiment snapshots (`Tuner.restore` reads them): its own bookkeeping goes
+to JSON, each level's study to Ray's `OptunaSearch.save` beside it; ltad itself never unpickles.
 """
 
 from __future__ import annotations
 
-import pickle
+import json
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -64,9 +65,18 @@ class LevelSearch(Searcher):
             self.studies[self.level_of[trial_id]].on_trial_complete(trial_id, result, error)
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__.copy(), f)
+        levels = list(self.studies)
+        for i, level in enumerate(levels):
+            self.studies[level].save(f"{checkpoint_path}.level{i}")
+        state = {"levels": levels, "issued": self.issued, "level_of": self.level_of}
+        with open(checkpoint_path, "w") as f:
+            json.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        with open(checkpoint_path) as f:
+            state = json.load(f)
+        for i, level in enumerate(state["levels"]):
+            if level in self.studies:
+                self.studies[level].restore(f"{checkpoint_path}.level{i}")
+        self.issued = {lv: int(state["issued"].get(lv, 0)) for lv in self.studies}
+        self.level_of = {str(k): str(v) for k, v in state["level_of"].items()}
