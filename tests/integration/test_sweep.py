@@ -67,6 +67,29 @@ def _wait(client, job: str, timeout: float, until=None) -> str:
     raise AssertionError(f"job {job} still {status} after {timeout} s:\n{client.get_job_logs(job)[-4000:]}")
 
 
+def _wait_released(address: str, timeout: float) -> None:
+    """Until no Ray Train worker is alive and no placement group holds resources on the head."""
+    from ray.util.state import list_actors, list_placement_groups
+
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = list_actors(
+            address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+            raise_on_missing_output=False,
+        )  # fmt: skip
+        groups = list_placement_groups(
+            address=address, filters=[("state", "=", "CREATED")], raise_on_missing_output=False
+        )
+        if not workers and not groups:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the stopped sweep still holds {len(workers)} Ray Train workers and {len(groups)} "
+                f"placement groups after {timeout:.0f} s"
+            )
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def killed_and_restored(ray_head, tiny_data, s3_server, tmp_path_factory):
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -91,6 +114,9 @@ def killed_and_restored(ray_head, tiny_data, s3_server, tmp_path_factory):
     client.stop_job(first)
     assert _wait(client, first, 120) == JobStatus.STOPPED
     first_log = client.get_job_logs(first)
+    # a stopped job's Ray Train workers and placement groups are released asynchronously: the
+    # resubmission waits for them, so its trials do not queue behind the stopped job's leftovers
+    _wait_released(ray_head["RAY_ADDRESS"], 180)
     second = client.submit_job(
         entrypoint=f"python tune/sweep.py --config {space_file} --resume", runtime_env=env
     )
