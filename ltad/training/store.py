@@ -42,17 +42,22 @@ def step_dir(root: str, step: int, final: bool = False) -> str:
     return storage.join(root, f"step-{step:07d}{'-final' if final else ''}")
 
 
-def _complete(root: str) -> list[tuple[int, bool, str]]:
-    """(step, final, uri) of every complete checkpoint under `root`, oldest first."""
+def _by_dir(root: str, listing: list[str] | None = None) -> dict[str, set[str]]:
+    """Step directory name -> the relative names of its files, from one listing of `root`."""
     files: dict[str, set[str]] = {}
     prefix = root.rstrip("/") + "/"
-    for uri in storage.list(root):
+    for uri in storage.list(root) if listing is None else listing:
         rel = uri[len(prefix) :] if uri.startswith(prefix) else ""
         name, _, rest = rel.partition("/")
         if _STEP.match(name):
             files.setdefault(name, set()).add(rest)
+    return files
+
+
+def _complete(root: str, files: dict[str, set[str]] | None = None) -> list[tuple[int, bool, str]]:
+    """(step, final, uri) of every complete checkpoint under `root`, oldest first."""
     out = []
-    for name, names in files.items():
+    for name, names in (_by_dir(root) if files is None else files).items():
         m = _STEP.match(name)
         assert m is not None
         final = bool(m.group(2))
@@ -98,22 +103,26 @@ def seal(uri: str, local: str | Path, *, step: int, world_size: int, files: tupl
 
 
 def prune(root: str, keep: int = KEEP) -> list[str]:
-    """Delete complete non-final checkpoints older than the newest `keep` (and incomplete ones older
-    than the newest complete one: a crash's leftovers); the deleted directories."""
-    found = _complete(root)
+    """Delete complete non-final checkpoints older than the newest `keep`, and incomplete ones older
+    than the newest complete one (a crash's leftovers); the deleted directories. One listing."""
+    listing = storage.list(root)
+    files = _by_dir(root, listing)
+    found = _complete(root, files)
     partial = [uri for _, final, uri in found if not final]
     doomed = set(partial[:-keep] if keep else partial)
     if found:
-        newest = found[-1][0]
-        prefix = root.rstrip("/") + "/"
-        for uri in storage.list(root):
-            name = uri[len(prefix) :].split("/", 1)[0] if uri.startswith(prefix) else ""
+        complete = {uri for *_, uri in found}
+        for name in files:
+            uri = storage.join(root, name)
             m = _STEP.match(name)
-            if m and int(m.group(1)) < newest and storage.join(root, name) not in {u for *_, u in found}:
-                doomed.add(storage.join(root, name))
+            assert m is not None
+            if int(m.group(1)) < found[-1][0] and uri not in complete:
+                doomed.add(uri)
     for directory in sorted(doomed):
-        for uri in storage.list(directory):
-            storage.delete(uri)
+        prefix = directory.rstrip("/") + "/"
+        for uri in listing:
+            if uri.startswith(prefix):
+                storage.delete(uri)
     return sorted(doomed)
 
 
