@@ -27,6 +27,7 @@ COMMANDS = (
     "predict",
     "calibrate",
     "export",
+    "serve",
     "sweep",
     "summary",
     "study",
@@ -79,6 +80,7 @@ EXTRAS = {
     "onnxruntime": "onnx",
     "onnxscript": "onnx",
     "seaweedfs": "local",
+    "grpc_reflection": "serve",
 }
 """Top-level module -> the pyproject.toml extra that installs it (the core install lacks them)."""
 

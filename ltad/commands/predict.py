@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ltad.errors import ConfigError
+from ltad.inference.fetch import download_model
 from ltad.io.uri import resolve
 
 
@@ -38,27 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_arguments(p)
     return p
-
-
-def download_model(uri: str, folder: Path) -> Path:
-    """Copy the exported model at an s3:// prefix into `folder` (read_meta then checks its files)."""
-    from ltad.errors import DataError
-    from ltad.io import storage
-
-    prefix = uri.rstrip("/")
-    objects = storage.list(prefix)
-    names = {obj.rsplit("/", 1)[-1] for obj in objects}
-    missing = [n for n in ("config.yaml", "export.json") if n not in names]
-    if not {"weights.pt", "model.onnx"} & names:
-        missing.insert(0, "weights.pt (or model.onnx)")
-    if missing:
-        raise DataError(f"'{uri}' is not an exported ltad model: {', '.join(missing)} missing")
-    for obj in objects:
-        rel = obj[len(prefix) + 1 :]
-        target = folder / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(storage.read_bytes(obj))
-    return folder
 
 
 def batch_size(value: str) -> int:
