@@ -85,6 +85,15 @@ def decide(meta: dict[str, Any], raw_score: float, pred_class: str | int) -> boo
     return bool(raw_score >= class_normalisation(meta, pred_class)["threshold"])
 
 
+def threshold_of(meta: dict[str, Any], pred_class: str) -> tuple[float, str]:
+    """The raw threshold an image predicted as `pred_class` is decided by, and where it comes from: `class`
+    (calibrated on its held-out normals), `fallback` (calibrated, class uncovered) or `uncalibrated`."""
+    threshold = float(class_normalisation(meta, pred_class)["threshold"])
+    calibration = meta.get("calibration")
+    source = calibration["per_class"][pred_class]["source"] if calibration else "uncalibrated"
+    return threshold, source
+
+
 def _calibrated(calibration: dict[str, Any]) -> dict[str, Any]:
     """The calibration record with each class's normalisation (ltad/eval/normalise.py)."""
     low = calibration["low"]

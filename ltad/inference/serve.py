@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ltad.errors import ConfigError
-from ltad.inference.export import class_normalisation
+from ltad.inference.export import threshold_of
 
 MB = 1 << 20
 
@@ -174,15 +174,6 @@ def map_png(nmap: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(np.round(nmap * 255).astype(np.uint8), mode="L").save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def threshold_of(meta: dict[str, Any], pred_class: str) -> tuple[float, str]:
-    """The raw threshold an image of `pred_class` is decided by, and where it comes from: `class`
-    (calibrated on its held-out normals), `fallback` (calibrated, class uncovered) or `uncalibrated`."""
-    threshold = float(class_normalisation(meta, pred_class)["threshold"])
-    calibration = meta.get("calibration")
-    source = calibration["per_class"][pred_class]["source"] if calibration else "uncalibrated"
-    return threshold, source
 
 
 def load_predictor(options: ServeOptions) -> Any:

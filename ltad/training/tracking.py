@@ -8,7 +8,8 @@ and a resumed stage logs the same points an uninterrupted one would. The driver 
   as text);
 - after each training stage, its history as metrics `<stage>/<name>` at their steps;
 - after the evaluation, the headline metrics as `evaluate/<metric>`, and (MLflow) the published
-  outputs and history.jsonl as artefacts.
+  outputs and history.jsonl as artefacts, and the export as a pyfunc model (`ltad-model`,
+  inference/mlflow_model.py) for the registry and `mlflow models serve`.
 
 MLflow: `run.tracking_uri` (an `http(s)://` server, a `file:` URI or a local directory), by default
 `{run.output}/mlruns` when the output is local. A local store lies on the driver's node; on a cluster
@@ -136,6 +137,14 @@ class MlflowLogger:
     def log_artifacts(self, directory: Path) -> None:
         self.client.log_artifacts(self.run_id, str(directory))
 
+    def log_model(self, export_dir: Path) -> str:
+        """The export as an MLflow pyfunc model of this run (inference/mlflow_model.py); its URI."""
+        from ltad.inference.mlflow_model import log_pyfunc
+
+        uri = log_pyfunc(self.client, self.run_id, export_dir)
+        self.client.set_tag(self.run_id, "ltad.pyfunc_model", uri)
+        return uri
+
     def close(self, ok: bool) -> None:
         self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
 
@@ -181,7 +190,7 @@ class Tracker:
     """The configured loggers of one job, on its driver; does nothing when `run.loggers` is empty."""
 
     def __init__(self, cfg: LTADConfig, log=None) -> None:
-        self.cfg = cfg
+        self.cfg, self.log = cfg, log
         self.mlflow: MlflowLogger | None = None
         self.tensorboard: TensorBoardLogger | None = None
         run = cfg.run
@@ -218,9 +227,15 @@ class Tracker:
             self.tensorboard.log_metrics(stage, points)
 
     def outputs(self, directory: Path) -> None:
-        """(MLflow) the published outputs, from their local copy in `directory`, as artefacts."""
+        """(MLflow) the published outputs, from their local copy in `directory`, as artefacts, and the
+        export in its `model/` as a pyfunc model (`runs:/<run id>/ltad-model`, the run's tag
+        `ltad.pyfunc_model`), which the MLflow registry and `mlflow models serve` take."""
         if self.mlflow is not None:
             self.mlflow.log_artifacts(directory)
+            if (directory / "model" / "export.json").is_file():
+                uri = self.mlflow.log_model(directory / "model")
+                if self.log is not None:
+                    self.log(f"mlflow: logged the export as pyfunc model {uri}")
 
     def evaluation(self, summary: dict[str, float]) -> None:
         """The evaluation's headline metrics as `evaluate/<metric>`."""
