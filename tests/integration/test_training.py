@@ -218,6 +218,7 @@ def test_history_jsonl_and_trackers(trained):
     assert run.data.metrics["evaluate/image_AUROC"] == metrics["image_AUROC"]
     artefacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "report.md", "scores.csv", "history.jsonl", "model"} <= artefacts
+    assert "ltad-model" in artefacts  # the export as a pyfunc model (test_mlflow_model.py loads one)
 
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
