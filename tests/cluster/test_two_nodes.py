@@ -197,47 +197,114 @@ def test_data_on_a_falsely_declared_shared_fs_is_refused_by_the_other_node(
     assert took < 60
 
 
-def test_sweep_across_both_nodes_summarises_every_trial(two_nodes, tiny_data, s3_server, tmp_path):
+def test_open_sweep_across_both_nodes_reaches_results_csv_and_mlflow(
+    two_nodes, tiny_data, s3_server, tmp_path
+):
+    """An open sweep (ltad/sweep/space.py `params`) searched by Optuna, submitted as a Ray job to the
+    two nodes: two fields the grid sweeps cannot search (`phase2.lr` loguniform, the scoring weight
+    `model.score.fusion_lambda` uniform), two trials of 2 workers each (one per node), two steps per
+    phase. Neither field shapes phase 1, so both trials share one phase-1 run. Each trial's own values
+    reach its run config, sweep.json, the summary's results.csv and MLflow (Tune's callback runs in the
+    job's driver on the head, so a store on this machine works). This test also carries what
+    tests/integration/test_open_sweep.py checked in process (that file is gone; its one-node cost was
+    83 s)."""
+    import csv
+    import io
+    import math
+
+    from mlflow.tracking import MlflowClient
+
     from ltad.eval.summary import read_sweep
     from ltad.io import storage
+    from ltad.sweep.driver import TRIAL_STAGE, launches
+    from ltad.sweep.space import load_space
+    from ltad.training.tracking import allow_file_store, mlflow_uri
 
+    fields = ("phase2.lr", "model.score.fusion_lambda")
     _, _, env = two_nodes
     root = f"s3://{s3_server.bucket}/cluster-sweep-{tmp_path.name}"
     cfg = tiny_config(
         tmp_path,
         tiny_data,
-        data={"use_feature_cache": True},
+        data={"use_feature_cache": True, "cache_uri": f"{root}/cache"},
+        phase1={"steps": 2},
+        phase2={"steps": 2, "validate_every": 2},
         # 2 workers of 0.99 CPU + the trial's 0.01-CPU driver fit the 2 one-CPU nodes
         scaling={"num_workers": 2, "cpus_per_worker": 0.99},
-        run={"max_failures": 0},
+        run={
+            "log_every": 2,
+            "checkpoint_every": 2,
+            "max_failures": 0,
+            "loggers": ["mlflow"],
+            "tracking_uri": str(tmp_path / "mlruns"),
+        },
     )
     (tmp_path / "base.yaml").write_text(cfg.to_yaml())
     space = {
         "name": "cluster",
         "config": str(tmp_path / "base.yaml"),
         "levels": [{"profile": "exp", "ratio": 4, "data": tiny_data}],
-        "prompt_lengths": [2],
-        "synthesis_ratios": [0.0, 0.5],
+        "params": {
+            "phase2.lr": {"loguniform": [1e-4, 1e-2]},
+            "model.score.fusion_lambda": {"uniform": [0.5, 2.0]},
+        },
+        "search": "optuna",
+        "num_samples": 2,
+        "metric": "val_image_AUROC",
+        "mode": "max",
         "root": root,
-        "asha": None,
     }
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    proc, took = _submit(env, "python", "tune/sweep.py", "--config", str(tmp_path / "space.yaml"))
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space, sort_keys=False))
+    loaded = load_space(space_file)
+    assert loaded.phase1_keys() == () and [r.name for r in loaded.phase1_runs()] == ["exp4"]
+
+    proc, took = _submit(env, "python", "tune/sweep.py", "--config", str(space_file))
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
     assert "sweep cluster: {'finished': 2}" in log
     sweep = read_sweep(root)
-    assert sorted(t["status"] for t in sweep["trials"]) == ["finished", "finished"]
-    for trial in sweep["trials"]:
-        metrics = storage.read_json(f"{root}/trials/{trial['name']}/metrics.json")
+    trials = sweep["trials"]
+    assert len(trials) == 2 and {t["status"] for t in trials} == {"finished"}, trials
+    values = {t["name"]: tuple(t["params"][k] for k in fields) for t in trials}
+    assert len(set(values.values())) == 2  # Optuna proposed two settings
+    for lr, lam in values.values():
+        assert 1e-4 <= lr <= 1e-2 and 0.5 <= lam <= 2.0
+    for t in trials:
+        metrics = storage.read_json(f"{root}/{t['path']}/metrics.json")
         assert metrics["provenance"]["world_size"] == 2
-    nodes = _train_worker_nodes(env, _job_id(env, str(tmp_path / "space.yaml")))
+        recorded = metrics["provenance"]["config"]  # each trial ran with its own values
+        assert (recorded["phase2"]["lr"], recorded["model"]["score"]["fusion_lambda"]) == values[t["name"]]
+    assert launches(loaded, "phase1") == ["exp4"] and sorted(launches(loaded, TRIAL_STAGE)) == sorted(values)
+    nodes = _train_worker_nodes(env, _job_id(env, str(space_file)))
     assert len(set(nodes)) == 2, nodes
+
     summary = subprocess.run(
         [PYTHON, "jobs/summary.py", "--sweep", root, "--out", f"{root}/summary"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert summary.returncode == 0, summary.stderr[-3000:]
     assert "summary: 2 runs" in summary.stdout
-    assert storage.exists(f"{root}/summary/results.csv") and storage.exists(f"{root}/summary/report.md")
-    print(f"[cluster] sweep + summary: {took:.0f} s", flush=True)
+    assert storage.exists(f"{root}/summary/report.md")
+    rows = {
+        r["trial"]: r
+        for r in csv.DictReader(io.StringIO(storage.read_bytes(f"{root}/summary/results.csv").decode()))
+    }
+    assert set(rows) == set(values)
+    for name, (lr, lam) in values.items():
+        assert math.isclose(float(rows[name]["phase2.lr"]), lr)
+        assert math.isclose(float(rows[name]["model.score.fusion_lambda"]), lam)
+
+    uri = mlflow_uri(loaded.base.run)  # the file: URI the driver logged to
+    allow_file_store(uri)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cluster").experiment_id])
+    logged = {
+        (float(r.data.params["phase2.lr"]), float(r.data.params["model.score.fusion_lambda"])) for r in runs
+    }
+    assert {r.data.params["level"] for r in runs} == {"exp4"}
+    assert {r.data.tags["trial_name"] for r in runs} == set(values)  # MLflow runs named as the trials
+    assert all(
+        any(math.isclose(a, lr) and math.isclose(b, lam) for a, b in logged) for lr, lam in values.values()
+    )
+    print(f"[cluster] open sweep + summary: {took:.0f} s", flush=True)
