@@ -50,7 +50,7 @@ def make_model(work: Path) -> Path:
     from ltad.models.state import build_model
     from tests.integration.conftest import TINY_MODEL
 
-    root = synthesize(work / "synth", classes=2, image_size=64, train_per_class=4, test_per_class=1, seed=1)
+    root = synthesize(work / "synth", classes=2, image_size=64, train_per_class=4, test_per_class=2, seed=1)
     cfg = LTADConfig.from_dict({"model": TINY_MODEL})
     model = build_model(cfg, 2).eval()
     model.cache_text()
