@@ -151,7 +151,8 @@ def start(out: str, plan: Plan, overwrite: bool) -> set[int]:
         if not storage.is_s3(out):
             other = [n for n in (*OUTPUTS, PARTS, MANIFEST) if (Path(out) / n).exists()]
         else:
-            other = [n for n in (PARTS, MANIFEST, "maps") if storage.list(storage.join(out, n))][:1]
+            other = [n for n in (PARTS, "maps") if storage.list(storage.join(out, n))]
+            other += [MANIFEST] if storage.exists(storage.join(out, MANIFEST)) else []
         if other:
             raise ConfigError(
                 f"--out '{out}' already holds predictions without a {PLAN} ({', '.join(other)}); "
