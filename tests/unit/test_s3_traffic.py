@@ -1,0 +1,126 @@
+"""What ltad asks of S3, counted at the counting proxy (tools/services/s3_proxy.py) in front of real
+SeaweedFS: the proxy's records, server-side copies, checked weights copies, naming weights by HEAD."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import urlsplit
+
+import pytest
+
+from ltad.config import EncoderConfig
+from ltad.errors import StorageError
+from ltad.io import blobs, storage
+from tools.services.s3_proxy import CountingProxy, summarise
+
+
+@pytest.fixture
+def proxy(s3_server, monkeypatch):
+    """The proxy in front of the session's SeaweedFS, this process's S3 client pointed at it."""
+    import os
+
+    port = urlsplit(os.environ["AWS_ENDPOINT_URL"]).port
+    with CountingProxy(port) as p:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", p.endpoint)
+        storage.reset_client()
+        yield p
+    storage.reset_client()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv(blobs.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache" / "weights"
+
+
+def test_the_proxy_records_each_request_with_its_key_and_bytes(proxy, s3_server, tmp_path):
+    base = f"s3://{s3_server.bucket}/proxy-{tmp_path.name}"
+    local = tmp_path / "a.bin"
+    local.write_bytes(b"x" * 100_000)
+    storage.upload_file(local, f"{base}/a.bin")
+    assert storage.read_range(f"{base}/a.bin", 10, 1000) == b"x" * 1000
+    storage.copy(f"{base}/a.bin", f"{base}/b.bin", size=100_000)
+    assert storage.head(f"{base}/b.bin")["size"] == 100_000
+    assert storage.list(base) == [f"{base}/a.bin", f"{base}/b.bin"]
+    key = f"{s3_server.bucket}/proxy-{tmp_path.name}"
+    mine = [r for r in proxy.records() if r["key"].startswith(key)]
+    assert [(r["method"], r["key"].rsplit("/", 1)[-1], r["status"]) for r in mine[:4]] == [
+        ("PUT", "a.bin", 200),
+        ("GET", "a.bin", 206),
+        ("PUT", "b.bin", 200),
+        ("HEAD", "b.bin", 200),
+    ]
+    put, get, copy = mine[:3]
+    assert put["up"] == 100_000 and put["copy_source"] == ""
+    assert get["down"] == 1000 and get["range"] == "bytes=10-1009"
+    assert copy["copy_source"].endswith(f"{key}/a.bin") and copy["up"] == 0 and copy["down"] < 1000
+    counts = summarise(proxy.records(), key)
+    assert counts["COPY"]["requests"] == 1 and counts["PUT"] == {"requests": 1, "up": 100_000, "down": 0}
+    assert proxy.stats()["gets"] >= 2  # the range read and the listing
+    proxy.reset()
+    assert proxy.records() == []
+
+
+def test_storage_copy_between_local_and_s3_keeps_the_bytes(s3_server, tmp_path):
+    base = f"s3://{s3_server.bucket}/copy-{tmp_path.name}"
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"weights" * 999)
+    storage.copy(str(src), f"{base}/up.bin")
+    storage.copy(f"{base}/up.bin", str(tmp_path / "down" / "down.bin"))
+    storage.copy(str(tmp_path / "down" / "down.bin"), str(tmp_path / "again.bin"))
+    assert (tmp_path / "again.bin").read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "down").iterdir()) == ["down.bin"]  # no temp file left
+    with pytest.raises(StorageError, match="no file at"):
+        storage.copy(str(tmp_path / "absent.bin"), str(tmp_path / "x.bin"))
+
+
+def test_weights_are_copied_server_side_only_while_unchanged(proxy, s3_server, tmp_path, cache):
+    """The publishing of a run's encoder weights: a server-side copy when the object still has the
+    ETag the run fetched it with; replaced weights are refused in one sentence, nothing written."""
+    base = f"s3://{s3_server.bucket}/weights-{tmp_path.name}"
+    local = tmp_path / "clip.pt"
+    local.write_bytes(b"one" * 50_000)
+    storage.upload_file(local, f"{base}/clip.pt")
+    used = blobs.resolve(f"{base}/clip.pt")  # what a worker fetched, with its ETag
+    assert used.etag
+    proxy.reset()
+    blobs.copy_checked(f"{base}/clip.pt", used.sha256, f"{base}/out/encoder.pt", etag=used.etag)
+    counts = summarise(proxy.records(), f"{s3_server.bucket}/weights-{tmp_path.name}")
+    assert set(counts) == {"HEAD", "COPY"} and counts["COPY"]["requests"] == 1, counts
+    assert storage.read_bytes(f"{base}/out/encoder.pt") == local.read_bytes()
+
+    local.write_bytes(b"two" * 50_000)
+    storage.upload_file(local, f"{base}/clip.pt")
+    with pytest.raises(StorageError, match=f"the encoder weights at {base}/clip.pt changed since the run"):
+        blobs.copy_checked(f"{base}/clip.pt", used.sha256, f"{base}/out2/encoder.pt", etag=used.etag)
+    assert not storage.exists(f"{base}/out2/encoder.pt")
+    # a local source is hashed, then copied
+    blobs.copy_checked(str(local), hashlib.sha256(local.read_bytes()).hexdigest(), str(tmp_path / "e.pt"))
+    assert (tmp_path / "e.pt").read_bytes() == local.read_bytes()
+
+
+def test_the_feature_cache_is_named_without_downloading_the_weights(proxy, s3_server, tmp_path, cache):
+    """A driver on a CPU head names the feature cache by one HEAD of the weights: no GET, no copy in
+    its node's cache. Replacing the object changes the name; `sha256` metadata names it by content."""
+    from ltad.training.feature_cache import fingerprint
+
+    man = SimpleNamespace(
+        shards={"train": [SimpleNamespace(name="train/a-000000.tar", sha256="1")], "test": []}
+    )
+    base = f"s3://{s3_server.bucket}/fingerprint-{tmp_path.name}"
+    local = tmp_path / "clip.pt"
+    local.write_bytes(b"one" * 1000)
+    storage.upload_file(local, f"{base}/clip.pt")
+    proxy.reset()
+    first = fingerprint(EncoderConfig(pretrained=f"{base}/clip.pt"), man)
+    methods = [r["method"] for r in proxy.records() if "clip.pt" in r["key"]]
+    assert methods == ["HEAD"], methods
+    assert not cache.exists()
+    local.write_bytes(b"two" * 1000)
+    storage.upload_file(local, f"{base}/clip.pt")
+    assert fingerprint(EncoderConfig(pretrained=f"{base}/clip.pt"), man) != first
+    sha = hashlib.sha256(local.read_bytes()).hexdigest()
+    storage.upload_file(local, f"{base}/clip.pt", metadata={"sha256": sha})
+    assert blobs.content_id(f"{base}/clip.pt") == sha == blobs.content_id(str(local))
