@@ -415,7 +415,9 @@ def copy(src: str, dst: str, *, size: int | None = None, if_match: str | None = 
         from boto3.s3.transfer import TransferConfig
 
         info = head(src) or {}
-        config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)
+        config = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD
+        )
         args = {"Metadata": info.get("metadata", {}), **({"CopySourceIfMatch": if_match} if if_match else {})}
         _call(dst, client().copy, CopySource=source, Bucket=db, Key=dk, ExtraArgs=args, Config=config)
         return

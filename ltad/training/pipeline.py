@@ -135,7 +135,9 @@ def run_pipeline(
     checked before any stage runs. Every training stage rewrites `{run.output}/history.jsonl`
     (history.py) and feeds `run.loggers` (tracking.py).
     """
-    cfg = preflight.check_run(cfg, log)  # before any stage: locations every node can reach
+    # before any stage: locations every node can reach, a checkpoint given by `--checkpoint` included
+    given = [("--checkpoint", uri_of(c)) for c in (checkpoints or {}).values()]
+    cfg = preflight.check_run(cfg, log, given)
     with Tracker(cfg, log) as tracker:
         return _run_stages(cfg, tracker, stages, checkpoints, log)
 

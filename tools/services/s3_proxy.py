@@ -17,6 +17,7 @@ CLI: `python -m tools.services.s3_proxy TARGET_PORT [DELAY_MS]` prints {"port", 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -105,10 +106,8 @@ class _Server:
             if task.done():
                 continue
             if task is down and pending:  # the client closed after its last request: let it answer
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(task, 30)
-                except (TimeoutError, asyncio.TimeoutError):
-                    pass
             task.cancel()
         for w in (client_w, server_w):
             w.close()
