@@ -124,3 +124,33 @@ def test_the_feature_cache_is_named_without_downloading_the_weights(proxy, s3_se
     sha = hashlib.sha256(local.read_bytes()).hexdigest()
     storage.upload_file(local, f"{base}/clip.pt", metadata={"sha256": sha})
     assert blobs.content_id(f"{base}/clip.pt") == sha == blobs.content_id(str(local))
+
+
+def test_a_rank_s_restore_reads_its_own_zero_shard_and_the_model_states_only(proxy, s3_server, tmp_path):
+    """Counted at the store: one listing, then one GET each of the rank's ZeRO shard, the model states
+    and the history; never the other ranks' shards, the marker or DeepSpeed's recovery script."""
+    from ltad.training import store
+
+    local = tmp_path / "ckpt"
+    (local / "ds").mkdir(parents=True)
+    for rank in (0, 1, 2):
+        (local / "ds" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"s" * 5000)
+    (local / "ds" / "mp_rank_00_model_states.pt").write_bytes(b"m" * 3000)
+    (local / "ds" / "zero_to_fp32.py").write_text("# recovery script\n")
+    (local / "ds" / "latest").write_text("ds")
+    (local / "history.jsonl").write_text("{}\n")
+    uri = store.step_dir(f"s3://{s3_server.bucket}/restore-{tmp_path.name}/run-phase2", 8)
+    store.upload_rank_files(local, uri, skip=("history.jsonl",))
+    store.seal(uri, local, step=8, world_size=3, files=("history.jsonl",))
+    proxy.reset()
+    store.download(uri, tmp_path / "rank1", rank=1)
+    key = uri.removeprefix("s3://") + "/"
+    gets = sorted(
+        r["key"].removeprefix(key) for r in proxy.records() if r["method"] == "GET" and r["query"] == ""
+    )
+    assert gets == [
+        "ds/mp_rank_00_model_states.pt",
+        "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt",
+        "history.jsonl",
+    ]
+    assert sum(r["down"] for r in proxy.records() if r["query"] == "") == 5000 + 3000 + 3
