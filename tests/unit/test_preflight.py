@@ -144,6 +144,7 @@ def test_s3_everywhere_passes_on_many_nodes():
         ({"run": {"storage_path": "/mnt/ray"}}, "run.storage_path", "/mnt/ray"),
         ({"data": {"uri": "/data/shards"}}, "data.uri", "/data/shards"),
         ({"model": {"encoder": {"pretrained": "/w/clip.pt"}}}, "model.encoder.pretrained", "/w/clip.pt"),
+        ({"data": {"cache_uri": "/srv/features"}}, "data.cache_uri", "/srv/features"),
     ],
 )
 def test_local_location_on_many_nodes_is_one_line_naming_key_and_value(override, key, value):
@@ -191,7 +192,7 @@ def test_relative_paths_become_absolute_on_the_driver(tmp_path, monkeypatch):
     assert preflight.absolute_config(_cfg(storage_path="")).run.storage_path == ""
 
 
-def test_sweep_root_and_level_data_must_be_shared(tmp_path):
+def test_sweep_root_level_data_cache_and_weights_must_be_shared(tmp_path):
     space = Space(
         name="s",
         base=_cfg(),
@@ -207,6 +208,10 @@ def test_sweep_root_and_level_data_must_be_shared(tmp_path):
     local_cache = Space(**{**space.__dict__, "levels": space.levels[:1], "base": cache})
     with pytest.raises(ConfigError, match=r"^data.cache_uri '/srv/features' is a local path"):
         preflight.check_locations(preflight.sweep_locations(local_cache), multi_node=True, shared_fs=False)
+    weights = LTADConfig.from_dict({**_cfg().to_dict(), "model": {"encoder": {"pretrained": "/w/clip.pt"}}})
+    local_weights = Space(**{**space.__dict__, "levels": space.levels[:1], "base": weights})
+    with pytest.raises(ConfigError, match=r"^model.encoder.pretrained '/w/clip.pt' is a local path"):
+        preflight.check_locations(preflight.sweep_locations(local_weights), multi_node=True, shared_fs=False)
     preflight.check_locations(preflight.sweep_locations(space), multi_node=False, shared_fs=False)
 
 

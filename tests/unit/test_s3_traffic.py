@@ -4,6 +4,7 @@ SeaweedFS: the proxy's records, server-side copies, checked weights copies, nami
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlsplit
@@ -154,3 +155,71 @@ def test_a_rank_s_restore_reads_its_own_zero_shard_and_the_model_states_only(pro
         "history.jsonl",
     ]
     assert sum(r["down"] for r in proxy.records() if r["query"] == "") == 5000 + 3000 + 3
+
+
+def _evaluation(local: Path, weights: Path, sha: str, etag: str | None = None) -> None:
+    """An evaluation directory as the job leaves it: its model refers to the encoder weights."""
+    import json
+
+    (local / "model").mkdir(parents=True)
+    (local / "model" / "weights.pt").write_bytes(b"w" * 2000)
+    record = {"file": "encoder.pt", "sha256": sha, "source": str(weights), **({"etag": etag} if etag else {})}
+    (local / "model" / "export.json").write_text(
+        json.dumps({"format": "ltad-model/1", "encoder_weights": record})
+    )
+    (local / "report.md").write_text("# report\n")
+    (local / "metrics.json").write_text("{}")
+    (local / ".ray-metadata").write_text("{}")
+
+
+def test_publish_copies_server_side_and_adds_the_weights_once(proxy, s3_server, tmp_path, cache):
+    from ltad.training.pipeline import publish
+    from ltad.training.store import upload_rank_files
+
+    base = f"s3://{s3_server.bucket}/publish-{tmp_path.name}"
+    local = tmp_path / "clip.pt"
+    local.write_bytes(b"clip" * 20_000)
+    storage.upload_file(local, f"{base}/weights/clip.pt")
+    used = blobs.resolve(f"{base}/weights/clip.pt")
+    _evaluation(tmp_path / "eval", Path(f"{base}/weights/clip.pt"), used.sha256, used.etag)
+    export = json.loads((tmp_path / "eval" / "model" / "export.json").read_text())
+    export["encoder_weights"]["source"] = f"{base}/weights/clip.pt"  # Path() collapsed the s3:// slashes
+    (tmp_path / "eval" / "model" / "export.json").write_text(json.dumps(export))
+    upload_rank_files(tmp_path / "eval", f"{base}/ray/evaluation-1")
+    proxy.reset()
+    folders = []
+    written = publish(f"{base}/ray/evaluation-1", f"{base}/out", then=lambda d: folders.append(sorted(
+        p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())))  # fmt: skip
+    names = ["model/encoder.pt", "model/export.json", "model/weights.pt", "report.md", "metrics.json"]
+    assert sorted(written) == sorted(f"{base}/out/{n}" for n in names) and written[-1].endswith(
+        "metrics.json"
+    )
+    assert folders == [sorted(names)]
+    assert storage.read_bytes(f"{base}/out/model/encoder.pt") == local.read_bytes()
+    out_key = f"{s3_server.bucket}/publish-{tmp_path.name}/out/"
+    writes = [r for r in proxy.records() if r["key"].startswith(out_key) and r["method"] == "PUT"]
+    assert len(writes) == 5 and all(r["copy_source"] and r["up"] == 0 for r in writes), writes
+    read = [r["key"].split("/evaluation-1/")[1] for r in proxy.records() if _get(r, "/ray/evaluation-1/")]
+    assert read == ["model/export.json"], read  # the weights' record: the files are copied, not read
+    assert [r for r in proxy.records() if _get(r, "/weights/clip.pt")] == []  # `then` reads the output
+
+
+def _get(record: dict, part: str) -> bool:
+    return record["method"] == "GET" and not record["query"] and part in record["key"]
+
+
+def test_publish_with_changed_weights_writes_no_metrics(tmp_path, cache):
+    """A source replaced since the run used it is one StorageError before metrics.json, so the output
+    never looks complete; a local evaluation to a local output copies the weights in."""
+    from ltad.training.pipeline import publish
+
+    weights = tmp_path / "clip.pt"
+    weights.write_bytes(b"one" * 1000)
+    _evaluation(tmp_path / "eval", weights, hashlib.sha256(weights.read_bytes()).hexdigest())
+    publish(str(tmp_path / "eval"), str(tmp_path / "out"))
+    assert (tmp_path / "out" / "model" / "encoder.pt").read_bytes() == weights.read_bytes()
+    assert not (tmp_path / "out" / ".ray-metadata").exists()
+    weights.write_bytes(b"two" * 1000)
+    with pytest.raises(StorageError, match=f"the encoder weights at {weights} changed since the run used"):
+        publish(str(tmp_path / "eval"), str(tmp_path / "out2"))
+    assert not (tmp_path / "out2" / "metrics.json").exists()
