@@ -105,7 +105,8 @@ def restore(engine, root: str, history: History | None = None) -> int:
     """Load the newest complete checkpoint under `root` into `engine`; the step to resume from (0).
     `history` takes the checkpoint's records up to that step.
 
-    Each worker downloads the shared files and its own ZeRO shard into its own temporary directory.
+    Each worker downloads its own ZeRO shard, the model states and the history (store.download) into its
+    own temporary directory.
     """
     import ray.train
 

@@ -3,8 +3,9 @@
 Feature shards sit beside the image shards at `{prefix}/features/{fingerprint}/{split}/...`, one
 feature shard per image shard with the same name and the same samples in the same order, so they
 reuse the data plane's shard writer, manifest (with its per-shard counts) and streams. The
-fingerprint hashes the encoder config, the sha256 of its checkpoint file (local or s3://) and the image
-shards' hashes: a different encoder, a replaced checkpoint or re-prepared shards get a new cache, never a
+fingerprint hashes the encoder config, what its checkpoint holds (a local file's sha256; an s3://
+object's `sha256` metadata, else its ETag and size: told by one HEAD, so the driver never downloads
+the weights to name the cache) and the image shards' hashes: a different encoder, a replaced checkpoint or re-prepared shards get a new cache, never a
 stale one. Samples: `key.feat.npy` (fp16 D x g x g), `key.glob.npy`
 (fp16 E), `key.cls`, `key.json`, and `key.mask.png` for defective test samples.
 
@@ -80,11 +81,13 @@ def fingerprint(encoder: EncoderConfig, manifest: Manifest) -> str:
 
 
 def _weights_sha256(pretrained: str) -> str | None:
-    """Content hash of a checkpoint file or s3:// object (config load makes existing paths absolute)."""
+    """What the checkpoint file or s3:// object holds (config load makes existing paths absolute):
+    `blobs.content_id`, so the driver names the cache without downloading the weights (an object
+    without `sha256` metadata is named by its ETag and size)."""
     if not (storage.is_s3(pretrained) or Path(pretrained).is_absolute()):
         return None
     try:
-        return blobs.resolve(pretrained).sha256
+        return blobs.content_id(pretrained)
     except StorageError as exc:
         raise StorageError(f"model.encoder.pretrained '{pretrained}': {exc}") from None
 

@@ -95,27 +95,35 @@ def _other_data(s3_server, tmp_path: Path) -> str:
 
 def test_job_runs_on_both_nodes_with_everything_on_s3(two_nodes, tiny_data, s3_server, tmp_path):
     """The job on both nodes, encoder weights from s3:// (each node fetches its own copy into its own
-    cache), data, output and checkpoints on S3; then the same run name with other data is refused."""
+    cache), data, output and checkpoints on S3, within its traffic budget (counted at a proxy in front
+    of the store: `_traffic_budget`); then the same run name with other data is refused."""
     import hashlib
+    from urllib.parse import urlsplit
 
     from ltad.data.manifest import read_manifest
     from ltad.io import storage
+    from tools.services.s3_proxy import CountingProxy
 
     head, node, env = two_nodes
     assert len(node.head_alive_nodes()) == 2
     prefix = f"s3://{s3_server.bucket}/cluster-{tmp_path.name}"
     weights = _encoder_checkpoint(tmp_path / "clip.pt")
     storage.upload_file(weights, f"{prefix}/weights/clip.pt")
+    proxy = CountingProxy(urlsplit(storage.endpoint()).port)  # the job's every S3 request goes through it
     # a cache dir under the pytest folders: node B sees its own empty tmpfs there, so it downloads itself
-    job_env = {"LTAD_CACHE_DIR": str(tmp_path / "cache")}
+    job_env = {"LTAD_CACHE_DIR": str(tmp_path / "cache"), "AWS_ENDPOINT_URL": proxy.endpoint}
     run = [
         "--out", f"{prefix}/out", "--set", f"run.storage_path={prefix}/ray", "--set", f"run.name={tmp_path.name}",
         "--set", f"model.encoder.pretrained={prefix}/weights/clip.pt",
     ]  # fmt: skip
     config = str(_config(tmp_path, tiny_data))
-    proc, took = _submit(
-        env, "python", "jobs/train.py", "--config", config, "--data", tiny_data, *run, job_env=job_env
-    )
+    try:
+        proc, took = _submit(
+            env, "python", "jobs/train.py", "--config", config, "--data", tiny_data, *run, job_env=job_env
+        )
+        records = proxy.records()
+    finally:
+        proxy.stop()
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "preflight: multi-node cluster; data manifest readable on 1 other node(s)" in log
@@ -133,8 +141,10 @@ def test_job_runs_on_both_nodes_with_everything_on_s3(two_nodes, tiny_data, s3_s
     assert len(nodes) == 2, nodes
     assert len(set(nodes)) == 2
     assert took < 600
+    _traffic_budget(records, prefix, weights, worker_nodes=len(set(nodes)), tmp_path=tmp_path)
 
     other = _other_data(s3_server, tmp_path)
+    job_env.pop("AWS_ENDPOINT_URL")  # the proxy is gone: the head's own endpoint
     proc, took = _submit(
         env, "python", "jobs/train.py", "--config", config, "--data", other, *run, job_env=job_env
     )
@@ -147,6 +157,55 @@ def test_job_runs_on_both_nodes_with_everything_on_s3(two_nodes, tiny_data, s3_s
     assert "exit code 2" in log and "Traceback" not in log and "phase1: starting" not in log
     assert storage.read_json(f"{prefix}/out/metrics.json") == metrics  # the finished run is untouched
     assert took < 90
+
+
+def _get(record: dict, part: str) -> bool:
+    """A GET of an object whose key holds `part` (not a listing)."""
+    return record["method"] == "GET" and not record["query"] and part in record["key"]
+
+
+def _traffic_budget(
+    records: list[dict], prefix: str, weights: Path, *, worker_nodes: int, tmp_path: Path
+) -> None:
+    """What one two-node job may ask of the store (docs/RELIABILITY.md "Traffic budget"): the encoder
+    weights fetched once per node that runs workers (the driver names them by HEAD only); one copy
+    of them per run (the published model's, by server-side copy: checkpoints and the evaluation refer
+    to them by sha256); publishing by server-side copies only; no rank reads ZeRO state it did not
+    need (a fresh run restores nothing). The counts are printed (docs/results/cluster-suite.json)."""
+    from ltad.io import storage
+    from tools.services.s3_proxy import summarise
+
+    base = prefix.removeprefix("s3://")
+    (tmp_path / "traffic.json").write_text(json.dumps(records))  # for a failed budget's post-mortem
+    weights_key, size = f"{base}/weights/clip.pt", weights.stat().st_size
+    fetches = [r for r in records if r["key"] == weights_key and r["method"] == "GET"]
+    assert len(fetches) == worker_nodes and sum(r["down"] for r in fetches) == worker_nodes * size, fetches
+    copies = [u for u, n in storage.list_sizes(prefix) if n == size]
+    assert copies == [f"{prefix}/out/model/encoder.pt", f"{prefix}/weights/clip.pt"], copies
+    out = f"{base}/out/"
+    writes = [r for r in records if r["key"].startswith(out) and r["method"] in ("PUT", "POST")]
+    uploaded = [r["key"] for r in writes if not r["copy_source"]]
+    assert uploaded == [f"{out}history.jsonl"] * len(uploaded), uploaded  # the driver's own file only
+    copied = {r["key"]: r["copy_source"] for r in writes if r["copy_source"]}
+    assert copied[f"{out}model/encoder.pt"] == weights_key and f"{out}metrics.json" in copied
+    read = {r["key"].split("/evaluation-", 1)[1].split("/", 1)[1] for r in records if _get(r, "/evaluation-")}
+    assert read <= {"model/export.json"}, read  # the driver reads the weights' record, never the files
+    zero = [r["key"] for r in records if _get(r, "zero_pp_rank_")]
+    assert zero == [], zero
+    budget = {
+        "requests": len(records),
+        "by_method": summarise(records, ""),
+        "by_method_under_the_run_prefix": summarise(records, base),
+        "weights_gets": len(fetches),
+        "weights_bytes_down": sum(r["down"] for r in fetches),
+        "weights_copies_stored": len(copies),
+        "publish_server_side_copies": len(copied),
+        "publish_uploads": len(uploaded),
+        "zero_state_gets": len(zero),
+        "bytes_down": sum(r["down"] for r in records),
+        "bytes_up": sum(r["up"] for r in records),
+    }
+    print(f"[cluster] traffic {json.dumps(budget)}", flush=True)
 
 
 def test_local_output_is_refused_before_any_stage(two_nodes, tiny_data, tmp_path):
