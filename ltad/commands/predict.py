@@ -161,7 +161,13 @@ def _run_ray(
 
     started = connect()
     try:
-        check_reachable(model, images, out)
+        check_reachable(
+            ("--model", model),
+            ("--images", images),
+            ("--out", out),
+            work="batch predict's Ray tasks",
+            fix="give s3:// locations for --model, --images and --out (or run without --workers)",
+        )
         try:
             manifest = ray_predict.run(
                 images,

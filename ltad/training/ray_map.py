@@ -26,7 +26,11 @@ def _call(fn: Callable[[Any], Any], item: Any) -> Any:
     return fn(item)
 
 
-def check_reachable(*locations: tuple[str, str]) -> None:
+def check_reachable(
+    *locations: tuple[str, str],
+    work: str = "prepare's Ray tasks",
+    fix: str = "give s3:// locations for --root and --out with --ray (or run without --ray)",
+) -> None:
     """(flag, location) pairs: on a multi-node cluster (`preflight.is_multi_node` for 1-CPU tasks: more
     than one node, an autoscaler that may add some, or a head without CPUs) each must be s3://."""
     from ltad.training.preflight import cluster_is_multi_node
@@ -35,9 +39,9 @@ def check_reachable(*locations: tuple[str, str]) -> None:
     if local and cluster_is_multi_node(cpus=1):
         flag, loc = local[0]
         raise ConfigError(
-            f"{flag} '{loc}' is a local path, but prepare's Ray tasks may run on other nodes of this "
-            "cluster (several nodes, an autoscaler that adds them, or a head without CPUs) that share "
-            "no disk: give s3:// locations for --root and --out with --ray (or run without --ray)"
+            f"{flag} '{loc}' is a local path, but {work} may run on other nodes of this "
+            f"cluster (several nodes, an autoscaler that adds them, or a head without CPUs) that share "
+            f"no disk: {fix}"
         )
 
 

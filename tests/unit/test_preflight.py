@@ -107,6 +107,25 @@ def test_prepare_with_ray_refuses_a_local_root_wherever_tasks_may_leave_the_head
     assert "\n" not in str(err.value)
 
 
+def test_batch_predict_on_two_nodes_names_its_own_flags(fake_cluster, monkeypatch, capsys, tmp_path):
+    """`ltad predict --workers N` shares prepare's rule, with its own flags in the sentence."""
+    from ltad import cli
+
+    fake_cluster(TWO_NODES, False)
+    monkeypatch.setattr("ltad.training.cluster.connect", lambda **_: False)  # no Ray: the check comes first
+    images = tmp_path / "new"
+    images.mkdir()
+    argv = ["predict", "--model", "s3://b/model", "--images", str(images), "--out", "s3://b/scores"]
+    assert cli.main([*argv, "--workers", "2"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("ltad predict: error: ") and line.endswith(
+        f"--images '{images}' is a local path, but batch predict's Ray tasks may run on other nodes of this "
+        "cluster (several nodes, an autoscaler that adds them, or a head without CPUs) that share no disk: "
+        "give s3:// locations for --model, --images and --out (or run without --workers)"
+    ), line
+    assert "\n" not in line
+
+
 def test_evaluate_with_a_local_checkpoint_on_many_nodes_is_refused_before_any_work(
     fake_cluster, tmp_path, monkeypatch, capsys
 ):
