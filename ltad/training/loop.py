@@ -76,6 +76,8 @@ def run_steps(
         # the phase finished before (a restart, or a rerun of the job): its final checkpoint, with its
         # model.pt and history, is the result; nothing is trained or written again
         return _last_metrics(spec, history)
+    if start:
+        log.info(f"{spec.phase}: resuming from its checkpoint at step {start}")
     stream = batches(start)
     device = engine.device
     bar = _progress(spec, start) if rank == 0 else None
