@@ -86,6 +86,10 @@ def _wait_done(client, job: str, timeout: float) -> str:
     raise AssertionError(f"job {job} still running after {timeout:.0f} s")
 
 
+def _line(path: Path, needle: str) -> str:
+    return next(x for x in path.read_text(errors="ignore").splitlines() if needle in x).strip()
+
+
 def _drain(head, node_id: str) -> subprocess.CompletedProcess:
     """`ray drain-node` with reason PREEMPTION and a deadline, as a cloud's spot reclaim notice does."""
     gcs = f"127.0.0.1:{head.ports()['gcs']}"
@@ -154,7 +158,7 @@ def test_late_node_and_preemption_in_one_job(late_cluster, tiny_data, s3_server,
     assert drained.returncode == 0, drained.stdout + drained.stderr
     drain_at = time.monotonic()
     found = _wait_log(
-        client, job, r"phase2: preemption checkpoint at step (\d+): node\(s\) (\w+)", timeout=60
+        client, job, r"phase2: preemption checkpoint at step (\d+): node\(s\) (\w+).*", timeout=60
     )
     noticed = int(found.group(1))
     timings["notice_to_checkpoint_s"] = time.monotonic() - drain_at
@@ -181,4 +185,6 @@ def test_late_node_and_preemption_in_one_job(late_cluster, tiny_data, s3_server,
     assert len(recorded["commits"]) == 1  # resumed by the same code: one identity, one commit
     history = [json.loads(x) for x in storage.read_bytes(f"{prefix}/out/history.jsonl").decode().splitlines()]
     assert [r["step"] for r in history if r["stage"] == "phase2"] == [10, 20, 30, 40]  # no step twice
+    lines = [found.group(0), resumed.group(0), _line(timed_out[0], "startup timed out after")]
     print(f"\n[drill] {json.dumps({k: round(v, 1) for k, v in timings.items()})}", flush=True)
+    print("\n".join(f"[drill] {x}" for x in lines), flush=True)
