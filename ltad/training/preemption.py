@@ -53,12 +53,18 @@ class PreemptionNotice:
         """The notice acted on (Ray's `PreemptionInfo`), None until one is seen."""
         self.step: int | None = None
         """The step after which the preemption checkpoint was written."""
+        self.reads = 0
+        self.seconds = 0.0
+        """Reads by `check` and the time they took (the notice's cost per step)."""
 
     def check(self, step: int) -> bool:
         """True once: at the first step whose end finds a notice (the loop checkpoints at once)."""
         if self.info is not None:
             return False
+        tic = time.perf_counter()
         info = self._read()
+        self.reads += 1
+        self.seconds += time.perf_counter() - tic
         if info is None:
             return False
         self.info, self.step = info, step

@@ -45,7 +45,8 @@ def test_check_is_true_once_at_the_first_step_with_a_notice():
     notice, reads = _notice([None, None, info])
     assert [notice.check(s) for s in (1, 2, 3, 4, 5)] == [False, False, True, False, False]
     assert notice.step == 3 and notice.info is info
-    assert len(reads) == 3  # no reads after the notice: the loop holds instead
+    assert len(reads) == 3 == notice.reads  # no reads after the notice: the loop holds instead
+    assert notice.seconds >= 0
     assert "01234567" in notice.describe() and "ranks [1]" in notice.describe()
     assert "deadline in 30 s" in notice.describe()
 
