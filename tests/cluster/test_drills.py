@@ -186,5 +186,6 @@ def test_late_node_and_preemption_in_one_job(late_cluster, tiny_data, s3_server,
     history = [json.loads(x) for x in storage.read_bytes(f"{prefix}/out/history.jsonl").decode().splitlines()]
     assert [r["step"] for r in history if r["stage"] == "phase2"] == [10, 20, 30, 40]  # no step twice
     lines = [found.group(0), resumed.group(0), _line(timed_out[0], "startup timed out after")]
+    lines += re.findall(r"phase\d: Ray's preemption notice read \d+ times, [\d.]+ s in all", log)
     print(f"\n[drill] {json.dumps({k: round(v, 1) for k, v in timings.items()})}", flush=True)
     print("\n".join(f"[drill] {x}" for x in lines), flush=True)
