@@ -25,14 +25,14 @@ the images, the main thread only runs the encoder and writes.
 
 Tolerance: fp16 storage rounds each value to 11 significant bits, so a cached feature differs from the
 online fp32 one by at most 2^-11 of its magnitude (checked in tests/integration/test_training.py).
-On a GPU the encoder runs under bf16 autocast (8 significant bits): the cache then differs from fp32
-by about 2^-8 of each value's magnitude, plus the accumulated rounding of the layers, in exchange for
-about twice the throughput; the manifest's `extra.precision` says which ("fp32" on CPU, unchanged).
+On a GPU the encoder runs under bf16 autocast (8 significant bits; fp16 autocast on a card without
+bf16, training/precision.py): the cache then differs from fp32 by about 2^-8 of each value's
+magnitude, plus the accumulated rounding of the layers, in exchange for about twice the throughput;
+the manifest's `extra.precision` says which ("fp32" on CPU, unchanged).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import heapq
 import io
@@ -57,6 +57,7 @@ from ltad.data.streams import decode_image_sample
 from ltad.errors import DataError, StorageError
 from ltad.io import blobs, storage
 from ltad.log import get_logger
+from ltad.training import precision as precisions
 
 FP16_RTOL = 2.0**-11
 """Relative rounding bound of the fp16 cache (documented tolerance of cached vs online features)."""
@@ -122,14 +123,12 @@ def balance_by_bytes(items: Sequence[T], workers: int, size: Callable[[T], int])
 
 
 def precision(device: torch.device) -> str:
-    """The encode precision on `device`: bf16 autocast on CUDA, plain fp32 elsewhere."""
-    return "bf16" if device.type == "cuda" else "fp32"
+    """The encode precision on `device`: bf16 (fp16 without bf16 support) autocast on CUDA, fp32 elsewhere."""
+    return precisions.of_device(device)
 
 
 def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return precisions.autocast(device, precision(device))
 
 
 def done_record_uri(out_uri: str, name: str) -> str:
