@@ -381,6 +381,11 @@ class EvalConfig:
     """Share of normal images the exported model may flag: its per-class thresholds are calibrated on
     held-out normal images so that each class's false-positive rate is at most this at 90 % confidence
     (ltad/eval/calibration.py; classes with too few are marked uncovered), never on test labels."""
+    pseudo_defect: Literal["blend", "lobe"] = "blend"
+    """Pseudo-anomalies of the validation set (ltad/data/pseudo_defects.py): `blend`, a Perlin region
+    blended with a turned copy of the image (the mask shape of `ltad synth`'s texture and stain test
+    defects), or `lobe`, a lobe-shaped colour shift or grating that shares no mask shape or fill recipe
+    with any test defect."""
 
     def __post_init__(self) -> None:
         check(self.pixel_bins >= 10, "eval.pixel_bins", "an int >= 10", self.pixel_bins)
