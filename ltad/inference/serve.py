@@ -178,7 +178,7 @@ def map_png(nmap: np.ndarray) -> str:
 
 def load_predictor(options: ServeOptions) -> Any:
     """The `Predictor` of the export (an s3:// prefix copied to a temporary folder first)."""
-    from ltad.inference.fetch import download_model
+    from ltad.inference.model_files import download_model
     from ltad.inference.predictor import Predictor
     from ltad.io.uri import is_s3
 

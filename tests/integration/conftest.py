@@ -76,28 +76,10 @@ def tiny_data(s3_server, tmp_path_factory) -> str:
     return uri
 
 
-@pytest.fixture(scope="module")
-def ray_head(s3_server, tmp_path_factory):
-    """A local Ray head from `scripts/ray-local` (state in a tmp dir); yields its environment."""
-    state = tmp_path_factory.mktemp("ray-head")
-    env = {**os.environ, "RAY_DIR": str(state)}
-    script = str(REPO / "scripts" / "ray-local")
-    subprocess.run([script, "start"], env=env, check=True, cwd=REPO, timeout=120)
-    try:
-        out = subprocess.run([script, "env"], env=env, check=True, cwd=REPO, capture_output=True, text=True)
-        for line in out.stdout.splitlines():
-            for part in line.removeprefix("export ").split():
-                key, _, value = part.partition("=")
-                env[key] = value.strip("'\"")
-        yield env
-    finally:
-        subprocess.run([script, "stop"], env=env, cwd=REPO, timeout=120)
-
-
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """An exported tiny model (standardisation fitted on real synthetic images, no training) and a folder
-    of images to score: (model dir, folder, model, its scores). Shared by test_predict and test_serve."""
+    """An exported tiny model (standardisation fitted on real synthetic images) and a folder of images
+    (three test images and a grayscale one of another size in sub/): the model the predict tests share."""
     import numpy as np
     import torch
     from PIL import Image
@@ -133,3 +115,21 @@ def exported(tmp_path_factory):
         Image.open(p).save(folder / f"img{i}.png")
     Image.open(tests[0]).convert("L").resize((80, 48)).save(folder / "sub" / "gray.png")
     return tmp / "model", folder, model, scores
+
+
+@pytest.fixture(scope="module")
+def ray_head(s3_server, tmp_path_factory):
+    """A local Ray head from `scripts/ray-local` (state in a tmp dir); yields its environment."""
+    state = tmp_path_factory.mktemp("ray-head")
+    env = {**os.environ, "RAY_DIR": str(state)}
+    script = str(REPO / "scripts" / "ray-local")
+    subprocess.run([script, "start"], env=env, check=True, cwd=REPO, timeout=120)
+    try:
+        out = subprocess.run([script, "env"], env=env, check=True, cwd=REPO, capture_output=True, text=True)
+        for line in out.stdout.splitlines():
+            for part in line.removeprefix("export ").split():
+                key, _, value = part.partition("=")
+                env[key] = value.strip("'\"")
+        yield env
+    finally:
+        subprocess.run([script, "stop"], env=env, cwd=REPO, timeout=120)

@@ -17,7 +17,8 @@ def test_predict_folder_writes_maps_overlays_and_csv(exported, tmp_path):
     from ltad.eval.outputs import SCORES_COLUMNS
 
     model_dir, folder, _, _ = exported
-    assert main(["predict", "--model", str(model_dir), "--images", str(folder), "--out", str(tmp_path)]) == 0
+    argv = ["predict", "--model", str(model_dir), "--images", str(folder), "--out", str(tmp_path)]
+    assert main([*argv, "--maps"]) == 0
     with (tmp_path / "scores.csv").open() as f:
         reader = csv.DictReader(f)
         rows = list(reader)
@@ -49,6 +50,7 @@ def test_predict_matches_model_scores_and_glob(exported, tmp_path):
     model_dir, folder, model, _ = exported
     summary = predict_folder(Predictor.load(model_dir), str(folder / "img*.png"), tmp_path)
     assert (summary.scored, summary.failed) == (3, 0)
+    assert not (tmp_path / "maps").exists() and not (tmp_path / "overlays").exists()  # only with --maps
     with (tmp_path / "scores.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["key"].rsplit("/", 1)[-1] for r in rows] == ["img0.png", "img1.png", "img2.png"]

@@ -1,17 +1,15 @@
-"""An exported model at an `s3://` prefix copied into a local folder: what `ltad predict`, `ltad export`,
-`ltad calibrate` and each `ltad serve` replica load from (a replica may run on any node)."""
+"""An exported model at an s3:// prefix, copied into a local folder (what Predictor.load reads)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ltad.errors import DataError
+from ltad.io import storage
 
 
 def download_model(uri: str, folder: Path) -> Path:
     """Copy the exported model at an s3:// prefix into `folder` (read_meta then checks its files)."""
-    from ltad.io import storage
-
     prefix = uri.rstrip("/")
     objects = storage.list(prefix)
     names = {obj.rsplit("/", 1)[-1] for obj in objects}
