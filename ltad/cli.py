@@ -78,6 +78,7 @@ EXTRAS = {
     "onnx": "onnx",
     "onnxruntime": "onnx",
     "onnxscript": "onnx",
+    "openvino": "openvino",
     "seaweedfs": "local",
 }
 """Top-level module -> the pyproject.toml extra that installs it (the core install lacks them)."""

@@ -1,4 +1,4 @@
-"""`ltad predict`: score images with an exported model, torch or ONNX (no Ray, no DeepSpeed).
+"""`ltad predict`: score images with an exported model, torch, ONNX or OpenVINO (no Ray, no DeepSpeed).
 
 The model is a local folder or an s3:// prefix (`<output>/model` of a run, or an `ltad export`
 folder: downloaded to a temporary folder first); images and the output folder are local. Exit 0
@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="exported model (torch or ONNX): a directory or s3:// prefix (<output>/model, ltad export --out)",
+        help="exported model (torch, ONNX or OpenVINO): a directory or s3:// prefix (<output>/model, "
+        "ltad export --out)",
     )
     p.add_argument("--images", required=True, help="a directory (searched recursively) or a glob")
     p.add_argument(
@@ -49,8 +50,8 @@ def download_model(uri: str, folder: Path) -> Path:
     objects = storage.list(prefix)
     names = {obj.rsplit("/", 1)[-1] for obj in objects}
     missing = [n for n in ("config.yaml", "export.json") if n not in names]
-    if not {"weights.pt", "model.onnx"} & names:
-        missing.insert(0, "weights.pt (or model.onnx)")
+    if not {"weights.pt", "model.onnx", "model.xml"} & names:
+        missing.insert(0, "weights.pt (or model.onnx, model.xml)")
     if missing:
         raise DataError(f"'{uri}' is not an exported ltad model: {', '.join(missing)} missing")
     for obj in objects:
