@@ -28,7 +28,7 @@ from record import add_json_flag, emit  # noqa: E402  (benchmarks/record.py, bes
 
 from ltad import Predictor  # noqa: E402
 from ltad.data.synth import synthesize  # noqa: E402
-from ltad.inference.export import export_model  # noqa: E402
+from ltad.inference.export import class_normalisation, export_model  # noqa: E402
 from ltad.inference.graphs import PARITY_TOLERANCE  # noqa: E402
 
 GRAPHS = ("onnx", "openvino")
@@ -44,6 +44,12 @@ def compare(t, g) -> dict:
         "same_decisions": bool((t.decisions == g.decisions).all()),
         "anomalous": int(g.decisions.sum()),
     }
+
+
+def margin(meta: dict, t) -> float:
+    """The smallest |torch score - its predicted class's threshold|: how close a decision came to flipping."""
+    thresholds = [class_normalisation(meta, c)["threshold"] for c in t.pred_class]
+    return float(np.abs(t.scores - np.array(thresholds)).min())
 
 
 def missed(row: dict) -> list[str]:
@@ -99,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "images_from": args.images
         or "the demo dataset's test set (ltad synth defaults: 8 classes, 128 px, seed 0)",
         "torch_anomalous": int(results["torch"].decisions.sum()),
+        "min_abs_score_minus_threshold": margin(meta, results["torch"]),
         "tolerance": PARITY_TOLERANCE,
         "parity": rows,
         "export_seconds": export_s,
