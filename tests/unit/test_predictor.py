@@ -381,3 +381,29 @@ def test_export_refuses_a_non_empty_out_and_replaces_an_export_only_when_asked(e
         == 2
     )
     assert "not an exported ltad model" in capsys.readouterr().err
+
+
+def test_the_documented_onnxruntime_and_openvino_snippets_run_and_agree(
+    exports, predictors, tmp_path, monkeypatch
+):
+    """docs/SCORING.md's two snippets (no ltad import), run as written on this module's exports."""
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "SCORING.md").read_text()
+    section = text[text.index("## ONNX and OpenVINO") :]
+    ort_code, ov_code = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
+    assert "ltad" not in re.sub(r'"runs/[^"]*"', "", ort_code + ov_code)  # no ltad import
+    assert len(ort_code.strip().splitlines()) <= 11
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "onnx").symlink_to(exports[1])
+    (tmp_path / "runs" / "demo" / "openvino").symlink_to(exports[2])
+    Image.fromarray(_image(4, 50, 70)).save(tmp_path / "part.png")
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(ort_code, "SCORING.md onnxruntime", "exec"), ns)
+    expected = predictors[0].predict([tmp_path / "part.png"])
+    assert ns["meta"]["classes"][ns["cls"][0]] == expected.pred_class[0]
+    assert abs(float(ns["score"][0]) - expected.scores[0]) <= 1e-4
+    assert bool(ns["anomalous"][0]) == bool(expected.decisions[0])
+    exec(compile(ov_code, "SCORING.md openvino", "exec"), ns)
+    assert ns["anomalous"].tolist() == [bool(expected.decisions[0])]
