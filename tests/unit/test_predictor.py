@@ -407,3 +407,22 @@ def test_the_documented_onnxruntime_and_openvino_snippets_run_and_agree(
     assert bool(ns["anomalous"][0]) == bool(expected.decisions[0])
     exec(compile(ov_code, "SCORING.md openvino", "exec"), ns)
     assert ns["anomalous"].tolist() == [bool(expected.decisions[0])]
+
+
+def test_ltad_calibrate_on_a_graph_export_moves_the_graphs_decision(exports, tmp_path):
+    """`recalibrate` of the ONNX and OpenVINO folders: the copy's graph decides by the new export.json."""
+    from ltad import Predictor
+    from ltad.inference.calibrate import recalibrate
+    from ltad.inference.export import decide
+
+    normals = tmp_path / "normals"
+    normals.mkdir()
+    for i in range(8):
+        Image.fromarray(_image(20 + i)).save(normals / f"{i}.png")
+    images = [_image(i) for i in range(8)]
+    for folder in exports[1:3]:
+        meta, _ = recalibrate(folder, str(normals), tmp_path / f"cal-{folder.name}", 0.5)
+        got = Predictor.load(tmp_path / f"cal-{folder.name}").predict(images)
+        assert list(got.decisions) == [decide(meta, s, c) for s, c in zip(got.scores, got.pred_class)]
+        before = json.loads((folder / "export.json").read_text())["normalisation"]["threshold"]
+        assert meta["normalisation"]["threshold"] != before  # the thresholds did move
