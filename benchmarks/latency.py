@@ -3,8 +3,8 @@
 Real object stores answer each request after 20-50 ms. This benchmark writes `--classes` tail
 classes of `--per-class` PNG images (`--image-px`, random pixels, so they do not compress) with the
 real shard writer and sample index into a SeaweedFS server started for this run, and starts one
-small asyncio TCP proxy per delay in front of its S3 port, each in its own process: the proxy sleeps
-D ms before it forwards each client-to-server chunk (a request), responses pass at once, and it
+counting proxy per delay in front of its S3 port (tools/services/s3_proxy.py), each in its own
+process: the proxy holds each request D ms before it forwards it, responses pass at once, and it
 counts the GET requests it forwarded. One training reader (`ResampledStream`, every class served by
 ranged reads, PNG decode and resize to 64 px as in training) then draws the same samples directly
 and through each proxy (`AWS_ENDPOINT_URL` pointed at it), in alternating order over `--passes`
@@ -26,9 +26,7 @@ import argparse
 import io
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,97 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ (local se
 
 from record import add_json_flag, emit  # noqa: E402  (benchmarks/record.py, beside this script)
 
+from tools.services.s3_proxy import CountingProxy as Proxy  # noqa: E402  (the delaying, counting proxy)
+
 TARGET_RATIO_20MS = 0.8
-
-PROXY = r"""
-import asyncio, json, sys
-
-target_port, delay = int(sys.argv[1]), float(sys.argv[2]) / 1000.0
-stats = {"requests": 0, "gets": 0, "connections": 0, "bytes_up": 0, "bytes_down": 0}
-METHODS = (b"GET ", b"HEAD ", b"PUT ", b"POST ", b"DELETE ")
-
-
-async def pipe(reader, writer, up):
-    try:
-        while True:
-            data = await reader.read(1 << 16)
-            if not data:
-                break
-            if up:
-                stats["bytes_up"] += len(data)
-                if data.startswith(METHODS):
-                    stats["requests"] += 1
-                    stats["gets"] += data.startswith(b"GET ")
-                if delay:
-                    await asyncio.sleep(delay)  # every client-to-server chunk waits D ms
-            else:
-                stats["bytes_down"] += len(data)
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        writer.close()
-
-
-async def handle(client_r, client_w):
-    stats["connections"] += 1
-    try:
-        server_r, server_w = await asyncio.open_connection("127.0.0.1", target_port)
-    except OSError:
-        client_w.close()
-        return
-    await asyncio.gather(pipe(client_r, server_w, True), pipe(server_r, client_w, False))
-
-
-async def report(reader, writer):
-    writer.write(json.dumps(stats).encode())
-    await writer.drain()
-    writer.close()
-
-
-async def main():
-    proxy = await asyncio.start_server(handle, "127.0.0.1", 0)
-    control = await asyncio.start_server(report, "127.0.0.1", 0)
-    ports = [s.getsockname()[1] for s in (proxy.sockets[0], control.sockets[0])]
-    print(json.dumps({"port": ports[0], "stats_port": ports[1]}), flush=True)
-    await asyncio.Event().wait()
-
-
-asyncio.run(main())
-"""
-
-
-class Proxy:
-    """The delaying proxy in its own process (so it takes no GIL time from the reader)."""
-
-    def __init__(self, target_port: int, delay_ms: float) -> None:
-        self.delay_ms = delay_ms
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", PROXY, str(target_port), str(delay_ms)], stdout=subprocess.PIPE, text=True
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the {delay_ms} ms proxy did not start (exit code {self.proc.poll()})")
-        ports = json.loads(line)
-        self.endpoint = f"http://127.0.0.1:{ports['port']}"
-        self.stats_port = ports["stats_port"]
-
-    def stats(self) -> dict[str, int]:
-        with socket.create_connection(("127.0.0.1", self.stats_port), timeout=10) as s:
-            chunks = []
-            while data := s.recv(4096):
-                chunks.append(data)
-        return json.loads(b"".join(chunks))
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def write_dataset(work: Path, prefix: str, classes: int, per_class: int, px: int) -> tuple[dict, dict]:

@@ -312,12 +312,23 @@ class ScalingConfig:
     zero_stage: int = 2
     """ZeRO stage 0-3, read from configs/deepspeed/zero{stage}.json."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 is used on GPU regardless; on CPU fp32 (default) or bf16."""
+    """On CPU fp32 (default) or bf16 autocast. A GPU ignores it: bf16 autocast where the card supports
+    it, else fp16 (ltad/training/precision.py)."""
+    worker_start_timeout_s: float = 600.0
+    """How long a worker group may wait for its workers' resources (nodes that are still joining: an
+    autoscaler's cold GPU nodes take minutes) before Ray Train counts a failed start and retries;
+    Ray's own default is 60 s. Passed to Ray Train as RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S."""
 
     def __post_init__(self) -> None:
         check(self.num_workers >= 1, "scaling.num_workers", "an int >= 1", self.num_workers)
         check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "a positive number", self.cpus_per_worker)
         check(self.zero_stage in (0, 1, 2, 3), "scaling.zero_stage", "one of 0, 1, 2, 3", self.zero_stage)
+        check(
+            self.worker_start_timeout_s > 0,
+            "scaling.worker_start_timeout_s",
+            "a positive number of seconds",
+            self.worker_start_timeout_s,
+        )
 
 
 LOGGERS = ("mlflow", "tensorboard")
@@ -370,6 +381,11 @@ class EvalConfig:
     """Share of normal images the exported model may flag: its per-class thresholds are calibrated on
     held-out normal images so that each class's false-positive rate is at most this at 90 % confidence
     (ltad/eval/calibration.py; classes with too few are marked uncovered), never on test labels."""
+    pseudo_defect: Literal["blend", "lobe"] = "blend"
+    """Pseudo-anomalies of the validation set (ltad/data/pseudo_defects.py): `blend`, a Perlin region
+    blended with a turned copy of the image (the mask shape of `ltad synth`'s texture and stain test
+    defects), or `lobe`, a lobe-shaped colour shift or grating that shares no mask shape or fill recipe
+    with any test defect."""
 
     def __post_init__(self) -> None:
         check(self.pixel_bins >= 10, "eval.pixel_bins", "an int >= 10", self.pixel_bins)

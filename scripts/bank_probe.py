@@ -23,8 +23,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ltad.baselines.class_banks import fit_class_bank  # noqa: E402
-from ltad.models.memory_banks import ClassBank, MemoryBanks, aggregate_patches  # noqa: E402
+from ltad.baselines.class_banks import fit_class_bank, one_image_bank  # noqa: E402
+from ltad.models.memory_banks import MemoryBanks  # noqa: E402
 from ltad.models.state import build_model  # noqa: E402
 from ltad.study.cache import write_training_cache  # noqa: E402
 from ltad.study.run import model_config, split_train, study_features  # noqa: E402
@@ -44,19 +44,6 @@ RULES = [
     ("w1 min1 small-full", 1.0, 1, 1.0),
     ("w4 min1 small-full", 4.0, 1, 1.0),
 ]
-
-
-def one_image_bank(patches: torch.Tensor, radius: int = 2) -> ClassBank:
-    """A bank of one image's patches, standardised by each patch's distance to the image's patches
-    outside its (2 radius + 1)^2 neighbourhood (aggregated patches overlap within 3 x 3)."""
-    f = aggregate_patches(patches.float())  # 1 x D x g x g
-    g = f.shape[-1]
-    rows = f.flatten(2)[0].T  # P x D
-    yy, xx = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
-    pos = torch.stack([yy.flatten(), xx.flatten()], 1)
-    near = (pos[:, None] - pos[None]).abs().amax(-1) <= radius
-    d = torch.cdist(rows.double(), rows.double()).masked_fill(near, float("inf")).amin(1)
-    return ClassBank(rows, float(d.mean()), max(float(d.std()), 1e-6))
 
 
 def fit_banks(train, n_classes: int, min_images: int, small_coreset: float, seed: int) -> MemoryBanks:

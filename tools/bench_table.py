@@ -171,9 +171,11 @@ STATIC_ROWS = (
     "on the 2 cores (balanced, seed 1; the rows' `phase1_s`, `phase2_s`, `fit_s`, `bank_s` in "
     "`docs/results/study-rows.jsonl` hold each part's time, most of them measured with two 1-thread studies "
     "sharing the cores) |",
-    "| `benchmarks/gpu.sh` | ViT-B-16 encoder images/s at 224 px, phase-2 steps/s, peak GPU memory ZeRO-2 "
-    "vs ZeRO-3, a short bf16/NCCL pipeline | **not run yet**: no GPU machine was available; run it on a "
-    "single-GPU machine and commit its JSON output under docs/results/ with the date and the GPU |",
+    "| `benchmarks/gpu.sh` | the GPU path's one check (<= 8 min): bf16 support and the precision picked (bf16, "
+    "else fp16), NCCL, ZeRO-2 and ZeRO-3 phase-2 steps/s, peak memory and save/restore, the encode under that "
+    "precision, phase 2's real samples/s vs the training stream's rate, the job on Ray Train; exits 1 naming "
+    "missed targets | **not run yet**: no GPU machine was available (without CUDA it stops with one line); run "
+    "it on a single-GPU machine and commit its JSON output under docs/results/ with the date and the GPU |",
 )
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ltad.errors import UserError
-from ltad.study.claims import class_size_lines, goal_lines, target_lines
+from ltad.study.claims import class_size_lines, control_lines, goal_lines, target_lines
 from ltad.study.paired import paired_rows
 from ltad.study.report import markdown, read_rows, stats
 from ltad.study.spec import load_spec
@@ -91,14 +91,31 @@ def results_headline(inp: Inputs) -> str:
             ("reconstruction only", "rec_only", "image_AUROC"),
             ("kNN (PatchCore-like)", "knn", "image_AUROC"),
             *_variant(inp, ("LTAD + class banks (variant beyond the paper)", "ltad_mb", "image_AUROC")),
+            *_variant(
+                inp, ("per-class kNN, class by nearest class mean (control)", "knn_class", "image_AUROC")
+            ),
+            *_variant(inp, ("per-class kNN, true class given (control)", "knn_class_oracle", "image_AUROC")),
             ("LTAD tail-class image AUROC", "ltad", "tail_image_AUROC"),
             ("reconstruction only, tail", "rec_only", "tail_image_AUROC"),
             ("kNN, tail", "knn", "tail_image_AUROC"),
             *_variant(inp, ("LTAD + class banks, tail", "ltad_mb", "tail_image_AUROC")),
+            *_variant(inp, ("per-class kNN, tail (control)", "knn_class", "tail_image_AUROC")),
             ("LTAD pixel AUROC / AUPRO (means)", "ltad", "pixel"),
             ("kNN pixel AUROC / AUPRO (means)", "knn", "pixel"),
             *_variant(inp, ("LTAD + class banks pixel AUROC / AUPRO (means)", "ltad_mb", "pixel")),
+            *_variant(inp, ("per-class kNN pixel AUROC / AUPRO (means)", "knn_class", "pixel")),
         ],
+    )
+
+
+def knn_class_control(inp: Inputs) -> str:
+    """The per-class kNN control against ltad_mb and the one-bank kNN, paired."""
+    lines = control_lines(inp.rows, [lv.name for lv in inp.spec.level_specs])
+    if not lines:
+        return "**No rows**: the committed study rows hold no `knn_class` rows yet.\n"
+    return (
+        "Paired by seed (same split), 95 % t-interval over the seeds; per class cell, over the (level, "
+        "seed, class) cells of each class-size bucket.\n\n" + "\n".join(lines) + "\n"
     )
 
 
@@ -217,6 +234,7 @@ RENDERERS: dict[str, Callable[[Inputs], str]] = {
     "results-headline": results_headline,
     "study-targets": study_targets,
     "study-goal": study_goal,
+    "knn-class-control": knn_class_control,
     "study-tables": study_tables,
     "readme-quality": readme_quality,
     "readme-demo": readme_demo,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ltad.baselines.patchcore import UNIFIED, PatchCore
-from ltad.models.memory_banks import ClassBank, MemoryBanks
+from ltad.models.memory_banks import ClassBank, MemoryBanks, aggregate_patches
 
 
 def _bank(patches: torch.Tensor, coreset_ratio: float, seed: int) -> PatchCore:
@@ -40,6 +40,26 @@ def fit_class_bank(patches: torch.Tensor, coreset_ratio: float = 0.1, seed: int 
     d = torch.cat([x.flatten() for x in fold_d]).double()
     rows = _bank(patches, coreset_ratio, seed).banks[UNIFIED].cpu()
     return ClassBank(rows, float(d.mean()), max(float(d.std()), 1e-6))
+
+
+@torch.no_grad()
+def one_image_bank(patches: torch.Tensor, radius: int = 2) -> ClassBank:
+    """A bank of one image's patches (1 x D x g x g), kept whole, standardised by each patch's distance
+    to the same image's patches outside its (2 radius + 1)^2 neighbourhood: two folds need two images,
+    and aggregated patches overlap within 3 x 3, so nearer ones would understate a new image's distance."""
+    if len(patches) != 1:
+        raise ValueError(f"one_image_bank takes exactly one image, got {len(patches)}")
+    f = aggregate_patches(patches.float())  # 1 x D x g x g
+    g = f.shape[-1]
+    rows = f.flatten(2)[0].T  # P x D
+    yy, xx = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+    pos = torch.stack([yy.flatten(), xx.flatten()], 1)
+    near = (pos[:, None] - pos[None]).abs().amax(-1) <= radius
+    if bool(near.all()):
+        raise ValueError(f"a {g} x {g} grid has no patch outside a radius-{radius} neighbourhood")
+    d = torch.cdist(rows.double(), rows.double()).masked_fill(near, float("inf")).amin(1)
+    d = d[torch.isfinite(d)]
+    return ClassBank(rows.contiguous(), float(d.mean()), max(float(d.std()), 1e-6))
 
 
 class ClassBanks:

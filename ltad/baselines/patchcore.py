@@ -95,6 +95,20 @@ def knn_distance(
     return torch.cat(out) if out else queries.new_zeros(0)
 
 
+def patch_maps(
+    raw: torch.Tensor, image_size: int | tuple[int, int], blur_sigma: float = 4.0, image_pool: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch scores B x g x g -> (anomaly maps B x H x W, image scores B), made as `LTAD.to_maps` makes
+    them (bilinear upsampling, Gaussian blur, image score = max of an average pool), so every baseline's
+    figures compare with LTAD's."""
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    maps = F.interpolate(raw.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+    maps = gaussian_blur(maps.squeeze(1), blur_sigma)
+    pool = min(image_pool, *maps.shape[-2:])
+    pooled = F.avg_pool2d(maps.unsqueeze(1), pool, stride=1)
+    return maps, pooled.flatten(1).amax(dim=1)
+
+
 class PatchCore:
     """Memory bank of (coreset-subsampled) normal patch features and kNN patch scoring."""
 
@@ -216,13 +230,7 @@ class PatchCore:
         class_id: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(anomaly_map B x H x W, pred_score B), made as `LTAD.score` makes them."""
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        raw = self.patch_scores(patches, class_id)
-        maps = F.interpolate(raw.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
-        maps = gaussian_blur(maps.squeeze(1), self.blur_sigma)
-        pool = min(self.image_pool, *maps.shape[-2:])
-        pooled = F.avg_pool2d(maps.unsqueeze(1), pool, stride=1)
-        return maps, pooled.flatten(1).amax(dim=1)
+        return patch_maps(self.patch_scores(patches, class_id), image_size, self.blur_sigma, self.image_pool)
 
     # ------------------------------------------------------------------ persistence
     def _params(self) -> dict:

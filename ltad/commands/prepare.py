@@ -133,7 +133,7 @@ def _prepare_on_ray(dataset, root, split_file, out, size, per_test, max_size):
 
     started = connect()
     try:
-        check_reachable(root, out)
+        check_reachable(("--root", root), ("--out", out))
         return prepare(dataset, root, split_file, out, size, per_test, max_size=max_size, executor=ray_tasks)
     finally:
         if started:

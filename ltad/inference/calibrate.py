@@ -1,7 +1,7 @@
 """`ltad calibrate`: new decision thresholds for an exported model from normal images only.
 
 When a line changes, an inspection team scores normal images of it with `ltad.Predictor` (the
-model's own scoring path, torch or ONNX; images listed and read as `ltad predict` does), groups them
+model's own scoring path, torch, ONNX or OpenVINO; images listed and read as `ltad predict` does), groups them
 by the class the model predicts and applies the one rule of ltad/eval/calibration.py: per class the
 threshold with its n and the false-positive rate it guarantees at 90 % confidence, classes with too
 few normals marked uncovered with the bound they get, the pooled fallback weighted to the deployment

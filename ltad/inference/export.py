@@ -7,6 +7,7 @@ score normalisation and provenance; with `model.score.memory_bank.weight` > 0, `
 the classes whose kNN bank, held in weights.pt, is part of the score). When the encoder's weights are a checkpoint file or an s3:// object,
 the directory also holds a copy, `encoder.<suffix>`, named in `export.json` `encoder_weights` with its
 sha256 and source, so the folder predicts on a machine that has neither the file nor the bucket
+(the training job's evaluation directory only refers to it; publishing puts the copy in the run's output)
 ('bundled' and 'none' need nothing: the wheel and the seed rebuild them; a hub tag needs the hub).
 Older exports without `encoder_weights` keep using the configured path.
 
@@ -142,9 +143,14 @@ def write_export(
     threshold: float,
     provenance: dict,
     calibration: dict[str, Any] | None = None,
+    *,
+    carry_encoder: bool = True,
 ) -> Path:
     """Write the model directory. With `calibration` (ltad/eval/calibration.py) decisions use its
-    per-class thresholds; without it, `threshold` with min/max of `scores` (the uncalibrated fallback)."""
+    per-class thresholds; without it, `threshold` with min/max of `scores` (the uncalibrated fallback).
+    Without `carry_encoder` the encoder checkpoint is only referred to (`encoder_weights` with its
+    sha256, source and ETag, no copy): the training job's evaluation, whose publishing copies it
+    (`ltad.io.blobs.copy_checked`), so a run stores one copy of the weights, not one per evaluation."""
     out.mkdir(parents=True, exist_ok=True)
     torch.save(trained_state(model), out / WEIGHTS)
     (out / CONFIG).write_text(cfg.to_yaml())
@@ -166,8 +172,14 @@ def write_export(
     if calibration is not None:
         meta = with_calibration(meta, calibration)
     encoder = model.encoder.weights
-    if encoder.file is not None:
+    if encoder.file is not None and carry_encoder:
         meta["encoder_weights"] = _copy_encoder(out, encoder.file, encoder.sha256, encoder.source)
+    elif encoder.file is not None:
+        name = ENCODER + (Path(encoder.file).suffix or ".pt")
+        sha = encoder.sha256 or blobs.file_sha256(encoder.file)
+        meta["encoder_weights"] = {"file": name, "sha256": sha, "source": encoder.source}
+        if encoder.etag:
+            meta["encoder_weights"]["etag"] = encoder.etag
     (out / META).write_text(json.dumps(meta, indent=2))
     return out
 
@@ -228,7 +240,7 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tu
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
-    """export.json of a torch or ONNX export, after checking the folder holds that format's files."""
+    """export.json of a torch, ONNX or OpenVINO export, after checking the folder holds that format's files."""
     directory = Path(directory)
     meta_file = directory / META
     try:

@@ -3,7 +3,8 @@
 Under the output directory, for every image at relative path R (relative to --images, or to a
 glob's fixed leading folder): `maps/R.png` (the normalised anomaly map at the image's own size,
 0..255 with the decision threshold at 128) and `overlays/R.png` (image | map | empty ground truth |
-prediction), R's suffix replaced by .png (kept, as `name.jpg.png`, where two inputs would collide).
+prediction), R's suffix replaced by .png (kept, as `name.jpg.png`, where two inputs would collide);
+maps and overlays only with `--maps` (they cost more than the scoring at small model sizes).
 `scores.csv` (columns `SCORES_COLUMNS`, shared with `ltad evaluate`) is written row by row and
 flushed, so an interrupted run keeps the rows it finished. An unreadable image becomes a row of
 `errors.csv` (path, error) and the run goes on. A folder that already holds predictions is refused:
@@ -65,7 +66,11 @@ def glob_base(pattern: str) -> Path:
 
 def output_names(files: list[Path], root: Path) -> list[Path]:
     """Each image's relative output path: R with suffix .png, or R + '.png' where that would collide."""
-    rels = [f.relative_to(root) if f.is_relative_to(root) else Path(f.name) for f in files]
+    return unique_names([f.relative_to(root) if f.is_relative_to(root) else Path(f.name) for f in files])
+
+
+def unique_names(rels: list[Path]) -> list[Path]:
+    """Relative image paths as output names: suffix .png, or name + '.png' where two would collide."""
     plain = [r.with_suffix(".png") for r in rels]
     counts: dict[Path, int] = {}
     for p in plain:
@@ -114,8 +119,9 @@ def check_out(out: Path) -> None:
         )
 
 
-def predict_folder(predictor: Predictor, images: str, out: str | Path) -> Summary:
-    """Score every image of a folder or glob into `out` (see the module docstring)."""
+def predict_folder(predictor: Predictor, images: str, out: str | Path, maps: bool = False) -> Summary:
+    """Score every image of a folder or glob into `out` (see the module docstring); maps and overlays
+    only with `maps`."""
     files, root = find_images(images)
     out = Path(out)
     check_out(out)
@@ -137,7 +143,8 @@ def predict_folder(predictor: Predictor, images: str, out: str | Path) -> Summar
             if batch:
                 result = predictor.predict_rgb([rgb for _, _, rgb in batch])
                 for i, (path, name, rgb) in enumerate(batch):
-                    _write_images(out, name, rgb, result.maps_normalised[i])
+                    if maps:
+                        write_images(out, name, rgb, result.maps_normalised[i])
                     scores.write(
                         [
                             str(path),
@@ -159,7 +166,8 @@ def predict_folder(predictor: Predictor, images: str, out: str | Path) -> Summar
     return Summary(scored, failed, anomalous, time.monotonic() - started)
 
 
-def _write_images(out: Path, name: Path, rgb: np.ndarray, nmap: np.ndarray) -> None:
+def write_images(out: Path, name: Path, rgb: np.ndarray, nmap: np.ndarray) -> None:
+    """maps/name (the normalised map, 0..255) and overlays/name under a local folder."""
     for folder in ("maps", "overlays"):
         (out / folder / name).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.round(nmap * 255).astype(np.uint8), mode="L").save(out / "maps" / name)

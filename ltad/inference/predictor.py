@@ -1,4 +1,4 @@
-"""`ltad.Predictor`: score images with an exported model (torch or ONNX), without Ray, DeepSpeed or S3.
+"""`ltad.Predictor`: score images with an exported model (torch, ONNX or OpenVINO), without Ray, DeepSpeed or S3.
 
     from ltad import Predictor
     p = Predictor.load("runs/demo/model")          # or an `ltad export --format onnx` folder
@@ -192,7 +192,7 @@ class Predictor:
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu", batch_size: int = 8) -> Predictor:
-        """The torch or ONNX export at `directory` (a local folder) on `device` (cpu, cuda, cuda:N)."""
+        """The torch, ONNX or OpenVINO export at `directory` (a local folder) on `device` (cpu, cuda, cuda:N)."""
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be an int >= 1, got {batch_size}")
         directory = Path(directory)

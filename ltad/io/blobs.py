@@ -49,6 +49,8 @@ class Blob:
     source: str
     fetched: bool = False
     """True when this call downloaded it (False: a local file or a cache hit)."""
+    etag: str | None = None
+    """The S3 object's ETag when the content was fetched (None for a local file)."""
 
 
 def cache_dir() -> Path:
@@ -72,6 +74,19 @@ def file_sha256(path: str | Path) -> str:
                 digest.update(chunk)
         _hashes[key] = digest.hexdigest()
     return _hashes[key]
+
+
+def content_id(source: str) -> str:
+    """What the content behind `source` is, told without downloading it and the same on every node: a
+    local file's sha256; an s3:// object's `sha256` metadata, else `etag:<ETag>:<size>` (one HEAD; an
+    object replaced at the same key gets a new ETag). What a driver with no copy (a CPU head) keys by."""
+    if not storage.is_s3(source):
+        return resolve(source).sha256
+    info = storage.head(source)
+    if info is None:
+        raise StorageError(f"no object at {source} (S3 endpoint {storage.endpoint()})")
+    sha = (info.get("metadata") or {}).get("sha256")
+    return sha or f"etag:{info.get('etag')}:{info['size']}"
 
 
 def resolve(source: str) -> Blob:
@@ -120,7 +135,7 @@ def _cached(ref: Path, uri: str, info: dict) -> Blob | None:
         with suppress(OSError):
             path.unlink()
         return None
-    return Blob(path, record["sha256"], uri)
+    return Blob(path, record["sha256"], uri, etag=record.get("etag"))
 
 
 def _download(uri: str, info: dict, ref: Path) -> Blob:
@@ -158,7 +173,28 @@ def _download(uri: str, info: dict, ref: Path) -> Blob:
     record = {"uri": uri, "etag": etag, "size": size, "sha256": sha, "blob": path.name}
     storage.write_bytes(str(ref), json.dumps(record, indent=2).encode())
     log.info(f"weights cache: fetched {uri} ({size / 2**20:.1f} MiB, sha256 {sha[:12]}) to {path}")
-    return Blob(path, sha, uri, fetched=True)
+    return Blob(path, sha, uri, fetched=True, etag=etag)
+
+
+def copy_checked(source: str, sha256: str, dst: str, etag: str | None = None) -> None:
+    """Copy the weights at `source` to `dst` after checking they still are the content `sha256` (an S3
+    object by its `sha256` metadata or the ETag it had when used, one HEAD, then copied server-side;
+    an object with neither, or a local file, by hashing a copy). One StorageError when they changed."""
+    info = storage.head(source) if storage.is_s3(source) else None
+    claimed = (info or {}).get("metadata", {}).get("sha256")
+    if info is not None and (claimed or (etag and info.get("etag") == etag)):
+        if claimed not in (None, sha256):
+            raise StorageError(_changed(source, sha256, f"its sha256 metadata says {claimed[:16]}..."))
+        storage.copy(source, dst, size=info["size"], if_match=info.get("etag"))
+        return
+    found = resolve(source)  # a local file, or an object fetched into this node's cache (hashed)
+    if found.sha256 != sha256:
+        raise StorageError(_changed(source, sha256, f"its content has sha256 {found.sha256[:16]}..."))
+    storage.copy(str(found.path), dst)
+
+
+def _changed(source: str, sha256: str, now: str) -> str:
+    return f"the encoder weights at {source} changed since the run used them (sha256 {sha256[:16]}...): {now}"
 
 
 @contextmanager

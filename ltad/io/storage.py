@@ -397,6 +397,49 @@ def upload_file(local: str | Path, uri: str, metadata: dict[str, str] | None = N
     os.replace(tmp, path)
 
 
+COPY_OBJECT_LIMIT = 5 << 30
+"""The largest object S3's CopyObject copies in one request; larger ones go as a multipart copy."""
+
+
+def copy(src: str, dst: str, *, size: int | None = None, if_match: str | None = None) -> None:
+    """Copy one object or file to `dst`. S3 to S3 is a server-side copy (CopyObject: no bytes pass
+    through this process, the metadata is kept); `if_match` (an ETag) makes it fail rather than copy
+    a source replaced since it was checked. Otherwise a download, upload or local copy (atomic)."""
+    if is_s3(src) and is_s3(dst):
+        (sb, sk), (db, dk) = split_s3(src), split_s3(dst)
+        source = {"Bucket": sb, "Key": sk}
+        if size is None or size <= COPY_OBJECT_LIMIT:
+            extra = {"CopySourceIfMatch": if_match} if if_match else {}
+            _call(dst, client().copy_object, CopySource=source, Bucket=db, Key=dk, **extra)
+            return
+        from boto3.s3.transfer import TransferConfig
+
+        info = head(src) or {}
+        config = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD
+        )
+        args = {"Metadata": info.get("metadata", {}), **({"CopySourceIfMatch": if_match} if if_match else {})}
+        _call(dst, client().copy, CopySource=source, Bucket=db, Key=dk, ExtraArgs=args, Config=config)
+        return
+    if is_s3(dst):  # a local file up
+        upload_file(src, dst)
+        return
+    path = Path(dst)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        if is_s3(src):
+            with open_read(src) as f, tmp.open("wb") as out:
+                shutil.copyfileobj(f, out, BUFFER)
+        elif Path(src).is_file():
+            shutil.copyfile(src, tmp)
+        else:
+            raise StorageError(f"no file at {src}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def head(uri: str) -> dict[str, Any] | None:
     """{'size': int, 'etag': str | None, 'metadata': {...}} of an existing object, None when it does not
     exist (local files have no ETag)."""

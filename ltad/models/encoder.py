@@ -106,6 +106,8 @@ class Weights:
     source: str
     file: str | None = None
     sha256: str | None = None
+    etag: str | None = None
+    """The S3 object's ETag when it was fetched (what a later server-side copy checks against)."""
 
 
 def checkpoint_file(pretrained: str) -> Weights:
@@ -117,7 +119,7 @@ def checkpoint_file(pretrained: str) -> Weights:
         blob = blobs.resolve(pretrained)
     except StorageError as exc:
         raise StorageError(f"model.encoder.pretrained '{pretrained}': {exc}") from None
-    return Weights(pretrained, str(blob.path), blob.sha256)
+    return Weights(pretrained, str(blob.path), blob.sha256, blob.etag)
 
 
 def create_clip(cfg: EncoderConfig) -> tuple[nn.Module, Weights]:

@@ -17,7 +17,14 @@ from ltad.study.sizes import BUCKET_LABELS, SIZE_PAIRS, by_class_size
 TAIL_MARGIN = 0.03
 """LTAD's tail-class image AUROC must exceed reconstruction-only's by this much (the quality issue)."""
 
-METHOD_LABELS = {"ltad": "LTAD", "rec_only": "rec_only", "knn": "kNN", "ltad_mb": "LTAD + class banks"}
+METHOD_LABELS = {
+    "ltad": "LTAD",
+    "rec_only": "rec_only",
+    "knn": "kNN",
+    "ltad_mb": "LTAD + class banks",
+    "knn_class": "per-class kNN",
+    "knn_class_oracle": "per-class kNN (true class)",
+}
 TAIL_CELLS = "tail_cells"
 """Figure name of a claim paired per tail class (same level, seed and class), not per seed."""
 FIGURE_WORDS = {
@@ -128,4 +135,43 @@ def class_size_lines(rows: Sequence[dict], methods: Sequence[str]) -> list[str]:
                 parts.append(f"{b} images {p.describe()}")
         if parts:
             out.append(f"- {key}: " + "; ".join(parts) + ".")
+    return out
+
+
+CONTROL_PAIRS = (
+    ("ltad_mb", "knn_class"),
+    ("knn_class", "knn"),
+    ("ltad_mb", "knn"),
+    ("knn_class_oracle", "knn_class"),
+    ("ltad", "knn_class"),
+)
+"""The per-class kNN control's comparisons: is `ltad_mb`'s edge LTAD or per-class banks? (banks vs one
+bank; what predicting the class costs the banks; LTAD without banks against banks alone)."""
+
+
+def control_lines(rows: Sequence[dict], levels: Sequence[str]) -> list[str]:
+    """Markdown bullets: each CONTROL_PAIRS difference on mean image AUROC paired by seed at every
+    level, knn_class's class accuracy, and the pairs per class cell by class size (long-tailed levels)."""
+    out = []
+    for lv in levels:
+        parts = []
+        for first, second in CONTROL_PAIRS:
+            p = paired_rows(rows, lv, first, second, "image_AUROC")
+            if p is not None:
+                label = f"{METHOD_LABELS.get(first, first)} − {METHOD_LABELS.get(second, second)}"
+                parts.append(f"{label} {p.describe()}")
+        acc = [r["class_accuracy"] for r in rows if r["level"] == lv and r["method"] == "knn_class"]
+        if parts:
+            tail = f" (its class prediction: {100 * sum(acc) / len(acc):.1f} % correct)" if acc else ""
+            out.append(f"- {lv}, mean image AUROC{tail}: " + "; ".join(parts) + ".")
+    data = by_class_size(list(rows), sorted({r["method"] for r in rows}), CONTROL_PAIRS)
+    for first, second in CONTROL_PAIRS[:2]:
+        key = f"{first} - {second}"
+        cells = []
+        for b in BUCKET_LABELS:
+            diffs = data.get(b, {}).get(key, []) if b in data else []
+            if len(diffs) >= 2:
+                cells.append(f"{b} images {paired_interval(diffs, [0.0] * len(diffs)).describe()}")
+        if cells:
+            out.append(f"- per class cell (exp100 and step100 pooled), {key}: " + "; ".join(cells) + ".")
     return out

@@ -1,7 +1,9 @@
 """Run a study: every (level, seed) group trains LTAD twice and fits the kNN baseline, then scores.
 
 Per group: phase 1 once; phase 2 with the configured synthesis ratio (-> ltad, sem_only, oracle) and
-with synthesis 0 (-> no_vae, rec_only); the kNN bank on the raw patches of the same split. Rows go to
+with synthesis 0 (-> no_vae, rec_only); the kNN bank on the raw patches of the same split, and the
+per-class kNN control's banks (-> knn_class, knn_class_oracle). A spec naming only kNN methods trains
+nothing, so a control can be added to a finished study's levels and seeds in minutes. Rows go to
 `rows.jsonl` one group at a time (written whole, then fsynced), so an interrupted study resumes at the
 first missing group and never holds half a group; `study.json` pins the spec, and a rerun with another
 spec into the same folder is refused rather than mixed.
@@ -21,6 +23,8 @@ import torch
 
 from ltad.baselines import PatchCore
 from ltad.baselines.class_banks import ClassBanks, fuse_with_banks
+from ltad.baselines.class_knn import ClassKNN
+from ltad.baselines.patchcore import patch_maps
 from ltad.config import LTADConfig
 from ltad.data.datasets import read_dataset
 from ltad.data.splits import make_split
@@ -173,6 +177,30 @@ def _bank_term(
     return z, {"bank_classes": len(banks.classes), "bank_s": round(time.perf_counter() - t0, 1)}
 
 
+def _class_knn_rows(
+    spec: StudySpec,
+    train: FeatureSet,
+    test: FeatureSet,
+    num_classes: int,
+    size: int,
+    seed: int,
+    report: Callable[[torch.Tensor, torch.Tensor], dict],
+) -> list[tuple[str, dict, dict]]:
+    """(method, report, extra) of the per-class kNN control: predicted class, and true class given."""
+    t0 = time.perf_counter()
+    model = ClassKNN(spec.knn_coreset, seed).fit(train.patches, train.class_id, num_classes)
+    fit_s = round(time.perf_counter() - t0, 1)
+    predicted = model.predict(test.patches)
+    out = []
+    for method, cls in (("knn_class", predicted), ("knn_class_oracle", test.class_id)):
+        if method in spec.methods:
+            extra = {"fit_s": fit_s, "bank_classes": len(model.classes)}
+            if method == "knn_class":
+                extra["class_accuracy"] = float((predicted == test.class_id).float().mean())
+            out.append((method, report(*patch_maps(model.z_scores(test.patches, cls), size)), extra))
+    return out
+
+
 def split_train(ds, train_all: FeatureSet, level: Level, seed: int):
     """(the level's long-tailed split at `seed`, the features of its training images)."""
     split = make_split(ds, level.profile, None if level.profile == "full" else level.ratio, seed=seed)
@@ -219,6 +247,9 @@ def run_group(
                 counts,
             )
         )
+    if {"knn_class", "knn_class_oracle"} & set(spec.methods):
+        for method, rep, extra in _class_knn_rows(spec, train, test, len(ds.classes), size, seed, report):
+            rows.append(_row(level, seed, method, rep, extra, counts))
     groups = {c: split.group_of(c) for c in counts}  # head/medium/tail, for per-class tail claims
     order_idx = {m: i for i, m in enumerate(spec.methods)}
     return sorted(({**r, "class_group": groups} for r in rows), key=lambda r: order_idx[r["method"]])

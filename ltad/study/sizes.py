@@ -19,11 +19,13 @@ def _bucket(n: int) -> str:
     return BUCKET_LABELS[sum(n >= lo for lo in SIZE_BUCKETS) - 1]
 
 
-def by_class_size(rows: list[dict], methods: list[str]) -> dict[str, dict[str, list[float]]]:
+def by_class_size(
+    rows: list[dict], methods: list[str], pairs: tuple[tuple[str, str], ...] = SIZE_PAIRS
+) -> dict[str, dict[str, list[float]]]:
     """bucket -> method -> per-class image AUROCs over the long-tailed levels' (level, seed, class) cells.
 
     Also bucket -> "a - b" -> paired differences (same level, seed and class) for each pair in
-    SIZE_PAIRS, so a gain on the smallest classes can be told from the seed-to-seed spread. Rows
+    `pairs` (default SIZE_PAIRS), so a gain on the smallest classes can be told from the seed-to-seed spread. Rows
     without `train_counts` (studies run before rows carried them), balanced levels and classes with no
     training images are left out.
     """
@@ -39,7 +41,7 @@ def by_class_size(rows: list[dict], methods: list[str]) -> dict[str, dict[str, l
                 out[b][r["method"]].append(float(auroc))
                 cell[(b, r["level"], r["seed"], c)][r["method"]] = float(auroc)
     for (b, *_), by_method in cell.items():
-        for first, second in SIZE_PAIRS:
+        for first, second in pairs:
             if first in by_method and second in by_method:
                 out[b][f"{first} - {second}"].append(by_method[first] - by_method[second])
     return out

@@ -16,13 +16,25 @@ from typing import Any
 from ltad.config import check, from_dict, read_yaml_file
 from ltad.data.levels import Level
 
-METHODS = ("ltad", "rec_only", "sem_only", "no_vae", "oracle", "knn", "ltad_mb")
+METHODS = (
+    "ltad",
+    "rec_only",
+    "sem_only",
+    "no_vae",
+    "oracle",
+    "knn",
+    "ltad_mb",
+    "knn_class",
+    "knn_class_oracle",
+)
 """ltad: full model (fused score, predicted class); rec_only: RM trained without synthesis, S_rec alone
 (the UniAD-style baseline); sem_only: the full model's S_sem alone; no_vae: the full model trained
 without VAE synthesis; oracle: the full model given the true class; knn: PatchCore-like baseline;
 ltad_mb: a variant beyond the paper, the full model's fused score plus a per-class kNN bank's
 standardised score for classes with at least `memory_bank_min_images` training images
-(ltad/baselines/class_banks.py)."""
+(ltad/baselines/class_banks.py); knn_class: a control without LTAD, a kNN bank for every training class
+(as ltad_mb's banks are made), each test image scored against the bank of the class a nearest-class-mean
+classifier picks (ltad/baselines/class_knn.py); knn_class_oracle: the same banks, the true class given."""
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,19 @@ demand the autoscaler scales on. Without `ltad_driver` on the cluster the driver
 wherever Ray puts them and concurrency is fixed from the resources at start (a fixed cluster).
 A trial whose driver dies (a preempted node) is retried up to `run.max_failures` times (Tune's
 FailureConfig); it resumes its stage from the stage's checkpoints.
+
+Retries are not multiplied: Ray Train already ran a failing stage `run.max_failures + 1` times (its
+FailureConfig) before the trial sees the failure, so a stage that Ray Train gave up on leaves
+`<root>/gave-up/<stage>/<run>.json` (with the Ray job's id and the error), and Tune's retry
+of that trial in the same sweep (same Ray job) fails at once with that error instead of launching
+the stage again; a deterministic DataError thus runs `max_failures + 1` times in all, not
+(`max_failures + 1`)^2. A driver that died never writes the record, so its retry resumes the stage;
+a later sweep (another Ray job, e.g. after the data was fixed) launches it again.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -138,10 +147,38 @@ def _trial(space: Space, config: dict[str, Any]) -> Trial:
     return space.trial(config)
 
 
+def gave_up_uri(space: Space, stage: str, run: str) -> str:
+    """Where a stage that Ray Train gave up on is recorded (see the module docstring)."""
+    return storage.join(space.root, "gave-up", stage, f"{run}.json")
+
+
+def _ray_job() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_job_id()
+
+
 def _launch(space: Space, stage: str, run: str, fn, inp: StageInput, **kwargs):
-    """Record, then fit, the TorchTrainer run `{run}-{stage}`; its `ray.train.Result`."""
+    """Record, then fit, the TorchTrainer run `{run}-{stage}`; its `ray.train.Result`. Raises
+    `StageGaveUp` without fitting when Ray Train gave up on this stage earlier in this sweep."""
+    gave_up = gave_up_uri(space, stage, run)
+    job = _ray_job()
+    prior = storage.read_optional(gave_up)
+    if prior is not None and json.loads(prior).get("ray_job") == job:
+        raise StageGaveUp(f"{run}-{stage}: not launched again: {json.loads(prior)['error']}")
     record_launch(space, stage, run)
-    return fit(fn, inp, name=f"{run}-{stage}", **kwargs)
+    try:
+        return fit(fn, inp, name=f"{run}-{stage}", **kwargs)
+    except (
+        Exception
+    ) as exc:  # Ray Train's retries are spent (or the start failed): Tune must not multiply them
+        error = f"Ray Train gave up after run.max_failures={inp.config.run.max_failures} retries: {exc}"
+        storage.write_json(gave_up, {"ray_job": job, "time": time.time(), "error": error[:4000]})
+        raise
+
+
+class StageGaveUp(RuntimeError):
+    """A trial's stage that Ray Train gave up on earlier in this sweep (Tune's retry of the trial)."""
 
 
 def _fits(cpus: float, gpus: int) -> int:

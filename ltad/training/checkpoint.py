@@ -71,8 +71,10 @@ def save_and_report(
     final: bool = False,
     finalize: Finalize | None = None,
     history: History | None = None,
+    report_to_ray: bool = True,
 ) -> None:
-    """Save the engine state (all ranks) into `root`'s step directory, then report `metrics` to Ray.
+    """Save the engine state (all ranks) into `root`'s step directory, then report `metrics` to Ray
+    (unless not `report_to_ray`: a preemption checkpoint between logged steps).
 
     On the final save, rank 0 writes `model.pt`: the consolidated state, mapped by `finalize` (e.g. into
     the whole model's keys, with statistics fitted after training) when given. Rank 0 also writes its
@@ -98,14 +100,16 @@ def save_and_report(
         if rank == 0:
             store.seal(uri, tmp, step=step, world_size=world, files=(HISTORY_FILE, MODEL_FILE))
             store.prune(root)
-    report(dict(metrics, step=step, final=final), summary=final)
+    if report_to_ray:
+        report(dict(metrics, step=step, final=final), summary=final)
 
 
 def restore(engine, root: str, history: History | None = None) -> int:
     """Load the newest complete checkpoint under `root` into `engine`; the step to resume from (0).
     `history` takes the checkpoint's records up to that step.
 
-    Each worker downloads the shared files and its own ZeRO shard into its own temporary directory.
+    Each worker downloads its own ZeRO shard, the model states and the history (store.download) into its
+    own temporary directory.
     """
     import ray.train
 

@@ -4,8 +4,9 @@ The ZeRO stage comes from `configs/deepspeed/zero{stage}.json`; this module fill
 the run (micro batch, learning rates, clipping, precision) so the JSON files stay run-independent.
 On the CPU it applies a verified recipe: the CPU accelerator, gloo,
 torch's Adam instead of DeepSpeed's JIT-compiled one, and no shared-memory comm op.
-bf16 uses DeepSpeed's `torch_autocast`: parameters and optimizer state stay fp32 (so the exported
-weights are exact fp32) while matmuls run in bf16, and tensors the objective holds outside the
+Mixed precision uses DeepSpeed's `torch_autocast`: parameters and optimizer state stay fp32 (so the
+exported weights are exact fp32) while matmuls run in bf16 (fp16 on a GPU without bf16, with
+DeepSpeed's GradScaler; training/precision.py chooses), and tensors the objective holds outside the
 engine (frozen text embeddings) need no casting.
 """
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from ltad.config import ScalingConfig
 from ltad.errors import ConfigError
+from ltad.training import precision
 
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 
@@ -46,7 +48,8 @@ def deepspeed_config(
     weight_decay: float,
     grad_clip: float,
 ) -> dict[str, Any]:
-    """`base` completed with the run's values; bf16 always on GPU, on CPU only if configured."""
+    """`base` completed with the run's values; autocast on a GPU always (bf16, or fp16 where the card has
+    no bf16), on the CPU only if `scaling.precision` is bf16."""
     cfg = copy.deepcopy(base)
     cfg["train_micro_batch_size_per_gpu"] = batch_size
     cfg.setdefault("gradient_accumulation_steps", 1)
@@ -55,8 +58,9 @@ def deepspeed_config(
     opt.setdefault("params", {}).update(lr=lr, weight_decay=weight_decay)
     if not scaling.use_gpu:
         opt["params"]["torch_adam"] = True
-    if scaling.use_gpu or scaling.precision == "bf16":
-        cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    mode = precision.select(scaling.use_gpu, scaling.precision)
+    if mode != "fp32":
+        cfg["torch_autocast"] = {"enabled": True, "dtype": str(precision.DTYPES[mode]).removeprefix("torch.")}
     return cfg
 
 

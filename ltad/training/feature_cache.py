@@ -3,8 +3,9 @@
 Feature shards sit beside the image shards at `{prefix}/features/{fingerprint}/{split}/...`, one
 feature shard per image shard with the same name and the same samples in the same order, so they
 reuse the data plane's shard writer, manifest (with its per-shard counts) and streams. The
-fingerprint hashes the encoder config, the sha256 of its checkpoint file (local or s3://) and the image
-shards' hashes: a different encoder, a replaced checkpoint or re-prepared shards get a new cache, never a
+fingerprint hashes the encoder config, what its checkpoint holds (a local file's sha256; an s3://
+object's `sha256` metadata, else its ETag and size: told by one HEAD, so the driver never downloads
+the weights to name the cache) and the image shards' hashes: a different encoder, a replaced checkpoint or re-prepared shards get a new cache, never a
 stale one. Samples: `key.feat.npy` (fp16 D x g x g), `key.glob.npy`
 (fp16 E), `key.cls`, `key.json`, and `key.mask.png` for defective test samples.
 
@@ -24,14 +25,14 @@ the images, the main thread only runs the encoder and writes.
 
 Tolerance: fp16 storage rounds each value to 11 significant bits, so a cached feature differs from the
 online fp32 one by at most 2^-11 of its magnitude (checked in tests/integration/test_training.py).
-On a GPU the encoder runs under bf16 autocast (8 significant bits): the cache then differs from fp32
-by about 2^-8 of each value's magnitude, plus the accumulated rounding of the layers, in exchange for
-about twice the throughput; the manifest's `extra.precision` says which ("fp32" on CPU, unchanged).
+On a GPU the encoder runs under bf16 autocast (8 significant bits; fp16 autocast on a card without
+bf16, training/precision.py): the cache then differs from fp32 by about 2^-8 of each value's
+magnitude, plus the accumulated rounding of the layers, in exchange for about twice the throughput;
+the manifest's `extra.precision` says which ("fp32" on CPU, unchanged).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import heapq
 import io
@@ -56,6 +57,7 @@ from ltad.data.streams import decode_image_sample
 from ltad.errors import DataError, StorageError
 from ltad.io import blobs, storage
 from ltad.log import get_logger
+from ltad.training import precision as precisions
 
 FP16_RTOL = 2.0**-11
 """Relative rounding bound of the fp16 cache (documented tolerance of cached vs online features)."""
@@ -80,11 +82,13 @@ def fingerprint(encoder: EncoderConfig, manifest: Manifest) -> str:
 
 
 def _weights_sha256(pretrained: str) -> str | None:
-    """Content hash of a checkpoint file or s3:// object (config load makes existing paths absolute)."""
+    """What the checkpoint file or s3:// object holds (config load makes existing paths absolute):
+    `blobs.content_id`, so the driver names the cache without downloading the weights (an object
+    without `sha256` metadata is named by its ETag and size)."""
     if not (storage.is_s3(pretrained) or Path(pretrained).is_absolute()):
         return None
     try:
-        return blobs.resolve(pretrained).sha256
+        return blobs.content_id(pretrained)
     except StorageError as exc:
         raise StorageError(f"model.encoder.pretrained '{pretrained}': {exc}") from None
 
@@ -119,14 +123,12 @@ def balance_by_bytes(items: Sequence[T], workers: int, size: Callable[[T], int])
 
 
 def precision(device: torch.device) -> str:
-    """The encode precision on `device`: bf16 autocast on CUDA, plain fp32 elsewhere."""
-    return "bf16" if device.type == "cuda" else "fp32"
+    """The encode precision on `device`: bf16 (fp16 without bf16 support) autocast on CUDA, fp32 elsewhere."""
+    return precisions.of_device(device)
 
 
 def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return precisions.autocast(device, precision(device))
 
 
 def done_record_uri(out_uri: str, name: str) -> str:

@@ -23,6 +23,7 @@ What each stage's fingerprint covers (everything that changes what the stage com
 Left out everywhere because they do not change the result: `run.name`, `run.storage_path`,
 `run.output` (where), `run.log_every`, `run.checkpoint_every` (how often; a resume is exact, see
 docs/RELIABILITY.md), `phase2.validate_every` (validation reads the model, never changes it), `run.max_failures`, `scaling.cpus_per_worker` (placement),
+`scaling.worker_start_timeout_s` (how long a start may wait),
 `data.max_bad_samples` (a tolerance: raising it after a failed run must let that run resume; the
 samples skipped are recorded in metrics.json). The feature cache keeps its own key
 (`feature_cache.fingerprint`: encoder config + image shard hashes).

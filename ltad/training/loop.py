@@ -5,7 +5,10 @@ averaged over the interval and over ranks, so the reported loss does not depend 
 `bad_samples` is the number of corrupt training samples skipped (within `data.max_bad_samples`),
 summed over ranks, since the phase started or last resumed; `samples_per_s` counts real samples of all
 ranks; `lr` (and `lr_<group>`) is the optimizer's current learning rate. Rank 0 appends every logged
-interval to the stage's history (history.py), which travels with each checkpoint.
+interval to the stage's history (history.py), which travels with each checkpoint. Every step ends by
+reading Ray's preemption notice (preemption.py): when a node of the group is being drained, the
+checkpoint of that step is written at once and the loop holds until Ray restarts the group, so a
+preemption loses no step that ended before the notice was seen.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ltad.log import get_logger
 from ltad.training.checkpoint import Finalize, restore, save_and_report
 from ltad.training.dist import all_reduce, is_distributed
 from ltad.training.engine import move_batch
 from ltad.training.history import History
+from ltad.training.preemption import PreemptionNotice
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class LoopSpec:
     validate_every: int = 0  # steps between `validate` calls (at the next logged step); 0 = never
     root: str = ""  # the stage's run directory: its checkpoints (training/store.py)
 
+
+log = get_logger("loop")
 
 LOOP_LOGS = ("bad_samples", "steps_per_s", "samples_per_s", "lr")
 """What the loop reports beside the objective's logs (as `<phase>/<name>`)."""
@@ -53,6 +60,7 @@ def run_steps(
     rank: int,
     finalize: Finalize | None = None,
     validate: Callable[[], dict[str, float]] | None = None,
+    notice: PreemptionNotice | None = None,
 ) -> dict[str, float]:
     """Train `engine` from the latest checkpoint to `spec.steps`; `batches(start_step)` yields batches.
 
@@ -60,7 +68,7 @@ def run_steps(
     maps the consolidated state saved with the final checkpoint (see checkpoint.save_and_report).
     `validate` (every rank, so it may gather parameters) runs at the first logged step at or after
     each multiple of `spec.validate_every`; what it returns (rank 0's values; unprefixed) joins that
-    step's report and history.
+    step's report and history. `notice` reads Ray's preemption notice (by default through Ray Train).
     """
     history = History(spec.phase) if rank == 0 else None
     start = restore(engine, spec.root, history)
@@ -68,6 +76,8 @@ def run_steps(
         # the phase finished before (a restart, or a rerun of the job): its final checkpoint, with its
         # model.pt and history, is the result; nothing is trained or written again
         return _last_metrics(spec, history)
+    if start:
+        log.info(f"{spec.phase}: resuming from its checkpoint at step {start}")
     stream = batches(start)
     device = engine.device
     bar = _progress(spec, start) if rank == 0 else None
@@ -77,6 +87,7 @@ def run_steps(
     metrics: dict[str, float] = {}
     tic = time.perf_counter()
     validated = start // spec.validate_every if spec.validate_every else 0
+    notice = notice or PreemptionNotice()
     for step in range(start + 1, spec.steps + 1):
         batch = next(stream)
         skipped = batch.pop("bad_skipped", None)
@@ -94,7 +105,9 @@ def run_steps(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
-        if step % spec.log_every == 0 or step == spec.steps:
+        preempted = notice.check(step) and step < spec.steps  # the last step's final checkpoint is next
+        logged = step % spec.log_every == 0 or step == spec.steps
+        if logged:
             metrics = _over_ranks(sums, count, bad)
             metrics["steps_per_s"] = count / max(time.perf_counter() - tic, 1e-9)
             per_step = metrics.pop("samples", 0.0) * (dist.get_world_size() if is_distributed() else 1)
@@ -111,16 +124,30 @@ def run_steps(
             sums, count, tic = {}, 0, time.perf_counter()
             if step == spec.steps:
                 break
-            if step % spec.checkpoint_every == 0:
+            if step % spec.checkpoint_every == 0 or preempted:
                 save_and_report(engine, step, metrics, root=spec.root, history=history)
             else:
                 _report(metrics, step)
+        elif preempted:  # between logged steps: the checkpoint without a report (Tune sees none extra)
+            save_and_report(engine, step, metrics, root=spec.root, history=history, report_to_ray=False)
+        if preempted:
+            log.warning(f"{spec.phase}: preemption checkpoint at step {step}: {notice.describe()}")
+            notice.hold(agree=_max_over_ranks)  # returns only if Ray does not restart the group
     if bar is not None:
         bar.close()
+    log.info(
+        f"{spec.phase}: Ray's preemption notice read {notice.reads} times, {notice.seconds:.2f} s in all"
+    )
     save_and_report(
         engine, spec.steps, metrics, root=spec.root, final=True, finalize=finalize, history=history
     )
     return metrics
+
+
+def _max_over_ranks(n: int) -> int:
+    return int(
+        all_reduce(torch.tensor([n], dtype=torch.int64), dist.ReduceOp.MAX if is_distributed() else None)[0]
+    )
 
 
 def learning_rates(engine) -> dict[str, float]:

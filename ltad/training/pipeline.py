@@ -37,26 +37,52 @@ _log = get_logger("pipeline").info
 
 def publish(checkpoint, output: str, then: Callable[[Path], None] | None = None) -> list[str]:
     """Copy a finished evaluation's files (metrics, report, overlays, model) from its directory (a URI or
-    `ray.train.Checkpoint`) to a local dir or S3 prefix, metrics.json last; `then` gets a local folder
-    holding them before it is removed."""
+    `ray.train.Checkpoint`) to a local dir or S3 prefix, metrics.json last; S3 to S3 by server-side
+    copy, so no byte passes through the driver. The model's encoder weights, which the evaluation only
+    refers to by sha256, are copied from their source into the published model (checked to be that
+    content first: `blobs.copy_checked`). `then` gets a local folder holding the published files
+    (downloaded for it only) before it is removed."""
     source = uri_of(checkpoint)
     prefix = source.rstrip("/") + "/"
-    files = [u for u in storage.list(source) if u.startswith(prefix)]
-    rels = sorted((u[len(prefix) :] for u in files), key=lambda r: (r == "metrics.json", r))
+    sizes = {u[len(prefix) :]: n for u, n in storage.list_sizes(source) if u.startswith(prefix)}
+    rels = sorted(r for r in sizes if not (r.startswith(".") or "/." in r))  # no markers, no Ray metadata
+    last = [r for r in rels if r == "metrics.json"]
     written = []
-    with tempfile.TemporaryDirectory(prefix="ltad-publish-") as tmp:
-        local = Path(tmp)
-        for rel in rels:
-            if rel.startswith(".") or "/." in rel:
-                continue  # markers and Ray's own metadata files
-            path = local / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(storage.read_bytes(prefix + rel))
-            uri = storage.join(output, rel)
-            storage.upload_file(path, uri)
-            written.append(uri)
-        if then is not None:
-            then(local)
+    for rel in [r for r in rels if r != "metrics.json"]:
+        storage.copy(prefix + rel, storage.join(output, rel), size=sizes[rel])
+        written.append(storage.join(output, rel))
+    written += _publish_encoder_weights(prefix, rels, output)
+    for rel in last:
+        storage.copy(prefix + rel, storage.join(output, rel), size=sizes[rel])
+        written.append(storage.join(output, rel))
+    if then is not None:
+        with tempfile.TemporaryDirectory(prefix="ltad-publish-") as tmp:
+            base = output.rstrip("/") + "/"
+            for uri in written:
+                storage.copy(uri, str(Path(tmp) / uri[len(base) :]))
+            then(Path(tmp))
+    return written
+
+
+def _publish_encoder_weights(prefix: str, rels: list[str], output: str) -> list[str]:
+    """The encoder weights each published model's export.json refers to without carrying them,
+    copied from their source into that model's folder; the URIs written."""
+    import json
+
+    from ltad.io import blobs
+
+    written = []
+    for rel in rels:
+        if rel.rsplit("/", 1)[-1] != "export.json":
+            continue
+        record = json.loads(storage.read_bytes(prefix + rel)).get("encoder_weights") or {}
+        folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
+        name = f"{folder}/{record.get('file')}" if folder else str(record.get("file"))
+        if not record or name in rels:  # no checkpoint file, or an evaluation that carries its copy
+            continue
+        dst = storage.join(output, name)
+        blobs.copy_checked(record["source"], record["sha256"], dst, etag=record.get("etag"))
+        written.append(dst)
     return written
 
 
@@ -109,7 +135,9 @@ def run_pipeline(
     checked before any stage runs. Every training stage rewrites `{run.output}/history.jsonl`
     (history.py) and feeds `run.loggers` (tracking.py).
     """
-    cfg = preflight.check_run(cfg, log)  # before any stage: locations every node can reach
+    # before any stage: locations every node can reach, a checkpoint given by `--checkpoint` included
+    given = [("--checkpoint", uri_of(c)) for c in (checkpoints or {}).values()]
+    cfg = preflight.check_run(cfg, log, given)
     with Tracker(cfg, log) as tracker:
         return _run_stages(cfg, tracker, stages, checkpoints, log)
 
@@ -178,7 +206,7 @@ def _run_stages(
     evaluation = latest_evaluation(run_root(cfg, "evaluate"))
     if evaluation is None:
         raise ConfigError(f"the evaluation left no results under {run_root(cfg, 'evaluate')}")
-    written = publish(evaluation, cfg.run.output, then=tracker.outputs)
+    written = publish(evaluation, cfg.run.output, then=tracker.outputs if tracker.mlflow else None)
     log(f"wrote {len(written)} files to {cfg.run.output}")
     metrics = storage.read_json(storage.join(cfg.run.output, "metrics.json"))
     tracker.evaluation(summary(metrics))

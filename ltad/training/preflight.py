@@ -12,9 +12,13 @@ the driver first. Then a tiny task on every other node that can host a worker re
 manifest there, with the job's environment, so a node that cannot reach the data fails the job in
 seconds with one line instead of after the first stage.
 
-Multi-node rule: more than one alive node, or a driver's node that cannot host one worker (no GPU
-while `scaling.use_gpu`, or fewer CPUs than `scaling.cpus_per_worker`), because then the workers
-run on other nodes, perhaps ones an autoscaler has yet to add.
+Multi-node rule (`is_multi_node`, on Ray's node list): more than one alive node; or a lone node
+under an autoscaler (`ray up` left its config on the head, naming a worker type that may start:
+with `min_workers: 0` a cluster starts as its head alone and adds nodes when work waits, so the work
+lands on nodes yet to come); or a driver's node that cannot host one worker (no GPU while
+`scaling.use_gpu`, fewer CPUs than `scaling.cpus_per_worker`, or, for prepare's tasks, no CPU: a
+CPU-0 head), because then the workers run on other nodes. Every location a command can name and
+what this does with it: docs/RELIABILITY.md "Preflight: every location".
 """
 
 from __future__ import annotations
@@ -42,13 +46,43 @@ def is_weights_path(value: str) -> bool:
     return storage.is_s3(value) or "/" in value or "\\" in value or value.endswith(WEIGHT_SUFFIXES)
 
 
-def is_multi_node(alive_nodes: int, driver_resources: Mapping[str, float], scaling: ScalingConfig) -> bool:
-    """Whether the workers may run on another node than the driver (see the module docstring)."""
-    if alive_nodes > 1:
+AUTOSCALER_CONFIG = "~/ray_bootstrap_config.yaml"
+"""Where `ray up` leaves the autoscaler's config on the head (the driver of a submitted job runs there)."""
+
+
+def is_multi_node(
+    nodes: Iterable[Mapping[str, Any]], here: str, *, cpus: float, gpus: float = 0, autoscaling: bool = False
+) -> bool:
+    """Whether work asking `cpus` CPUs and `gpus` GPUs per worker may run on another node than the
+    driver's (`here`, a NodeID of `nodes`, shaped like `ray.nodes()`); see the module docstring."""
+    alive = [n for n in nodes if n.get("Alive")]
+    if len(alive) > 1 or autoscaling:
         return True
-    if scaling.use_gpu and driver_resources.get("GPU", 0) < 1:
-        return True
-    return driver_resources.get("CPU", 0) < scaling.cpus_per_worker
+    resources: Mapping[str, float] = next(
+        (n.get("Resources", {}) for n in alive if n.get("NodeID") == here), {}
+    )
+    return resources.get("CPU", 0) < cpus or resources.get("GPU", 0) < gpus
+
+
+def worker_demand(scaling: ScalingConfig) -> dict[str, float]:
+    """What one training worker asks of a node (`is_multi_node`'s cpus and gpus)."""
+    return {"cpus": scaling.cpus_per_worker, "gpus": 1.0 if scaling.use_gpu else 0.0}
+
+
+def has_autoscaler(config: str = AUTOSCALER_CONFIG) -> bool:
+    """Whether this node holds an autoscaler config that may start worker nodes (max_workers > 0)."""
+    import yaml
+
+    path = Path(config).expanduser()
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    head = data.get("head_node_type")
+    types = data.get("available_node_types") or {}
+    if not types:
+        return int(data.get("max_workers") or 0) > 0
+    return any(int((t or {}).get("max_workers") or 0) > 0 for name, t in types.items() if name != head)
 
 
 def run_locations(cfg: LTADConfig) -> list[tuple[str, str]]:
@@ -114,14 +148,12 @@ def absolute_config(cfg: LTADConfig) -> LTADConfig:
 # --------------------------------------------------------------------------- the connected cluster
 
 
-def cluster_is_multi_node(scaling: ScalingConfig) -> bool:
-    """`is_multi_node` for the cluster Ray is connected to."""
+def cluster_is_multi_node(cpus: float, gpus: float = 0) -> bool:
+    """`is_multi_node` for the cluster Ray is connected to, from the driver's node."""
     import ray
 
-    alive = [n for n in ray.nodes() if n.get("Alive")]
     here = ray.get_runtime_context().get_node_id()
-    resources: dict[str, float] = next((n.get("Resources", {}) for n in alive if n.get("NodeID") == here), {})
-    return is_multi_node(len(alive), resources, scaling)
+    return is_multi_node(ray.nodes(), here, cpus=cpus, gpus=gpus, autoscaling=has_autoscaler())
 
 
 def _read_manifest_here(data_uri: str) -> str | None:
@@ -181,11 +213,12 @@ def check_manifest_on_nodes(data_uri: str, scaling: ScalingConfig, key: str = "d
     return len(nodes)
 
 
-def check_run(cfg: LTADConfig, log=None) -> LTADConfig:
-    """Preflight of a training run on the connected cluster; the config with absolute local paths."""
+def check_run(cfg: LTADConfig, log=None, given: Iterable[tuple[str, str]] = ()) -> LTADConfig:
+    """Preflight of a training run on the connected cluster; the config with absolute local paths.
+    `given`: (flag, location) of what the command adds, e.g. `ltad evaluate --checkpoint`."""
     cfg = absolute_config(cfg)
-    multi = cluster_is_multi_node(cfg.scaling)
-    check_locations(run_locations(cfg), multi_node=multi, shared_fs=cfg.run.shared_fs)
+    multi = cluster_is_multi_node(**worker_demand(cfg.scaling))
+    check_locations([*run_locations(cfg), *given], multi_node=multi, shared_fs=cfg.run.shared_fs)
     if multi and cfg.data.uri:
         read_manifest(cfg.data.uri)  # the driver's own reading first: its error names no node
         checked = check_manifest_on_nodes(cfg.data.uri, cfg.scaling)
@@ -195,9 +228,12 @@ def check_run(cfg: LTADConfig, log=None) -> LTADConfig:
 
 
 def sweep_locations(space: Any) -> list[tuple[str, str]]:
-    """(key, value) of a sweep's shared locations: its root, every level's data, the weights file."""
+    """(key, value) of a sweep's shared locations: its root, every level's data, the feature caches
+    (`data.cache_uri` of the base config, when set), the weights file."""
     out = [("root", space.root)]
     out += [(f"levels[{i}].data", lv.data) for i, lv in enumerate(space.levels)]
+    if space.base.data.cache_uri:
+        out.append(("data.cache_uri", space.base.data.cache_uri))
     if is_weights_path(space.base.model.encoder.pretrained):
         out.append(("model.encoder.pretrained", space.base.model.encoder.pretrained))
     return out
@@ -208,7 +244,7 @@ def check_sweep(space: Any, log=None) -> Any:
     base = absolute_config(space.base)
     levels = tuple(dataclasses.replace(lv, data=absolute(lv.data)) for lv in space.levels)
     space = dataclasses.replace(space, base=base, levels=levels, root=absolute(space.root))
-    multi = cluster_is_multi_node(base.scaling)
+    multi = cluster_is_multi_node(**worker_demand(base.scaling))
     check_locations(sweep_locations(space), multi_node=multi, shared_fs=base.run.shared_fs)
     if multi:
         for i, lv in enumerate(space.levels):

@@ -26,16 +26,22 @@ def _call(fn: Callable[[Any], Any], item: Any) -> Any:
     return fn(item)
 
 
-def check_reachable(*locations: str) -> None:
-    """On a cluster of more than one node, every location must be s3:// (nodes share no disk)."""
-    import ray
+def check_reachable(
+    *locations: tuple[str, str],
+    work: str = "prepare's Ray tasks",
+    fix: str = "give s3:// locations for --root and --out with --ray (or run without --ray)",
+) -> None:
+    """(flag, location) pairs: on a multi-node cluster (`preflight.is_multi_node` for 1-CPU tasks: more
+    than one node, an autoscaler that may add some, or a head without CPUs) each must be s3://."""
+    from ltad.training.preflight import cluster_is_multi_node
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    local = [loc for loc in locations if not storage.is_s3(loc)]
-    if len(nodes) > 1 and local:
+    local = [(flag, loc) for flag, loc in locations if not storage.is_s3(loc)]
+    if local and cluster_is_multi_node(cpus=1):
+        flag, loc = local[0]
         raise ConfigError(
-            f"'{local[0]}' is a local path but this Ray cluster has {len(nodes)} nodes that share no disk: "
-            "give s3:// locations for --root and --out with --ray (or run without --ray)"
+            f"{flag} '{loc}' is a local path, but {work} may run on other nodes of this "
+            f"cluster (several nodes, an autoscaler that adds them, or a head without CPUs) that share "
+            f"no disk: {fix}"
         )
 
 

@@ -4,6 +4,10 @@ Storage on `s3://` goes through a pyarrow S3 filesystem built from the environme
 region; pyarrow reads the credentials from the environment itself, so they never enter a config,
 a pickled trainer or a log). A rerun with the same run name and storage path resumes from the latest
 checkpoint (Train V2 has no `resume_from_checkpoint`).
+
+`scaling.worker_start_timeout_s` reaches Ray Train as RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S in the
+driver's environment, which Ray Train hands on to its controller (the only way it is read): a job
+submitted before its nodes have joined waits that long for them instead of Ray's 60 s.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ WORKER_ENV = (
     "LTAD_CACHE_DIR",
     *S3_SETTINGS,
 )
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+"""Ray Train's worker group start timeout (read by its controller from the driver's environment)."""
 
 
 def s3_filesystem():
@@ -78,6 +84,7 @@ def fit(
     path, fs = resolve_storage(cfg.run.storage_path, cfg.run.output)
     env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
     env.setdefault("DS_ACCELERATOR", "cuda" if sc.use_gpu else "cpu")
+    os.environ[START_TIMEOUT_ENV] = f"{sc.worker_start_timeout_s:g}"  # the config is the one source
     # ray.train picks its V2 RunConfig at import time; mypy sees the V1 one, which lacks two of these.
     run_config = ray.train.RunConfig(  # type: ignore[call-arg]
         name=name,

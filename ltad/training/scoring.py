@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ltad.data.pseudo_defects import pseudo_defect, pseudo_key
+from ltad.data.pseudo_defects import GENERATORS, pseudo_key
 from ltad.data.shards import iterate_shard
 from ltad.data.streams import ExactlyOnceStream, decode_image_sample, make_loader
 from ltad.eval.metrics import StreamingPixelAccumulator
@@ -118,7 +118,8 @@ def heldout_batches(w: Worker, rank: int, world_size: int):
     stream = ExactlyOnceStream(w.data_uri, shards, rank, world_size, decode)
     for batch in make_loader(stream, w.cfg.eval.batch_size, w.cfg.data.loader_workers):
         keys = list(batch["key"])
-        yield keys, [int(c) for c in batch["class_id"]], (batch["image"], pseudo_batch(batch["image"], keys))
+        pseudo = pseudo_batch(batch["image"], keys, w.cfg.eval.pseudo_defect)
+        yield keys, [int(c) for c in batch["class_id"]], (batch["image"], pseudo)
 
 
 def _score_images(model, images: torch.Tensor, size: int):
@@ -126,10 +127,12 @@ def _score_images(model, images: torch.Tensor, size: int):
     return model.score(enc.patches.float(), enc.global_emb.float(), (size, size))
 
 
-def pseudo_batch(images: torch.Tensor, keys: list[str]) -> torch.Tensor:
-    """B x 3 x H x W images in [0, 1] -> their pseudo-anomalous copies (one synthetic defect each)."""
+def pseudo_batch(images: torch.Tensor, keys: list[str], kind: str = "blend") -> torch.Tensor:
+    """B x 3 x H x W images in [0, 1] -> their pseudo-anomalous copies (one synthetic defect each, made
+    by the `eval.pseudo_defect` generator `kind`)."""
+    make = GENERATORS[kind]
     hwc = images.permute(0, 2, 3, 1).cpu().numpy()
-    out = np.stack([pseudo_defect(hwc[i], key)[0] for i, key in enumerate(keys)])
+    out = np.stack([make(hwc[i], key)[0] for i, key in enumerate(keys)])
     return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2), dtype=np.float32))
 
 

@@ -443,7 +443,10 @@ def write_evaluation(
     images = overlay_images(w, [c for cs in chosen.values() for c in cs])
     drawn = threshold if per_class is None else {c: float(t) for c, t in enumerate(per_class)}
     overlays = render_overlays(chosen, images, classes, drawn, out / "overlays")
-    write_export(out / "model", model, w.cfg, classes, scores, threshold, metrics["provenance"], calibration)
+    write_export(
+        out / "model", model, w.cfg, classes, scores, threshold, metrics["provenance"], calibration,
+        carry_encoder=False,  # referred to by sha256; publishing copies it into the output once
+    )  # fmt: skip
     write_report(out / "report.md", metrics, overlays)
     return metrics
 

@@ -6,7 +6,7 @@ so a finished phase 1 can be found by name, reused by sweeps and refused when it
 Every rank uploads its own files (ZeRO shards are per rank); after a barrier rank 0 adds the history,
 then `model.pt` (final checkpoints) and the marker `.ltad-complete`, last: a directory without the
 marker (or, for a final one written by older ltad versions through Ray, without `model.pt`) is never
-read. Restoring, a rank downloads the shared files and its own ZeRO shards only.
+read. Restoring, a rank downloads its own ZeRO shards, the model states and the history only.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ KEEP = 2
 """Complete non-final checkpoints kept per stage (finals are always kept)."""
 _STEP = re.compile(r"^step-(\d{7})(-final)?$")
 _RANK = re.compile(r"zero_pp_rank_(\d+)_")
+_MODEL_STATES = re.compile(r"^mp_rank_\d+_model_states\.pt$")
+HISTORY_FILE = "history.jsonl"
+"""= ltad.training.history.HISTORY_FILE (history imports this module, so the name is repeated here)."""
 
 
 def uri_of(checkpoint: Any) -> str:
@@ -127,18 +130,29 @@ def prune(root: str, keep: int = KEEP) -> list[str]:
 
 
 def download(uri: str, dest: str | Path, rank: int | None = None) -> Path:
-    """Copy a checkpoint directory into `dest`; with `rank`, other ranks' ZeRO shards are left out."""
+    """Copy a checkpoint directory into `dest`. With `rank`, only what that rank's restore reads: its
+    own ZeRO shards, the model states (`mp_rank_*_model_states.pt`, every rank's under ZeRO-3 being
+    its own shard) and the history; never other ranks' shards, the marker, `model.pt` or DeepSpeed's
+    recovery script."""
     dest = Path(dest)
     prefix = uri.rstrip("/") + "/"
     for src in storage.list(uri):
         rel = src[len(prefix) :] if src.startswith(prefix) else Path(src).name
-        m = _RANK.search(rel.rsplit("/", 1)[-1])
-        if rank is not None and m and int(m.group(1)) != rank:
+        if rank is not None and not restores(rel, rank):
             continue
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(storage.read_bytes(src))
     return dest
+
+
+def restores(rel: str, rank: int) -> bool:
+    """Whether rank `rank`'s restore reads the checkpoint file `rel` (see `download`)."""
+    name = rel.rsplit("/", 1)[-1]
+    m = _RANK.search(name)
+    if m:
+        return int(m.group(1)) == rank
+    return rel == HISTORY_FILE or bool(_MODEL_STATES.match(name))
 
 
 def read_file(checkpoint: Any, name: str) -> bytes | None:

@@ -76,6 +76,47 @@ def tiny_data(s3_server, tmp_path_factory) -> str:
     return uri
 
 
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """An exported tiny model (standardisation fitted on real synthetic images) and a folder of images
+    (three test images and a grayscale one of another size in sub/): the model the predict tests share."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ltad.config import LTADConfig
+    from ltad.data.synth import synthesize
+    from ltad.inference.export import write_export
+    from ltad.models.state import build_model
+
+    tmp = tmp_path_factory.mktemp("predict")
+    root = synthesize(tmp / "synth", classes=2, image_size=64, train_per_class=4, test_per_class=4, seed=1)
+    cfg = LTADConfig.from_dict({"model": TINY_MODEL})
+    model = build_model(cfg, 2).eval()
+    model.cache_text()
+    train = sorted(root.glob("*/train/good/*.png"))
+    images = torch.stack(
+        [
+            torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), np.float32) / 255).permute(2, 0, 1)
+            for p in train
+        ]
+    )
+    enc = model.encoder.encode_images(images)
+    model.fit_standardisation([(enc.patches, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))])
+    scores = model.score(enc.patches, enc.global_emb, (64, 64)).pred_score.numpy()
+    write_export(
+        tmp / "model", model, cfg, ["a", "b"], scores, float(np.median(scores)), {"git_commit": "test"}
+    )
+    # a folder with nested images of two sizes (one grayscale) to score
+    folder = tmp / "images"
+    (folder / "sub").mkdir(parents=True)
+    tests = sorted(root.glob("*/test/*/*.png"))[:3]
+    for i, p in enumerate(tests):
+        Image.open(p).save(folder / f"img{i}.png")
+    Image.open(tests[0]).convert("L").resize((80, 48)).save(folder / "sub" / "gray.png")
+    return tmp / "model", folder, model, scores
+
+
 @pytest.fixture(scope="module")
 def ray_head(s3_server, tmp_path_factory):
     """A local Ray head from `scripts/ray-local` (state in a tmp dir); yields its environment."""

@@ -9,45 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.integration.conftest import TINY_MODEL
-
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """An exported tiny model (standardisation fitted on real synthetic images) and a folder of images."""
-    from ltad.config import LTADConfig
-    from ltad.data.synth import synthesize
-    from ltad.inference.export import write_export
-    from ltad.models.state import build_model
-
-    tmp = tmp_path_factory.mktemp("predict")
-    root = synthesize(tmp / "synth", classes=2, image_size=64, train_per_class=4, test_per_class=4, seed=1)
-    cfg = LTADConfig.from_dict({"model": TINY_MODEL})
-    model = build_model(cfg, 2).eval()
-    model.cache_text()
-    train = sorted(root.glob("*/train/good/*.png"))
-    images = torch.stack(
-        [
-            torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), np.float32) / 255).permute(2, 0, 1)
-            for p in train
-        ]
-    )
-    enc = model.encoder.encode_images(images)
-    model.fit_standardisation([(enc.patches, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))])
-    scores = model.score(enc.patches, enc.global_emb, (64, 64)).pred_score.numpy()
-    write_export(
-        tmp / "model", model, cfg, ["a", "b"], scores, float(np.median(scores)), {"git_commit": "test"}
-    )
-    # a folder with nested images of two sizes (one grayscale) to score
-    folder = tmp / "images"
-    (folder / "sub").mkdir(parents=True)
-    tests = sorted(root.glob("*/test/*/*.png"))[:3]
-    for i, p in enumerate(tests):
-        Image.open(p).save(folder / f"img{i}.png")
-    Image.open(tests[0]).convert("L").resize((80, 48)).save(folder / "sub" / "gray.png")
-    return tmp / "model", folder, model, scores
 
 
 def test_predict_folder_writes_maps_overlays_and_csv(exported, tmp_path):
@@ -55,7 +17,8 @@ def test_predict_folder_writes_maps_overlays_and_csv(exported, tmp_path):
     from ltad.eval.outputs import SCORES_COLUMNS
 
     model_dir, folder, _, _ = exported
-    assert main(["predict", "--model", str(model_dir), "--images", str(folder), "--out", str(tmp_path)]) == 0
+    argv = ["predict", "--model", str(model_dir), "--images", str(folder), "--out", str(tmp_path)]
+    assert main([*argv, "--maps"]) == 0
     with (tmp_path / "scores.csv").open() as f:
         reader = csv.DictReader(f)
         rows = list(reader)
@@ -87,6 +50,7 @@ def test_predict_matches_model_scores_and_glob(exported, tmp_path):
     model_dir, folder, model, _ = exported
     summary = predict_folder(Predictor.load(model_dir), str(folder / "img*.png"), tmp_path)
     assert (summary.scored, summary.failed) == (3, 0)
+    assert not (tmp_path / "maps").exists() and not (tmp_path / "overlays").exists()  # only with --maps
     with (tmp_path / "scores.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["key"].rsplit("/", 1)[-1] for r in rows] == ["img0.png", "img1.png", "img2.png"]

@@ -84,12 +84,15 @@ def test_a_bad_out_uri_fails_before_anything_is_written(tmp_path, monkeypatch, c
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_predict_rejects_a_remote_images_or_out_and_a_malformed_model(tmp_path, capsys):
+def test_predict_rejects_a_remote_images_or_out_and_a_malformed_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # one local process: s3:// images need --workers
     base = ["predict", "--images", str(tmp_path), "--out", str(tmp_path / "o")]
     assert cli.main([*base, "--model", "s3:/b/model"]) == 2
     assert "--model 's3:/b/model' is not a valid S3 URI" in capsys.readouterr().err
     assert cli.main(["predict", "--model", str(tmp_path), "--images", "s3://b/i", "--out", "o"]) == 2
-    assert "--images 's3://b/i' must be a local path here" in capsys.readouterr().err
+    assert (
+        "--images 's3://b/i' is an S3 URI: that needs a Ray job, add --workers N" in capsys.readouterr().err
+    )
 
 
 def test_train_job_checks_stages_before_anything_else(capsys):

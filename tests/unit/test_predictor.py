@@ -272,7 +272,7 @@ def test_predict_cli_on_onnx_nested_names_errors_and_columns(exports, tmp_path, 
     Image.fromarray(_image(5)).save(images / "x" / "same.jpg")  # same stem, another suffix
     (images / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    argv = ["predict", "--model", str(onnx_dir), "--images", str(images), "--out", str(out)]
+    argv = ["predict", "--model", str(onnx_dir), "--images", str(images), "--out", str(out), "--maps"]
     assert main(argv) == 0
     with (out / "scores.csv").open() as f:
         reader = csv.DictReader(f)

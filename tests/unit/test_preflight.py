@@ -21,24 +21,135 @@ def _cfg(**run) -> LTADConfig:
     return LTADConfig.from_dict(base)
 
 
+def _node(i: int, **resources: float) -> dict:
+    """One entry of `ray.nodes()` (the fields preflight reads)."""
+    return {"NodeID": f"node{i}", "Alive": True, "NodeManagerAddress": f"10.0.0.{i}", "Resources": resources}
+
+
+HEAD_ONLY = [_node(0, CPU=4)]
+TWO_NODES = [_node(0, CPU=4), _node(1, CPU=4)]
+CPU0_HEAD = [_node(0, CPU=0)]  # an autoscaled cluster with min_workers 0, before any worker node
+GPU_LESS_HEAD = [_node(0, CPU=2), _node(1, CPU=8, GPU=1), _node(2, CPU=8, GPU=1)]
+
+
 def _check(cfg: LTADConfig, nodes: int = 2) -> None:
-    multi = preflight.is_multi_node(nodes, {"CPU": 4}, cfg.scaling)
+    multi = preflight.is_multi_node(
+        [_node(i, CPU=4) for i in range(nodes)], "node0", **preflight.worker_demand(cfg.scaling)
+    )
     preflight.check_locations(preflight.run_locations(cfg), multi_node=multi, shared_fs=cfg.run.shared_fs)
 
 
 @pytest.mark.parametrize(
-    ("nodes", "resources", "scaling", "multi"),
+    ("nodes", "scaling", "autoscaling", "multi"),
     [
-        (1, {"CPU": 2}, {}, False),
-        (2, {"CPU": 2}, {}, True),
-        (1, {"CPU": 8}, {"use_gpu": True}, True),  # GPU head-less cluster: workers on nodes to come
-        (1, {"CPU": 8, "GPU": 1}, {"use_gpu": True}, False),
-        (1, {"CPU": 0}, {}, True),  # a head that runs no workers (num-cpus=0)
-        (1, {"CPU": 1}, {"cpus_per_worker": 2}, True),
+        (HEAD_ONLY, {}, False, False),  # one machine: local paths are fine
+        (TWO_NODES, {}, False, True),
+        (CPU0_HEAD, {}, False, True),  # a head that runs no workers (num-cpus=0): they come later
+        (HEAD_ONLY, {}, True, True),  # a head with CPUs alone, but an autoscaler that may add nodes
+        (GPU_LESS_HEAD, {"use_gpu": True}, False, True),
+        ([_node(0, CPU=8)], {"use_gpu": True}, False, True),  # a GPU-less head, GPU workers to come
+        ([_node(0, CPU=8, GPU=1)], {"use_gpu": True}, False, False),
+        ([_node(0, CPU=1)], {"cpus_per_worker": 2}, False, True),
+        ([_node(0, CPU=4), {**_node(1, CPU=4), "Alive": False}], {}, False, False),  # a dead node
     ],
 )
-def test_multi_node_rule(nodes, resources, scaling, multi):
-    assert preflight.is_multi_node(nodes, resources, ScalingConfig(**scaling)) is multi
+def test_multi_node_rule(nodes, scaling, autoscaling, multi):
+    demand = preflight.worker_demand(ScalingConfig(**scaling))
+    assert preflight.is_multi_node(nodes, "node0", **demand, autoscaling=autoscaling) is multi
+
+
+def test_an_autoscaler_config_on_the_head_means_worker_nodes_may_come(tmp_path):
+    """`ray up` leaves its config on the head: cluster.yaml's worker types (min_workers 0) may start."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    assert preflight.has_autoscaler(str(repo / "cluster.yaml"))
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text("head_node_type: head\navailable_node_types:\n  head: {max_workers: 0}\n")
+    assert not preflight.has_autoscaler(str(fixed))
+    assert not preflight.has_autoscaler(str(tmp_path / "absent.yaml"))
+
+
+@pytest.fixture
+def fake_cluster(monkeypatch):
+    """Point preflight at a faked `ray.nodes()` list (the driver on node0); returns the setter."""
+    import ray
+
+    class _Context:
+        def get_node_id(self) -> str:
+            return "node0"
+
+    def use(nodes: list[dict], autoscaling: bool = False) -> None:
+        monkeypatch.setattr(ray, "nodes", lambda: nodes)
+        monkeypatch.setattr(ray, "get_runtime_context", lambda: _Context())
+        monkeypatch.setattr(preflight, "has_autoscaler", lambda *a: autoscaling)
+
+    return use
+
+
+@pytest.mark.parametrize(
+    ("nodes", "autoscaling", "refused"),
+    [(TWO_NODES, False, True), (CPU0_HEAD, False, True), (HEAD_ONLY, True, True), (HEAD_ONLY, False, False)],
+)
+def test_prepare_with_ray_refuses_a_local_root_wherever_tasks_may_leave_the_head(
+    fake_cluster, nodes, autoscaling, refused
+):
+    from ltad.training.ray_map import check_reachable
+
+    fake_cluster(nodes, autoscaling)
+    check_reachable(("--root", "s3://b/raw"), ("--out", "s3://b/shards"))
+    if not refused:
+        check_reachable(("--root", "/data/raw"), ("--out", "/data/shards"))
+        return
+    with pytest.raises(ConfigError) as err:
+        check_reachable(("--root", "s3://b/raw"), ("--out", "/data/shards"))
+    assert str(err.value).startswith("--out '/data/shards' is a local path, but prepare's Ray tasks may run")
+    assert "\n" not in str(err.value)
+
+
+def test_batch_predict_on_two_nodes_names_its_own_flags(fake_cluster, monkeypatch, capsys, tmp_path):
+    """`ltad predict --workers N` shares prepare's rule, with its own flags in the sentence."""
+    from ltad import cli
+
+    fake_cluster(TWO_NODES, False)
+    monkeypatch.setattr("ltad.training.cluster.connect", lambda **_: False)  # no Ray: the check comes first
+    images = tmp_path / "new"
+    images.mkdir()
+    argv = ["predict", "--model", "s3://b/model", "--images", str(images), "--out", "s3://b/scores"]
+    assert cli.main([*argv, "--workers", "2"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("ltad predict: error: ") and line.endswith(
+        f"--images '{images}' is a local path, but batch predict's Ray tasks may run on other nodes of this "
+        "cluster (several nodes, an autoscaler that adds them, or a head without CPUs) that share no disk: "
+        "give s3:// locations for --model, --images and --out (or run without --workers)"
+    ), line
+    assert "\n" not in line
+
+
+def test_evaluate_with_a_local_checkpoint_on_many_nodes_is_refused_before_any_work(
+    fake_cluster, tmp_path, monkeypatch, capsys
+):
+    """`ltad evaluate --checkpoint /local/dir` on a cluster: each worker reads the checkpoint, so a
+    folder on the driver's disk is one ConfigError (exit 2) before Ray Train starts."""
+    from ltad.cli import main
+    from ltad.training import cluster as cluster_module
+    from ltad.training import pipeline
+
+    ckpt = tmp_path / "step-0000004-final"
+    ckpt.mkdir()
+    (ckpt / "model.pt").write_bytes(b"x")
+    fake_cluster(GPU_LESS_HEAD)
+    monkeypatch.setattr(cluster_module, "connect", lambda **kw: False)
+    monkeypatch.setattr(pipeline, "Tracker", None)  # never reached: the preflight refuses first
+    args = ["evaluate", "--data", "s3://b/data", "--out", "s3://b/out"]
+    args += ["--set", "run.storage_path=s3://b/ray"]
+    assert main([*args, "--checkpoint", str(ckpt)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(
+        f"error: --checkpoint '{ckpt}' is a local path, but this Ray cluster has several nodes that share "
+        f"no disk: use an s3:// URI, or set run.shared_fs=true if '{ckpt}' is on a filesystem mounted at "
+        "the same path on every node"
+    ), err
 
 
 def test_s3_everywhere_passes_on_many_nodes():
@@ -52,6 +163,7 @@ def test_s3_everywhere_passes_on_many_nodes():
         ({"run": {"storage_path": "/mnt/ray"}}, "run.storage_path", "/mnt/ray"),
         ({"data": {"uri": "/data/shards"}}, "data.uri", "/data/shards"),
         ({"model": {"encoder": {"pretrained": "/w/clip.pt"}}}, "model.encoder.pretrained", "/w/clip.pt"),
+        ({"data": {"cache_uri": "/srv/features"}}, "data.cache_uri", "/srv/features"),
     ],
 )
 def test_local_location_on_many_nodes_is_one_line_naming_key_and_value(override, key, value):
@@ -99,7 +211,7 @@ def test_relative_paths_become_absolute_on_the_driver(tmp_path, monkeypatch):
     assert preflight.absolute_config(_cfg(storage_path="")).run.storage_path == ""
 
 
-def test_sweep_root_and_level_data_must_be_shared(tmp_path):
+def test_sweep_root_level_data_cache_and_weights_must_be_shared(tmp_path):
     space = Space(
         name="s",
         base=_cfg(),
@@ -111,6 +223,14 @@ def test_sweep_root_and_level_data_must_be_shared(tmp_path):
     local_root = Space(**{**space.__dict__, "levels": space.levels[:1], "root": "/tmp/sweep"})
     with pytest.raises(ConfigError, match=r"^root '/tmp/sweep' is a local path"):
         preflight.check_locations(preflight.sweep_locations(local_root), multi_node=True, shared_fs=False)
+    cache = LTADConfig.from_dict({**_cfg().to_dict(), "data": {"uri": "", "cache_uri": "/srv/features"}})
+    local_cache = Space(**{**space.__dict__, "levels": space.levels[:1], "base": cache})
+    with pytest.raises(ConfigError, match=r"^data.cache_uri '/srv/features' is a local path"):
+        preflight.check_locations(preflight.sweep_locations(local_cache), multi_node=True, shared_fs=False)
+    weights = LTADConfig.from_dict({**_cfg().to_dict(), "model": {"encoder": {"pretrained": "/w/clip.pt"}}})
+    local_weights = Space(**{**space.__dict__, "levels": space.levels[:1], "base": weights})
+    with pytest.raises(ConfigError, match=r"^model.encoder.pretrained '/w/clip.pt' is a local path"):
+        preflight.check_locations(preflight.sweep_locations(local_weights), multi_node=True, shared_fs=False)
     preflight.check_locations(preflight.sweep_locations(space), multi_node=False, shared_fs=False)
 
 

@@ -51,6 +51,7 @@ def test_same_inputs_give_the_same_fingerprints():
         "run.checkpoint_every=7",
         "run.max_failures=5",
         "scaling.cpus_per_worker=3",
+        "scaling.worker_start_timeout_s=30",
         "data.max_bad_samples=9",
         "data.uri=s3://copy/of/the/same/shards",
     ],

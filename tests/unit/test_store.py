@@ -15,6 +15,7 @@ def _write(tmp: Path, root: str, step: int, *, final: bool = False, seal: bool =
     for rank in (0, 1):
         (local / "ds" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"r%d" % rank)
     (local / "ds" / "mp_rank_00_model_states.pt").write_bytes(b"model states")
+    (local / "ds" / "zero_to_fp32.py").write_text("# DeepSpeed's recovery script\n")
     (local / "history.jsonl").write_text("{}\n")
     if final:
         (local / store.MODEL_FILE).write_bytes(b"model")
@@ -59,4 +60,17 @@ def test_a_rank_downloads_the_shared_files_and_its_own_shard(tmp_path):
     names = sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file())
     assert "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt" in names
     assert "ds/zero_pp_rank_0_mp_rank_00_optim_states.pt" not in names
-    assert {"ds/mp_rank_00_model_states.pt", "history.jsonl", store.MARKER} <= set(names)
+    assert set(names) == {
+        "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt",
+        "ds/mp_rank_00_model_states.pt",
+        "history.jsonl",
+    }  # what its restore reads: not the marker, not DeepSpeed's recovery script
+    assert store.restores("ds/zero_pp_rank_1_mp_rank_00_model_states.pt", 1)  # ZeRO-3: its own model shard
+    assert not store.restores("ds/zero_pp_rank_0_mp_rank_00_model_states.pt", 1)
+    assert not store.restores("ds/zero_to_fp32.py", 1) and not store.restores("ds/latest", 1)
+
+
+def test_the_history_file_name_is_the_history_module_s():
+    from ltad.training.history import HISTORY_FILE
+
+    assert store.HISTORY_FILE == HISTORY_FILE

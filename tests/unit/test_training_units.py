@@ -32,7 +32,8 @@ def test_missing_zero_config_is_a_config_error(tmp_path):
         load_zero_config(1, tmp_path)
 
 
-def test_deepspeed_config_fills_run_values_and_precision():
+def test_deepspeed_config_fills_run_values_and_precision(monkeypatch):
+    from ltad.training import precision
     from ltad.training.engine import deepspeed_config, load_zero_config
 
     base = load_zero_config(2)
@@ -44,8 +45,12 @@ def test_deepspeed_config_fills_run_values_and_precision():
         base, ScalingConfig(precision="bf16"), batch_size=6, lr=1, weight_decay=0, grad_clip=1
     )
     assert bf16["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    monkeypatch.setattr(precision, "bf16_supported", lambda: True)
     gpu = deepspeed_config(base, ScalingConfig(use_gpu=True), batch_size=6, lr=1, weight_decay=0, grad_clip=1)
     assert gpu["torch_autocast"]["dtype"] == "bfloat16"
+    monkeypatch.setattr(precision, "bf16_supported", lambda: False)  # e.g. a V100 or T4
+    old = deepspeed_config(base, ScalingConfig(use_gpu=True), batch_size=6, lr=1, weight_decay=0, grad_clip=1)
+    assert old["torch_autocast"] == {"enabled": True, "dtype": "float16"}
     assert "lr" not in base["optimizer"]["params"]  # the file's dict is not mutated
 
 

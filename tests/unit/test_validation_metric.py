@@ -121,6 +121,7 @@ def test_loop_validates_at_the_first_logged_step_after_each_interval(monkeypatch
     """run_steps calls `validate` at logged steps only, at most once per `validate_every` interval, and
     its (unprefixed) values join that step's report and history; without it nothing changes."""
     from ltad.training import loop
+    from ltad.training.preemption import PreemptionNotice
 
     reports: list[tuple[int, dict]] = []
     monkeypatch.setattr(loop, "restore", lambda engine, root, history: 0)
@@ -155,12 +156,13 @@ def test_loop_validates_at_the_first_logged_step_after_each_interval(monkeypatch
         return {VAL_METRIC: 0.5 + len(calls) / 10}
 
     spec = loop.LoopSpec("phase2", steps=10, log_every=2, checkpoint_every=100, validate_every=3)
-    loop.run_steps(Engine(), batches, spec, rank=1, validate=validate)
+    quiet = PreemptionNotice(lambda: None)  # no Ray Train here: no preemption notice
+    loop.run_steps(Engine(), batches, spec, rank=1, validate=validate, notice=quiet)
     steps = {step: m for step, m in reports}
     assert sorted(steps) == [2, 4, 6, 8, 10] and len(calls) == 3  # after 3 -> 4, after 6 -> 6, after 9 -> 10
     assert [s for s, m in reports if VAL_METRIC in m] == [4, 6, 10]
     assert steps[4][VAL_METRIC] == pytest.approx(0.6) and "phase2/loss" in steps[4]
     assert "phase2/val_image_AUROC" not in steps[4]
     reports.clear()
-    loop.run_steps(Engine(), batches, spec, rank=1)
+    loop.run_steps(Engine(), batches, spec, rank=1, notice=quiet)
     assert not any(VAL_METRIC in m for _, m in reports)
