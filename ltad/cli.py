@@ -79,6 +79,7 @@ EXTRAS = {
     "onnx": "onnx",
     "onnxruntime": "onnx",
     "onnxscript": "onnx",
+    "openvino": "openvino",
     "seaweedfs": "local",
     "grpc_reflection": "serve",
 }

@@ -1,6 +1,6 @@
 """`ltad calibrate`: recalibrate an exported model's thresholds from normal images only (a new export).
 
---model is an exported model (a folder or s3:// prefix, torch or ONNX); --normals are normal images
+--model is an exported model (a folder or s3:// prefix, torch, ONNX or OpenVINO); --normals are normal images
 of the line (a folder, searched recursively, a glob, or an s3:// prefix). The model scores them,
 each class predicted for them gets the threshold of ltad/eval/calibration.py at --target-fpr (with
 its n and the false-positive rate it guarantees at 90 % confidence; classes with too few normals are
@@ -20,7 +20,7 @@ from ltad.io.uri import resolve
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--model", required=True, help="exported model (torch or ONNX): a directory or s3:// prefix"
+        "--model", required=True, help="exported model (torch, ONNX or OpenVINO): a directory or s3:// prefix"
     )
     p.add_argument(
         "--normals",

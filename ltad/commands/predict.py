@@ -1,4 +1,4 @@
-"""`ltad predict`: score images with an exported model, torch or ONNX, in one process or on Ray.
+"""`ltad predict`: score images with an exported model, torch, ONNX or OpenVINO, in one process or on Ray.
 
 The model is a local folder or an s3:// prefix (`<output>/model` of a run, or an `ltad export`
 folder). Without a cluster (no --workers, RAY_ADDRESS unset, or --workers 0) one local process
@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="exported model (torch or ONNX): a directory or s3:// prefix (<output>/model, ltad export --out)",
+        help="exported model (torch, ONNX or OpenVINO): a directory or s3:// prefix (<output>/model, "
+        "ltad export --out)",
     )
     p.add_argument(
         "--images",

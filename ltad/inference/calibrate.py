@@ -1,13 +1,14 @@
 """`ltad calibrate`: new decision thresholds for an exported model from normal images only.
 
 When a line changes, an inspection team scores normal images of it with `ltad.Predictor` (the
-model's own scoring path, torch or ONNX; images listed and read as `ltad predict` does), groups them
+model's own scoring path, torch, ONNX or OpenVINO; images listed and read as `ltad predict` does), groups them
 by the class the model predicts and applies the one rule of ltad/eval/calibration.py: per class the
 threshold with its n and the false-positive rate it guarantees at 90 % confidence, classes with too
 few normals marked uncovered with the bound they get, the pooled fallback weighted to the deployment
 mix. The result is a NEW export: a copy of the model folder whose export.json carries the new
 `calibration` (same fields as the training job writes, so `decide` and older readers use it) and a
-`recalibrated` record (the normals, the model it came from, the calibration it replaced). It is
+`recalibrated` record (the normals, the model it came from, the calibration it replaced); in an ONNX
+or OpenVINO copy the graph's decision tables are rewritten to match. It is
 written to a temporary sibling folder and renamed into place; the model folder is never written.
 """
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from ltad.errors import ConfigError, DataError
 from ltad.eval.calibration import calibrate
-from ltad.inference.export import META, read_meta, with_calibration
+from ltad.inference.export import META, read_meta, retable, with_calibration
 from ltad.inference.predict import find_images
 from ltad.inference.predictor import Predictor, read_image
 from ltad.log import get_logger
@@ -159,6 +160,7 @@ def _write_copy(model_dir: Path, out: Path, meta: dict[str, Any]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.part-", dir=out.parent))
     try:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        retable(tmp, meta)  # an ONNX or OpenVINO graph decides by the new thresholds too
         (tmp / META).write_text(json.dumps(meta, indent=2))
         read_meta(tmp)  # the copy is a complete export
         if out.exists():

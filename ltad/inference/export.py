@@ -20,10 +20,13 @@ its raw score >= the threshold of the class the model predicts for it (`decide`)
 (clipped), so a decision is also `normalised >= 0.5` whatever the raw scale. Exports without
 `calibration` (older ones, or data prepared without a validation split) keep one global threshold. Normalisation: ltad/eval/normalise.py; `decide` is the one rule.
 
-`ltad export --format onnx` turns such a folder into `model.onnx` (the whole scoring path, encoder
-included, as one graph: `ltad.models.scoring.ScoringGraph`) + `config.yaml` + `export.json` with
-format `ltad-onnx/1`; `--format torch` copies it self-contained. Both are written to a temporary
-sibling folder and renamed into place, so a failed export leaves nothing that looks complete.
+`ltad export --format onnx` turns such a folder into `model.onnx` (uint8 images in; the whole scoring
+path, encoder included, and the per-class decision as one graph: ltad/inference/graphs.py) +
+`config.yaml` + `export.json` with format `ltad-onnx/2` (its `onnx` record documents the input and
+outputs); `--format openvino` into that graph as OpenVINO IR (`model.xml` + `model.bin`, format
+`ltad-openvino/1`, record `openvino`); `--format torch` copies it self-contained. Every format is
+written to a temporary sibling folder and renamed into place, so a failed export leaves nothing that
+looks complete. `ltad-onnx/1` folders (float input, decision in Python) are still read.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,21 +46,30 @@ import yaml
 from ltad.config import LTADConfig
 from ltad.errors import ConfigError, DataError, UserError
 from ltad.eval.normalise import calibrated_normalisation, normalisation, normalise
+from ltad.inference import graphs
+from ltad.inference.graphs import ONNX_MODEL, OV_MODEL, OV_WEIGHTS
 from ltad.io import blobs
 from ltad.log import get_logger
 from ltad.models.ltad import LTAD
-from ltad.models.scoring import OUTPUTS, ScoringGraph
 from ltad.models.state import build_model, load_trained, trained_state
 
 WEIGHTS, CONFIG, META = "weights.pt", "config.yaml", "export.json"
 ENCODER = "encoder"
 """Stem of the copy of the encoder's checkpoint file (the suffix is the source's)."""
 FORMAT = "ltad-model/1"
-ONNX_FORMAT, ONNX_MODEL = "ltad-onnx/1", "model.onnx"
-FORMATS = {"torch": FORMAT, "onnx": ONNX_FORMAT}
-ONNX_OPSET = 17
-PARITY_TOLERANCE = 1e-4
-"""Largest |ONNX - torch| of the anomaly maps an ONNX export may show on its check batch."""
+ONNX_FORMAT, OPENVINO_FORMAT = "ltad-onnx/2", "ltad-openvino/1"
+ONNX_FORMAT_V1 = "ltad-onnx/1"
+"""The earlier ONNX export (float N x 3 x S x S input, no decision outputs): read, no longer written."""
+FORMATS = {"torch": FORMAT, "onnx": ONNX_FORMAT, "openvino": OPENVINO_FORMAT}
+FILES = {
+    FORMAT: (WEIGHTS, CONFIG, META),
+    ONNX_FORMAT: (ONNX_MODEL, CONFIG, META),
+    ONNX_FORMAT_V1: (ONNX_MODEL, CONFIG, META),
+    OPENVINO_FORMAT: (OV_MODEL, OV_WEIGHTS, CONFIG, META),
+}
+"""The files each format's folder holds."""
+GRAPH_RECORD = {ONNX_FORMAT: "onnx", ONNX_FORMAT_V1: "onnx", OPENVINO_FORMAT: "openvino"}
+"""The export.json key describing a graph export's input, outputs and check."""
 __all__ = [
     "normalise",
     "decide",
@@ -93,6 +104,21 @@ def threshold_of(meta: dict[str, Any], pred_class: str) -> tuple[float, str]:
     calibration = meta.get("calibration")
     source = calibration["per_class"][pred_class]["source"] if calibration else "uncalibrated"
     return threshold, source
+
+
+def class_norms(meta: dict[str, Any]) -> list[dict[str, float]]:
+    """Every class's normalisation in class order: the decision tables of a graph export."""
+    return [class_normalisation(meta, name) for name in meta["classes"]]
+
+
+def retable(directory: Path, meta: dict[str, Any]) -> None:
+    """Make the graph of the export at `directory` decide by `meta` (its new export.json): the decision
+    tables rewritten in model.onnx or model.xml; torch and `ltad-onnx/1` exports decide in Python."""
+    tables = graphs.decision_tables(class_norms(meta))
+    if meta["format"] == ONNX_FORMAT:
+        graphs.set_onnx_tables(directory / ONNX_MODEL, tables)
+    elif meta["format"] == OPENVINO_FORMAT:
+        graphs.set_openvino_tables(directory / OV_MODEL, tables)
 
 
 def _calibrated(calibration: dict[str, Any]) -> dict[str, Any]:
@@ -201,8 +227,8 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tu
     meta = read_meta(directory)
     if meta["format"] != FORMAT:
         raise DataError(
-            f"'{directory}' is an ONNX export ({meta['format']}): load it with ltad.Predictor or "
-            "`ltad predict`, or export the torch model it came from"
+            f"'{directory}' is a graph export ({meta['format']}), not a torch model: load it with "
+            "ltad.Predictor or `ltad predict`, or export the torch model it came from"
         )
     cfg = LTADConfig.from_dict(yaml.safe_load((directory / CONFIG).read_text()))
     if meta.get("encoder_weights"):
@@ -223,7 +249,7 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tu
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
-    """export.json of a torch or ONNX export, after checking the folder holds that format's files."""
+    """export.json of a torch, ONNX or OpenVINO export, after checking the folder holds that format's files."""
     directory = Path(directory)
     meta_file = directory / META
     try:
@@ -231,21 +257,22 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise DataError(f"'{meta_file}' is not readable JSON: {exc}") from None
     fmt = meta.get("format")
-    if fmt not in FORMATS.values():
-        raise DataError(f"'{meta_file}' has format {fmt!r}, expected one of {sorted(FORMATS.values())}")
-    needed = (WEIGHTS, CONFIG, META) if fmt == FORMAT else (ONNX_MODEL, CONFIG, META)
-    missing = [n for n in needed if not (directory / n).is_file()]
+    if fmt not in FILES:
+        raise DataError(f"'{meta_file}' has format {fmt!r}, expected one of {sorted(FILES)}")
+    missing = [n for n in FILES[fmt] if not (directory / n).is_file()]
     if missing:
         raise DataError(f"'{directory}' is not an exported ltad model: {', '.join(missing)} missing")
     return meta
 
 
 def export_model(model_dir: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Write the torch export at `model_dir` as a self-contained `fmt` export ('torch' or 'onnx') at
-    `out` (temporary sibling folder + rename). `out` must be absent or empty, or with `overwrite` an
-    ltad export, which is then replaced whole."""
+    """Write the torch export at `model_dir` as a self-contained `fmt` export ('torch', 'onnx' or
+    'openvino') at `out` (temporary sibling folder + rename). `out` must be absent or empty, or with
+    `overwrite` an ltad export, which is then replaced whole."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "openvino":
+        graphs.openvino()  # the extra is there, before the model is loaded and traced
     out = Path(out)
     old = check_out(out, overwrite)
     model, meta = load_export(model_dir)
@@ -262,7 +289,7 @@ def export_model(model_dir: str | Path, fmt: str, out: str | Path, *, overwrite:
                 record = _copy_encoder(tmp, encoder.file, encoder.sha256, encoder.source)
                 meta["encoder_weights"] = {**record, "source": (bundled or record)["source"]}
         else:
-            meta["onnx"] = write_onnx(model, tmp / ONNX_MODEL)
+            meta[GRAPH_RECORD[FORMATS[fmt]]] = write_graph(model, class_norms(meta), tmp, fmt)
         (tmp / META).write_text(json.dumps(meta, indent=2))
         if old is not None:  # the previous export moves aside only once the new one is complete
             aside = tmp.with_name(tmp.name + "-old")
@@ -291,57 +318,32 @@ def check_out(out: Path, overwrite: bool) -> Path | None:
     raise ConfigError(f"--out '{out}' is {what}")
 
 
-def write_onnx(model: LTAD, path: Path, batch: int = 2) -> dict[str, Any]:
-    """Trace the scoring path (ScoringGraph) into `path` with a dynamic batch axis; checks it against
-    torch on a random batch with onnxruntime when that is installed. Returns export.json's `onnx`."""
-    try:
-        graph = ScoringGraph(model.cpu()).eval()
-    except RuntimeError as exc:
-        raise DataError(f"cannot export this model: {exc}") from None
-    size = graph.size
-    example = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    axes = {name: {0: "batch"} for name in ("images", *OUTPUTS)}
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused transformer kernel has no ONNX form
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python values
-            torch.onnx.export(
-                graph,
-                (example,),
-                str(path),
-                dynamo=False,
-                input_names=["images"],
-                output_names=list(OUTPUTS),
-                dynamic_axes=axes,
-                opset_version=ONNX_OPSET,
-            )
-            expected = graph(example)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+def write_graph(model: LTAD, norms: list[dict[str, float]], folder: Path, fmt: str) -> dict[str, Any]:
+    """`model` with the per-class decision `norms` as `fmt` ('onnx' or 'openvino') in `folder`, checked
+    against torch on random images; returns export.json's record of it (input, outputs, check)."""
+    graph = graphs.deploy_graph(model, norms)
+    images = graphs.check_batch(graph.size)
+    expected = graphs.torch_outputs(graph, images)
+    onnx_path = folder / ONNX_MODEL
+    graphs.write_onnx(graph, onnx_path)
     record: dict[str, Any] = {
-        "input": {"name": "images", "shape": ["batch", 3, size, size], "range": [0.0, 1.0]},
-        "outputs": list(OUTPUTS),
-        "opset": ONNX_OPSET,
+        **graphs.describe(graph.size),
+        "opset": graphs.ONNX_OPSET,
         "torch": torch.__version__,
     }
-    try:
-        import onnxruntime
-    except ImportError:
-        log.warning("onnxruntime is not installed: the ONNX export was not checked against torch")
-        return record
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"images": example.numpy()})
-    diff = float(np.abs(got[0] - expected[0].numpy()).max())
-    if diff > PARITY_TOLERANCE or not np.array_equal(got[2], expected[2].numpy()):
-        raise DataError(
-            f"the ONNX export differs from the torch model by {diff:.3g} (limit {PARITY_TOLERANCE}) "
-            "or in the predicted classes"
+    check: dict[str, Any] | None
+    if fmt == "openvino":
+        graphs.write_openvino(onnx_path, folder / OV_MODEL)
+        onnx_path.unlink()
+        check = graphs.check_openvino(folder / OV_MODEL, expected, images)
+        record["precision"] = "fp32 weights; compile with " + json.dumps(graphs.OV_CONFIG)
+    else:
+        check = graphs.check_onnx(onnx_path, expected, images)
+    if check is not None:
+        record["check"] = check
+        log.info(
+            "%s checked against torch: max |difference| of the maps %.2g",
+            check["runtime"],
+            check["max_abs_map_diff"],
         )
-    record["check"] = {
-        "images": batch,
-        "max_abs_map_diff": diff,
-        "runtime": f"onnxruntime {onnxruntime.__version__}",
-    }
-    log.info("ONNX export checked against torch: max |difference| of the maps %.2g", diff)
     return record

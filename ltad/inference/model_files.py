@@ -14,8 +14,8 @@ def download_model(uri: str, folder: Path) -> Path:
     objects = storage.list(prefix)
     names = {obj.rsplit("/", 1)[-1] for obj in objects}
     missing = [n for n in ("config.yaml", "export.json") if n not in names]
-    if not {"weights.pt", "model.onnx"} & names:
-        missing.insert(0, "weights.pt (or model.onnx)")
+    if not {"weights.pt", "model.onnx", "model.xml"} & names:
+        missing.insert(0, "weights.pt (or model.onnx, model.xml)")
     if missing:
         raise DataError(f"'{uri}' is not an exported ltad model: {', '.join(missing)} missing")
     for obj in objects:

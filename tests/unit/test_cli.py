@@ -126,12 +126,22 @@ def test_predict_downloads_an_s3_model_into_a_folder(tmp_path, monkeypatch):
     del objects["s3://b/run/model/weights.pt"]
     with pytest.raises(
         UserError,
-        match="'s3://b/run/model' is not an exported ltad model: weights.pt \\(or model.onnx\\) missing",
+        match="'s3://b/run/model' is not an exported ltad model: weights.pt \\(or model.onnx, model.xml\\) missing",
     ):
         download_model("s3://b/run/model", tmp_path / "again")
     objects["s3://b/run/model/model.onnx"] = b"o"  # an `ltad export --format onnx` folder
     folder = download_model("s3://b/run/model", tmp_path / "onnx")
     assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "export.json", "model.onnx"]
+    del objects["s3://b/run/model/model.onnx"]
+    objects["s3://b/run/model/model.xml"] = b"x"  # an `ltad export --format openvino` folder
+    objects["s3://b/run/model/model.bin"] = b"b"
+    folder = download_model("s3://b/run/model", tmp_path / "openvino")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.yaml",
+        "export.json",
+        "model.bin",
+        "model.xml",
+    ]
 
 
 def test_a_module_of_a_missing_extra_is_one_line_naming_the_extra(capsys):
