@@ -7,12 +7,14 @@ uploads) one object at a time spends most of its time waiting. Two shapes cover 
   items' order; the first failure (in that order) is raised where its result would have been, and
   nothing past the bound is started, so memory stays `in_flight` results.
 - `Background(pending)`: runs writes on one thread behind the caller, which blocks when `pending`
-  are queued; an error is raised at the next `submit` or at `finish`, never dropped, and `finish`
-  returns only when every write has ended (so a completeness marker written after it is true).
+  are queued; an error is raised at the next `submit` or at `finish`, never dropped, nothing queued
+  after a failed call runs, and `finish` returns only when every write has ended (so a completeness
+  marker written after it is true).
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -50,11 +52,16 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], in_flight: int) -> Gen
                 future.cancel()
 
 
+class Skipped(RuntimeError):
+    """A queued `Background` call not run because an earlier one failed (that error is raised first)."""
+
+
 class Background:
     """Calls run one after another on a background thread, at most `pending` of them queued or running.
 
     `submit` blocks while `pending` calls are unfinished and raises the error of any finished one;
-    `finish` waits for all and raises the first error. Use as a context manager: leaving the block
+    `finish` waits for all and raises the first error. Once a call has failed, the queued calls are
+    skipped (each would raise `Skipped`), so no write lands after the one that failed. Use as a context manager: leaving the block
     by an exception still waits for the running call (so it never outlives the files it reads) and
     drops the queued ones; leaving it normally is `finish()`.
     """
@@ -65,10 +72,20 @@ class Background:
         self.pending = pending
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
         self._futures: deque[Future[Any]] = deque()
+        self._failed = threading.Event()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         self._collect(block_until=self.pending - 1)
-        self._futures.append(self._pool.submit(fn, *args))
+        self._futures.append(self._pool.submit(self._run, fn, *args))
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._failed.is_set():
+            raise Skipped(f"{getattr(fn, '__name__', fn)}: skipped after an earlier call failed")
+        try:
+            return fn(*args)
+        except BaseException:
+            self._failed.set()
+            raise
 
     def _collect(self, block_until: int) -> None:
         """Drop finished calls (raising the first error), waiting until at most `block_until` remain."""

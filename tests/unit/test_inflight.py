@@ -116,3 +116,22 @@ def test_background_left_by_an_error_waits_for_the_running_call():
         running.wait(5)
         raise RuntimeError("encoder failed")
     assert finished.is_set()  # never outlives the block (the files it reads are deleted after it)
+
+
+def test_background_skips_what_was_queued_after_a_failure():
+    ran: list[int] = []
+    gate = threading.Event()
+
+    def write(x: int) -> None:
+        if x == 0:
+            gate.wait(5)
+            raise OSError("upload 0 failed")
+        ran.append(x)
+
+    uploads = Background(pending=3)
+    uploads.submit(write, 0)
+    uploads.submit(write, 1)  # queued behind the one that will fail
+    gate.set()
+    with pytest.raises(OSError, match="upload 0 failed"):
+        uploads.finish()
+    assert ran == []
