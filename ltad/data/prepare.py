@@ -144,10 +144,10 @@ def _read(root: str, rel: str) -> bytes:
     return storage.read_bytes(storage.join(root, rel))
 
 
-def _decoded_size(root: str, rel: str) -> tuple[int, int]:
+def _decoded_size(root: str, rel: str, data: bytes) -> tuple[int, int]:
     """Size of a fully decoded image (a truncated or corrupt file fails here), or a DataError naming it."""
     try:
-        with Image.open(io.BytesIO(_read(root, rel))) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
             return im.size
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -157,23 +157,28 @@ def _decoded_size(root: str, rel: str) -> tuple[int, int]:
         ) from None
 
 
-def _checked_size(root: str, max_size: int | None, record: Record) -> tuple[int, int]:
+def _checked_size(
+    root: str, max_size: int | None, record: Record, image: bytes, mask: bytes | None
+) -> tuple[int, int]:
     """The stored size of a record's image (after `max_size`), its mask checked against it."""
-    size = _decoded_size(root, record.path)
-    if record.mask_path is not None:
-        mask = _decoded_size(root, record.mask_path)
-        if mask != size:
+    size = _decoded_size(root, record.path, image)
+    if record.mask_path is not None and mask is not None:
+        mask_size = _decoded_size(root, record.mask_path, mask)
+        if mask_size != size:
             raise DataError(
-                f"mask '{record.mask_path}' is {mask[0]}x{mask[1]} but image '{record.path}' is "
+                f"mask '{record.mask_path}' is {mask_size[0]}x{mask_size[1]} but image '{record.path}' is "
                 f"{size[0]}x{size[1]} (under '{root}'): expected the same size"
             )
     return fitted_size(*size, max_size)
 
 
 def check_batch(root: str, max_size: int | None, records: Sequence[Record]) -> list[tuple[int, int]]:
-    """Decode every image and mask of `records`; their stored sizes (after `max_size`), in order. Reads
-    (and decodes) run `READS_IN_FLIGHT` ahead; the first bad file in record order is the error raised."""
-    return list(ordered_map(partial(_checked_size, root, max_size), records, READS_IN_FLIGHT))
+    """Decode every image and mask of `records`; their stored sizes (after `max_size`), in order. The
+    reads run `READS_IN_FLIGHT` ahead on threads, the decoding here (CPU work stays on one thread);
+    the first bad file in record order is the error raised."""
+    sources = ordered_map(partial(_sources, root), records, READS_IN_FLIGHT)
+    with contextlib.closing(sources):
+        return [_checked_size(root, max_size, r, image, mask) for r, (image, mask) in zip(records, sources)]
 
 
 def _sources(root: str, record: Record) -> tuple[bytes, bytes | None]:
