@@ -135,3 +135,26 @@ def test_background_skips_what_was_queued_after_a_failure():
     with pytest.raises(OSError, match="upload 0 failed"):
         uploads.finish()
     assert ran == []
+
+
+def test_threads_reading_ahead_share_one_s3_client(monkeypatch):
+    import boto3
+
+    from ltad.io import storage
+
+    made: list[int] = []
+    real = boto3.session.Session.client
+
+    def counting(self, *args, **kwargs):
+        made.append(1)
+        time.sleep(0.05)  # a slow construction: every thread arrives while the first is making it
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(boto3.session.Session, "client", counting)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    storage.reset_client()
+    try:
+        clients = list(ordered_map(lambda _i: storage.client(), range(16), in_flight=16))
+    finally:
+        storage.reset_client()
+    assert len(made) == 1 and all(c is clients[0] for c in clients)
