@@ -3,6 +3,11 @@
 Pure: no torch.distributed, no Ray, no model. The evaluation stage (ltad/training/stages.py) scores
 its share of the test set on every worker into a `ShareScores`, gathers them to rank 0 and calls
 these functions; the image panels it draws are decoded by the caller and passed in.
+
+Overlays in two rounds, so rank 0 never holds what it will not draw: each worker's `ShareScores`
+carries only `CandidateRef`s (key and label) of its overlay candidates; rank 0 chooses among them
+(`choose_overlays`), the chosen keys go back to the workers, and only the chosen candidates' maps
+(`OverlayCandidate`) come to rank 0 (`chosen_candidates`), whatever the number of ranks.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import csv
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -32,6 +37,17 @@ SCORES_COLUMNS = (
     "pred_class",
 )
 """scores.csv of `ltad evaluate` and of `ltad predict` (key = the image path; class and gt_label empty)."""
+
+
+class _Keyed(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def label(self) -> int: ...
+
+
+C = TypeVar("C", bound=_Keyed)
 
 
 @dataclass(frozen=True)
@@ -61,15 +77,41 @@ class OverlayCandidate:
     gt_mask: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class CandidateRef:
+    """An overlay candidate without its pixels: what rank 0 chooses overlays by."""
+
+    key: str
+    label: int
+
+
+def candidate_refs(
+    candidates: dict[tuple[int, int], list[OverlayCandidate]],
+) -> dict[tuple[int, int], list[CandidateRef]]:
+    return {k: [CandidateRef(c.key, c.label) for c in v] for k, v in candidates.items()}
+
+
+def chosen_candidates(
+    chosen: dict[int, list[CandidateRef]], pieces: list[list[OverlayCandidate]]
+) -> dict[int, list[OverlayCandidate]]:
+    """The chosen overlays with their pixels, from the pieces the ranks sent back (in `chosen`'s order);
+    a chosen key no rank sent is an error, never a silently missing panel."""
+    by_key = {c.key: c for piece in pieces for c in piece}
+    missing = sorted(r.key for refs in chosen.values() for r in refs if r.key not in by_key)
+    if missing:
+        raise DataError(f"overlay candidates {missing[:5]} were chosen but no rank sent their maps")
+    return {cid: [by_key[r.key] for r in refs] for cid, refs in chosen.items()}
+
+
 @dataclass
 class ShareScores:
-    """What one worker sends to rank 0: its samples, per-class pixel accumulators, overlay candidates,
-    its held-out normal samples (threshold calibration, validation) and their synthetic
+    """What one worker sends to rank 0: its samples, per-class pixel accumulators, its overlay
+    candidates' keys (their maps stay on the worker until chosen), its held-out normal samples (threshold calibration, validation) and their synthetic
     pseudo-anomalous copies (validation: ltad/eval/validation.py)."""
 
     samples: list[ScoredSample]
     pixel: list[PixelMetricAccumulator] | list[StreamingPixelAccumulator]
-    candidates: dict[tuple[int, int], list[OverlayCandidate]] = field(default_factory=dict)
+    candidates: dict[tuple[int, int], list[CandidateRef]] = field(default_factory=dict)
     heldout: list[ScoredSample] = field(default_factory=list)
     pseudo: list[ScoredSample] = field(default_factory=list)
 
@@ -80,7 +122,7 @@ class Merged:
 
     samples: list[ScoredSample]
     pixel: list[PixelMetricAccumulator] | list[StreamingPixelAccumulator]
-    candidates: dict[tuple[int, int], list[OverlayCandidate]]
+    candidates: dict[tuple[int, int], list[CandidateRef]]
     heldout: list[ScoredSample] = field(default_factory=list)
     pseudo: list[ScoredSample] = field(default_factory=list)
 
@@ -91,13 +133,19 @@ def merge_shares(shares: list[ShareScores]) -> Merged:
     for share in shares[1:]:
         for a, b in zip(pixel, share.pixel):
             a.merge(b)  # type: ignore[attr-defined]  # same accumulator type on every rank
-    candidates: dict[tuple[int, int], list[OverlayCandidate]] = defaultdict(list)
-    for share in shares:
-        for k, v in share.candidates.items():
-            candidates[k].extend(v)
+    candidates = merge_candidates(shares)
     heldout = [s for share in shares for s in share.heldout]
     pseudo = [s for share in shares for s in share.pseudo]
     return Merged([s for share in shares for s in share.samples], pixel, dict(candidates), heldout, pseudo)
+
+
+def merge_candidates(shares: list[ShareScores]) -> dict[tuple[int, int], list[CandidateRef]]:
+    """Every worker's candidate keys by (class id, label)."""
+    candidates: dict[tuple[int, int], list[CandidateRef]] = defaultdict(list)
+    for share in shares:
+        for k, v in share.candidates.items():
+            candidates[k].extend(v)
+    return dict(candidates)
 
 
 def check_exactly_once(samples: list[ScoredSample], expected: int, split: str = "test") -> None:
@@ -196,10 +244,11 @@ def write_scores(
 
 
 def choose_overlays(
-    candidates: dict[tuple[int, int], list[OverlayCandidate]], num_classes: int, per_class: int
-) -> dict[int, list[OverlayCandidate]]:
-    """Per class: anomalous samples first (about half), then normal ones, each by key."""
-    chosen: dict[int, list[OverlayCandidate]] = {}
+    candidates: dict[tuple[int, int], list[C]], num_classes: int, per_class: int
+) -> dict[int, list[C]]:
+    """Per class: anomalous samples first (about half), then normal ones, each by key (candidates or
+    their refs: only key and label are looked at)."""
+    chosen: dict[int, list[C]] = {}
     for cid in range(num_classes):
         bad = sorted(candidates.get((cid, 1), []), key=lambda c: c.key)
         good = sorted(candidates.get((cid, 0), []), key=lambda c: c.key)

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,6 +38,7 @@ Credentials never travel: each node keeps its own chain (environment, profile, i
 
 _client: Any = None
 _client_pid: int | None = None
+_client_lock = threading.Lock()
 
 
 def is_s3(uri: str) -> bool:
@@ -64,21 +66,35 @@ def join(base: str, *parts: str) -> str:
 
 
 def client() -> Any:
-    """The process's boto3 S3 client (standard env/profile chain; honours AWS_ENDPOINT_URL)."""
-    global _client, _client_pid
-    if _client is None or _client_pid != os.getpid():
-        import boto3
-        from botocore.config import Config
+    """The process's boto3 S3 client (standard env/profile chain; honours AWS_ENDPOINT_URL).
 
-        config = Config(
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=30,
-            max_pool_connections=32,  # >= data.read_ahead (32): a training reader's reads in flight
-        )
-        _client = boto3.session.Session().client("s3", config=config)
-        _client_pid = os.getpid()
-    return _client
+    Made once per process under a lock: threads that read ahead (prepare, the training stream) ask for
+    it at the same moment, and each making its own would cost ~0.1 s of CPU a client."""
+    global _client, _client_pid
+    if _client is not None and _client_pid == os.getpid():
+        return _client
+    with _client_lock:
+        if _client is None or _client_pid != os.getpid():
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=30,
+                max_pool_connections=32,  # >= data.read_ahead (32): a training reader's reads in flight
+            )
+            _client = boto3.session.Session().client("s3", config=config)
+            _client_pid = os.getpid()
+        return _client
+
+
+def _new_lock_in_child() -> None:
+    global _client_lock
+    _client_lock = threading.Lock()  # a forked child must not inherit a lock another thread held
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def s3_settings() -> dict[str, str]:

@@ -3,9 +3,11 @@
 Runs before any test image is scored, on every rank of the evaluation (or sweep-trial) worker group:
 - the classes with at least `min_images` training images are dealt to the ranks (class i to rank
   i mod world size), so the coreset selections run in parallel;
-- each rank reads only the training shards holding its classes (cached features, else images
-  encoded online), keeps the first `max_images` images of each of its classes in reading order,
-  and fits a class's bank as soon as it has them all, so its raw patches are freed at once;
+- each rank reads the first `max_images` training images of each of its classes in manifest order
+  (cached features, else images encoded online), and only those samples' bytes: a class's shards
+  until they hold them, by ranged reads of the sample index (ltad/data/class_prefix.py), so a head
+  class 50x the others costs no more than they do; it fits a class's bank as soon as it has them
+  all, so its raw patches are freed at once;
 - rank 0 gathers the banks and broadcasts them: every rank scores with the same model, and the
   export holds them.
 Memory on a rank: the patches of its classes still being read, at most max_images x grid^2 x D each
@@ -23,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ltad.baselines.class_banks import fit_class_bank
+from ltad.data.class_prefix import ClassPrefixStream
 from ltad.data.manifest import read_manifest
-from ltad.data.streams import ExactlyOnceStream, decode_image_sample, make_loader
+from ltad.data.streams import decode_image_sample, make_loader
 from ltad.models.memory_banks import ClassBank
 from ltad.training.dist import broadcast_from_rank0, gather_to_rank0
 from ltad.training.feature_cache import feature_decoder
@@ -82,8 +85,6 @@ def _fit_own(w: Worker, model: LTAD, cache: str | None, mine: list[int]) -> dict
     else:
         uri, shards = w.data_uri, w.manifest.shards["train"]
         decode = partial(decode_image_sample, image_size=size, with_mask=False)
-    names = {classes[c] for c in mine}
-    wanted = [e for e in shards if names & set(e.per_class)]
     need = {cid: min(mb.max_images, w.class_counts[cid]) for cid in mine}
     pending: dict[int, list[torch.Tensor]] = {cid: [] for cid in mine}
     held: dict[int, int] = dict.fromkeys(mine, 0)
@@ -93,7 +94,8 @@ def _fit_own(w: Worker, model: LTAD, cache: str | None, mine: list[int]) -> dict
         patches = torch.cat(pending.pop(cid))
         banks[cid] = fit_class_bank(patches, mb.coreset_ratio, w.cfg.run.seed)
 
-    stream = ExactlyOnceStream(uri, wanted, 0, 1, decode)  # this rank reads all shards of its classes
+    # this rank reads its classes' first `need` samples alone (every DataLoader worker a part of them)
+    stream = ClassPrefixStream(uri, shards, {classes[c]: n for c, n in need.items()}, decode)
     with torch.no_grad():
         for batch in make_loader(stream, w.cfg.eval.batch_size, w.cfg.data.loader_workers):
             tensors = {k: v.to(w.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}

@@ -12,6 +12,10 @@ stale one. Samples: `key.feat.npy` (fp16 D x g x g), `key.glob.npy`
 Where: `data.cache_uri` (any s3:// prefix or local directory) holds caches as `{cache_uri}/{fingerprint}`
 when set, so the cache can live outside the data bucket; '' keeps them in `{data.uri}/features/`.
 
+Uploads overlap encoding: a finished shard goes to one background upload thread (at most
+`UPLOADS_PENDING` waiting) while the encoder goes on; a failed upload stops the encode with its error,
+and `encode_shards` returns only after every upload ended.
+
 Resumable: each rank's feature shard is uploaded with its sha256 as object metadata, then a small
 done-record `_done/{split}/{name}.json` (name, samples, bytes, sha256, per-class counts, fingerprint,
 precision) is written. A restarted encode skips every shard whose record exists, whose fingerprint and
@@ -56,6 +60,7 @@ from ltad.data.shards import ShardInfo, ShardWriter, iterate_shard
 from ltad.data.streams import decode_image_sample
 from ltad.errors import DataError, StorageError
 from ltad.io import blobs, storage
+from ltad.io.inflight import Background
 from ltad.log import get_logger
 from ltad.training import precision as precisions
 
@@ -64,6 +69,10 @@ FP16_RTOL = 2.0**-11
 T = TypeVar("T")
 DONE = "_done"
 """Folder of the per-shard done-records inside a cache."""
+UPLOADS_PENDING = 2
+"""Finished feature shards the encoder may run ahead of their uploads (one uploading, one waiting):
+the encoder never waits on the store unless uploads are slower than encoding, and at most this many
+shards, besides the one being written, sit on local disk."""
 BATCH_ATOL = 1e-5
 """Plus this share of the largest |feature|: fp32 conv results differ slightly with batch composition
 (the cache encodes in its own batches, on however many workers), which matters for values near 0."""
@@ -253,7 +262,8 @@ def encode_shards(
         f"encode (rank {rank})", total=sum(e.samples for _, e in work), unit="samples", log=lambda _m: None
     )
 
-    def on_done(path: Path, info: ShardInfo) -> None:
+    def publish(path: Path, info: ShardInfo) -> None:
+        """Upload a finished feature shard, its sample index, then its done-record (on the upload thread)."""
         entry = ShardEntry(info.name, info.samples, info.bytes, info.sha256, info.per_class)
         storage.upload_file(path, storage.join(out_uri, info.name), metadata={"sha256": info.sha256})
         write_shard_index(path, storage.join(out_uri, info.name), info.sha256)
@@ -261,17 +271,24 @@ def encode_shards(
         record = {**entry.__dict__, "fingerprint": cache_id, "precision": mode}
         storage.write_json(done_record_uri(out_uri, info.name), record)  # after the object: marks it done
         written.append((info.name.split("/", 1)[0], entry))
+        progress.add(entry.samples)
+        log(f"{entry.name}: {entry.samples} samples; {progress.line()}")
 
     dataset = _EncodeInput(data_uri, work, encoder.cfg.image_size, batch_size)
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
     open_writers: dict[int, tuple[ShardWriter, int]] = {}
-    with tempfile.TemporaryDirectory(prefix="ltad-encode-") as tmp:
+    # the uploads run behind the encoder (at most UPLOADS_PENDING finished shards waiting); leaving
+    # this block waits for them and raises the first failed one, so the caller's manifest comes after
+    with (
+        tempfile.TemporaryDirectory(prefix="ltad-encode-") as tmp,
+        Background(UPLOADS_PENDING, name="ltad-encode-upload") as uploads,
+    ):
         for chunk in loader if work else ():
             pos = chunk["pos"]
             split, entry = work[pos]
             if pos not in open_writers:
                 part, index = Path(entry.name).stem.rsplit("-", 1)
-                writer = ShardWriter(tmp, split, part, on_done, max_bytes=1 << 62)
+                writer = ShardWriter(tmp, split, part, partial(uploads.submit, publish), max_bytes=1 << 62)
                 writer.index = int(index)  # one feature shard per image shard, same name
                 open_writers[pos] = (writer, 0)
             writer, count = open_writers[pos]
@@ -280,10 +297,8 @@ def encode_shards(
             count += len(chunk["samples"])
             open_writers[pos] = (writer, count)
             if count == entry.samples:
-                writer.close()
+                writer.close()  # hands the shard to the upload thread
                 del open_writers[pos]
-                progress.add(entry.samples)
-                log(f"{entry.name}: {entry.samples} samples; {progress.line()}")
     if open_writers:  # iterate_shard checks counts, so this means a shard of the manifest is empty
         names = sorted(work[pos][1].name for pos in open_writers)
         raise DataError(f"feature shards {names} did not receive the samples the manifest lists")

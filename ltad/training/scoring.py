@@ -8,7 +8,8 @@ features) into a typed `ShareScores` for rank 0, in memory that does not grow wi
   is needed beforehand, no collective); rank 0 merges the workers' accumulators by addition (error
   bound in ltad/eval/metrics.py);
 - overlay candidates are at most `eval.overlays_per_class` per (class, label) per worker, each with its
-  map and, when the batch holds images, its image and mask at evaluation resolution;
+  map and, when the batch holds images, its image and mask at evaluation resolution; they stay on the
+  worker, rank 0 gets their keys, and only the chosen ones' maps go to rank 0 (`send_chosen`);
 - what grows is one small `ScoredSample` per test sample (scores.csv needs them all).
 With cached features the batch holds no image: rank 0 then reads the image shards of the chosen
 candidates only, and stops reading a shard once its candidates are found (`overlay_images`). Ranged
@@ -28,17 +29,26 @@ from ltad.data.pseudo_defects import GENERATORS, pseudo_key
 from ltad.data.shards import iterate_shard
 from ltad.data.streams import ExactlyOnceStream, decode_image_sample, make_loader
 from ltad.eval.metrics import StreamingPixelAccumulator
-from ltad.eval.outputs import OverlayCandidate, ScoredSample, ShareScores
+from ltad.eval.outputs import (
+    CandidateRef,
+    OverlayCandidate,
+    ScoredSample,
+    ShareScores,
+    candidate_refs,
+    chosen_candidates,
+)
 from ltad.io import storage
 from ltad.training.data import evaluation_loader
+from ltad.training.dist import broadcast_from_rank0, gather_to_rank0
 from ltad.training.objectives import features
 
 if TYPE_CHECKING:
     from ltad.training.worker import Worker
 
 
-def score_share(w: Worker, model, cache: str | None) -> ShareScores:
-    """Score this worker's test samples in bounded memory (no collective)."""
+def score_share(w: Worker, model, cache: str | None) -> tuple[ShareScores, list[OverlayCandidate]]:
+    """Score this worker's test samples in bounded memory (no collective): what goes to rank 0 (with
+    the candidates' keys only), and the overlay candidates with their pixels, kept here until chosen."""
     size = w.cfg.model.encoder.image_size
     oracle = w.cfg.model.score.class_mode == "oracle"
     samples: list[ScoredSample] = []
@@ -64,7 +74,20 @@ def score_share(w: Worker, model, cache: str | None) -> ShareScores:
             samples.append(ScoredSample(key, cid, label, float(out.pred_score[i]), int(out.pred_class[i])))
             if len(candidates[(cid, label)]) < per_kind:
                 candidates[(cid, label)].append(_candidate(batch, i, label, amap[i], gt[i]))
-    return ShareScores(samples, pixel, dict(candidates))
+    kept = [c for cs in candidates.values() for c in cs]
+    return ShareScores(samples, pixel, candidate_refs(dict(candidates))), kept
+
+
+def send_chosen(
+    w: Worker, chosen: dict[int, list[CandidateRef]] | None, kept: list[OverlayCandidate]
+) -> dict[int, list[OverlayCandidate]] | None:
+    """Collective: rank 0's chosen overlays go to every rank, each rank sends back the chosen ones it
+    holds (maps, images); on rank 0 the chosen overlays with their pixels, None elsewhere."""
+    chosen = broadcast_from_rank0(chosen, w.world_size)
+    assert chosen is not None
+    wanted = {r.key for refs in chosen.values() for r in refs}
+    pieces = gather_to_rank0([c for c in kept if c.key in wanted], w.rank, w.world_size)
+    return None if pieces is None else chosen_candidates(chosen, pieces)
 
 
 def _candidate(

@@ -34,9 +34,11 @@ from ltad.eval.aggregate import to_json
 from ltad.eval.calibration import calibrate, calibration_metrics, describe, thresholds_of
 from ltad.eval.normalise import calibrated_normalisation
 from ltad.eval.outputs import (
+    OverlayCandidate,
     check_exactly_once,
     choose_overlays,
     evaluation_metrics,
+    merge_candidates,
     merge_shares,
     render_overlays,
     summary,
@@ -56,7 +58,7 @@ from ltad.training.dist import barrier, broadcast_from_rank0, gather_to_rank0
 from ltad.training.engine import build_engine, deepspeed_config, param_groups
 from ltad.training.loop import LoopSpec, run_steps
 from ltad.training.objectives import Phase1Objective, Phase2Objective, features
-from ltad.training.scoring import overlay_images, score_heldout, score_share
+from ltad.training.scoring import overlay_images, score_heldout, score_share, send_chosen
 from ltad.training.worker import Worker, worker
 
 PHASE1_KEYS = ("names.", "vae.", "feature_norm.")
@@ -375,13 +377,14 @@ def evaluate_state(w: Worker, state: dict[str, torch.Tensor], extra: dict[str, f
     """Score the test set with the model in `state` (every rank); rank 0 reports the evaluation checkpoint
     with the summary metrics and `extra` (e.g. the last phase-2 metrics of a combined stage)."""
 
-    model = build_model(w.cfg, len(w.manifest.classes))
+    n_classes = len(w.manifest.classes)
+    model = build_model(w.cfg, n_classes)
     load_trained(model, state)
     model.to(w.device).eval()
     cache = feature_source(w.cfg, w.data_uri, w.manifest)
     banks = fit_memory_banks(w, model, cache)  # ltad_mb only; before any held-out or test image is read
     w.log(f"evaluate: scoring this worker's test shards ({cache or 'images encoded online'})")
-    share = score_share(w, model, cache)
+    share, kept = score_share(w, model, cache)
     # held-out normals: the thresholds' calibration data; with their pseudo-anomalies, the validation set
     share.heldout, share.pseudo = score_heldout(w, model)
     w.log(
@@ -389,11 +392,15 @@ def evaluate_state(w: Worker, state: dict[str, torch.Tensor], extra: dict[str, f
         f"{len(share.pseudo)} pseudo-anomalous samples on rank 0"
     )
     gathered = gather_to_rank0(share, w.rank, w.world_size)
-    if gathered is None:
+    per_class = w.cfg.eval.overlays_per_class
+    # rank 0 chooses by the candidates' keys; only the chosen maps come to it (ltad/eval/outputs.py)
+    chosen = None if gathered is None else choose_overlays(merge_candidates(gathered), n_classes, per_class)
+    overlays = send_chosen(w, chosen, kept)
+    if gathered is None or overlays is None:
         report({EVALUATED: len(share.samples)}, summary=True)
         return
     with tempfile.TemporaryDirectory(prefix="ltad-eval-") as tmp:
-        metrics = write_evaluation(w, model, gathered, Path(tmp), cache=cache, banks=banks)
+        metrics = write_evaluation(w, model, gathered, overlays, Path(tmp), cache=cache, banks=banks)
         uri = storage.join(w.inp.root("evaluate"), evaluation_dir_name())
         # metrics.json last: an evaluation directory without it is incomplete and never published
         store.upload_rank_files(tmp, uri, skip=("metrics.json",))
@@ -403,10 +410,18 @@ def evaluate_state(w: Worker, state: dict[str, torch.Tensor], extra: dict[str, f
 
 
 def write_evaluation(
-    w: Worker, model: LTAD, shares: list, out: Path, *, cache: str | None, banks: dict[str, Any] | None = None
+    w: Worker,
+    model: LTAD,
+    shares: list,
+    chosen: dict[int, list[OverlayCandidate]],
+    out: Path,
+    *,
+    cache: str | None,
+    banks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Rank 0: exactly-once check, metrics.json, scores.csv, overlays, report and export under `out`;
-    `banks` is what the memory banks' fitting recorded (ltad_mb), None for the paper's score."""
+    """Rank 0: exactly-once check, metrics.json, scores.csv, overlays (`chosen`, with their maps), report
+    and export under `out`; `banks` is what the memory banks' fitting recorded (ltad_mb), None for the
+    paper's score."""
     merged = merge_shares(shares)
     check_exactly_once(merged.samples, w.manifest.samples("test"))
     check_exactly_once(merged.heldout, w.manifest.samples("val"), split="held-out (val)")
@@ -439,7 +454,6 @@ def write_evaluation(
     if calibration is not None and per_class is not None:  # each class's scale, as in export.json
         norms = [calibrated_normalisation(t, calibration["low"]) for t in per_class]
     write_scores(out / "scores.csv", merged.samples, classes, threshold, norms)
-    chosen = choose_overlays(merged.candidates, len(classes), w.cfg.eval.overlays_per_class)
     images = overlay_images(w, [c for cs in chosen.values() for c in cs])
     drawn = threshold if per_class is None else {c: float(t) for c, t in enumerate(per_class)}
     overlays = render_overlays(chosen, images, classes, drawn, out / "overlays")

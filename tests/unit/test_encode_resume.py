@@ -154,3 +154,68 @@ def test_loader_workers_decode_and_give_the_same_cache(local_data, encoder, clea
     two = read_manifest(encode(encoder, local_data, batch_size=3, root=str(tmp_path / "b"), num_workers=2))
     assert two.shards == clean.shards  # byte-identical shards whichever process decoded them
     assert all(isinstance(e, ShardEntry) for e in two.shards["train"])
+
+
+def test_a_failed_upload_stops_the_encode_with_its_error_and_no_shard_after_it(
+    local_data, encoder, tmp_path, monkeypatch
+):
+    from ltad.errors import StorageError
+    from ltad.io import storage
+
+    real, uploads = storage.upload_file, []
+
+    def second_fails(path, uri, metadata=None):
+        uploads.append(uri)
+        if len(uploads) == 2:
+            raise StorageError(f"cannot write '{uri}': connection reset")
+        return real(path, uri, metadata=metadata)
+
+    monkeypatch.setattr(storage, "upload_file", second_fails)
+    root = str(tmp_path / "cache")
+    with pytest.raises(StorageError, match="connection reset"):
+        encode(encoder, local_data, batch_size=3, root=root, log=lambda _m: None)
+    out = Path(root) / fingerprint(encoder.cfg, read_manifest(local_data))
+    assert not (out / "manifest.json").exists()
+    done = sorted(str(p.relative_to(out / DONE))[: -len(".json")] for p in (out / DONE).rglob("*.json"))
+    first = uploads[0].split(f"{out}/", 1)[1]
+    assert done == [first] and len(uploads) == 2  # the failed shard has no record; nothing ran after it
+
+
+def test_uploads_run_behind_the_encoder_and_end_before_the_manifest(
+    local_data, encoder, clean, tmp_path, monkeypatch
+):
+    import threading
+    import time
+
+    from ltad.io import storage
+    from ltad.training import feature_cache
+
+    real_upload, real_manifest = storage.upload_file, feature_cache.write_manifest
+    uploading, events = threading.Event(), []
+
+    def slow_upload(path, uri, metadata=None):
+        uploading.set()
+        time.sleep(0.3)  # a slow store: the encoder should go on meanwhile
+        real_upload(path, uri, metadata=metadata)
+        events.append(("uploaded", time.monotonic()))
+        uploading.clear()
+
+    real_encode = encoder.encode_images
+
+    def encode_images(images):
+        events.append(("encode while uploading" if uploading.is_set() else "encode", time.monotonic()))
+        return real_encode(images)
+
+    def manifest_last(uri, manifest):
+        events.append(("manifest", time.monotonic()))
+        return real_manifest(uri, manifest)
+
+    monkeypatch.setattr(storage, "upload_file", slow_upload)
+    monkeypatch.setattr(encoder, "encode_images", encode_images)
+    monkeypatch.setattr(feature_cache, "write_manifest", manifest_last)
+    uri = encode(encoder, local_data, batch_size=3, root=str(tmp_path / "c"), log=lambda _m: None)
+    kinds = [kind for kind, _ in events]
+    assert "encode while uploading" in kinds  # the encoder did not wait for the upload
+    assert kinds[-1] == "manifest" and kinds.count("manifest") == 1
+    assert kinds.count("uploaded") == sum(len(s) for s in clean.shards.values())
+    assert read_manifest(uri).shards == clean.shards  # same bytes as the synchronous encode

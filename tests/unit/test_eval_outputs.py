@@ -11,11 +11,15 @@ from ltad.eval.metrics import PixelMetricAccumulator, pixel_auroc
 from ltad.eval.normalise import calibrated_normalisation
 from ltad.eval.outputs import (
     SCORES_COLUMNS,
+    CandidateRef,
     OverlayCandidate,
     ScoredSample,
     ShareScores,
+    candidate_refs,
     choose_overlays,
+    chosen_candidates,
     evaluation_metrics,
+    merge_candidates,
     merge_shares,
     write_scores,
 )
@@ -120,3 +124,78 @@ def test_calibration_metrics_rates_on_test_and_the_uncalibrated_fallback():
     none = calibration_metrics(None, scores, labels, pred, ["c0"], fallback_threshold=7.0)
     assert not none["calibrated"] and "re-run `ltad prepare`" in none["reason"]
     assert none["test"]["fpr"] == 1.0 and none["test"]["tpr"] == 0.5
+
+
+def _ranks_candidates(classes: int, ranks: int, per_kind: int, side: int = 32):
+    """What `score_share` keeps on each rank: per_kind candidates per (class, label), with maps."""
+    rng = np.random.default_rng(1)
+    out = []
+    for r in range(ranks):
+        kept = [
+            OverlayCandidate(
+                f"c{cid}/r{r}-{label}-{i}",
+                "s3://b/test/t.tar",
+                label,
+                rng.random((side, side)).astype(np.float16),
+            )
+            for cid in range(classes)
+            for label in (0, 1)
+            for i in range(per_kind)
+        ]
+        out.append(kept)
+    return out
+
+
+def _by_kind(kept: list[OverlayCandidate]) -> dict[tuple[int, int], list[OverlayCandidate]]:
+    d: dict[tuple[int, int], list[OverlayCandidate]] = {}
+    for c in kept:
+        d.setdefault((int(c.key.split("/")[0][1:]), c.label), []).append(c)
+    return d
+
+
+@pytest.mark.parametrize("classes", [10, 300])
+def test_rank0_gets_only_the_chosen_maps_and_the_same_overlays(classes):
+    import pickle
+
+    ranks, per_class = 4, 2
+    kept = _ranks_candidates(classes, ranks, per_kind=per_class)
+    # before: every rank's candidates with their maps went to rank 0, which chose among them
+    full = merge_candidates([ShareScores([], [], _by_kind(k)) for k in kept])  # type: ignore[arg-type]
+    before = choose_overlays(full, classes, per_class)
+    shares = [ShareScores([], [], candidate_refs(_by_kind(k))) for k in kept]
+    chosen_refs = choose_overlays(merge_candidates(shares), classes, per_class)
+    wanted = {r.key for refs in chosen_refs.values() for r in refs}
+    pieces = [[c for c in k if c.key in wanted] for k in kept]  # what each rank sends back
+    chosen = chosen_candidates(chosen_refs, pieces)
+    assert {cid: [c.key for c in cs] for cid, cs in chosen.items()} == {
+        cid: [c.key for c in cs] for cid, cs in before.items()
+    }
+    map_bytes = sum(c.anomaly_map.nbytes for piece in pieces for c in piece)
+    assert map_bytes == classes * per_class * 32 * 32 * 2  # the chosen maps, whatever the ranks
+    all_maps = sum(c.anomaly_map.nbytes for k in kept for c in k)
+    assert all_maps == 2 * ranks * map_bytes  # what rank 0 received before: 8x at 4 ranks
+    refs_bytes = len(pickle.dumps(shares))
+    assert refs_bytes < map_bytes / 4  # the keys the first round sends are small beside the maps
+
+
+def test_a_chosen_overlay_no_rank_sent_is_an_error():
+    from ltad.errors import DataError
+
+    refs = {0: [CandidateRef("k1", 1)]}
+    with pytest.raises(DataError, match="k1"):
+        chosen_candidates(refs, [[], []])
+
+
+def test_send_chosen_in_one_process_returns_the_chosen_with_pixels():
+    from types import SimpleNamespace
+
+    from ltad.training.scoring import send_chosen
+
+    kept = _ranks_candidates(2, 1, per_kind=1)[0]
+    chosen = choose_overlays(candidate_refs(_by_kind(kept)), 2, 1)
+    got = send_chosen(SimpleNamespace(rank=0, world_size=1), chosen, kept)  # type: ignore[arg-type]
+    assert (
+        got is not None
+        and [c.key for c in got[0]] == ["c0/r0-1-0"]
+        and got[0][0].anomaly_map.shape == (32, 32)
+    )

@@ -4,6 +4,9 @@ and the bad-input promises (unreadable image, empty root, a crash half-way)."""
 from __future__ import annotations
 
 import io
+import threading
+import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +136,32 @@ def test_unreadable_image_names_its_path_and_publishes_nothing(tmp_path):
         prepare("mvtec", root, split, str(out), log=lambda m: None, workers=2)
     assert read_manifest(str(out)) == before  # the previous manifest is still there and valid
     assert _files(out) == shards
+
+
+def test_each_pass_reads_every_source_once_with_reads_in_flight(tmp_path, monkeypatch):
+    root = _jpeg_tree(tmp_path / "data", train=12)
+    split = _split(root, tmp_path)
+    real, reads, lock = prepare_module._read, [], threading.Lock()
+    running = {"now": 0, "most": 0}
+
+    def slow_read(base: str, rel: str) -> bytes:  # a store answering after 5 ms
+        with lock:
+            reads.append(rel)
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+        time.sleep(0.005)
+        with lock:
+            running["now"] -= 1
+        return real(base, rel)
+
+    monkeypatch.setattr(prepare_module, "_read", slow_read)
+    manifest = prepare("mvtec", root, split, str(tmp_path / "out"), log=lambda m: None)
+    sources = {str(p.relative_to(root)) for p in root.rglob("*") if p.suffix in (".jpg", ".png")}
+    used = set(reads)
+    assert Counter(reads) == {rel: 2 for rel in used}  # once in the check pass, once in the write pass
+    assert len(used) == manifest.samples("train") + manifest.samples("test") + 2 * 2  # + the 4 masks
+    assert used <= sources
+    assert 1 < running["most"] <= prepare_module.READS_IN_FLIGHT
 
 
 def test_crash_half_way_never_leaves_a_manifest_naming_missing_shards(tmp_path, monkeypatch):
