@@ -156,3 +156,13 @@ def test_no_import_cycle_between_modules_of_a_package():
         if node not in state:
             visit(node, [node])
     assert not cycles, "import cycles inside a package:\n" + "\n".join(cycles)
+
+
+def test_test_file_names_are_unique_across_tests():
+    """pytest imports test files by basename (no packages under tests/): two test_x.py in different
+    folders stop the whole run at collection, which `make test-fast` (tests/unit only) would not see."""
+    from collections import Counter
+
+    root = Path(__file__).resolve().parents[1]
+    names = Counter(p.name for p in root.rglob("test_*.py"))
+    assert not [n for n, k in names.items() if k > 1], sorted(n for n, k in names.items() if k > 1)
