@@ -127,4 +127,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    """The first SIGTERM stops serving; later ones (a supervisor repeating it) do not cut the shutdown."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
