@@ -29,6 +29,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from record import add_json_flag, finish  # noqa: E402  (benchmarks/record.py, beside this script)
+
 SPEEDUP_TARGET = 1.6
 RSS_TARGET = 1.3
 CHILD = """
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=96, help="image side in pixels")
     p.add_argument("--part-size", type=int, default=50)
     p.add_argument("--work", help="scratch folder (default: a temporary one)")
+    add_json_flag(p)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ltad-batch-bench-") as tmp:
         work = Path(args.work or tmp)
@@ -152,10 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             "speedup_2_vs_1_steady": f">= {SPEEDUP_TARGET}",
             "driver_rss_ratio_10x_vs_1x": f"<= {RSS_TARGET}",
         },
-        "missed": missed,
     }
-    print(json.dumps(body, indent=2))
-    return 1 if missed else 0
+    return finish(body, missed, args.json, argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from record import add_json_flag, emit  # noqa: E402  (benchmarks/record.py, beside this script)
+from record import add_json_flag, finish  # noqa: E402  (benchmarks/record.py, beside this script)
 
 TARGET_RATIO = 1.5
 
@@ -114,16 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     result.update({
         "targets": {"ratio_large_vs_small": f"<= {TARGET_RATIO}"},
-        "met": not missed,
-        "missed": missed,
         "quick": args.quick,
         "seconds": round(time.monotonic() - started, 1),
         "load_average_1min": round(os.getloadavg()[0], 2),
     })  # fmt: skip
-    emit(result, args.json, argv)
-    for line in missed:
-        print(f"TARGET MISSED: {line}", file=sys.stderr)
-    return 1 if missed else 0
+    return finish(result, missed, args.json, argv)
 
 
 if __name__ == "__main__":

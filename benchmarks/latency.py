@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ (local services) from the repo
 
-from record import add_json_flag, emit  # noqa: E402  (benchmarks/record.py, beside this script)
+from record import add_json_flag, finish  # noqa: E402  (benchmarks/record.py, beside this script)
 
 from tools.services.s3_proxy import CountingProxy as Proxy  # noqa: E402  (the delaying, counting proxy)
 
@@ -380,8 +380,6 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_to_direct_at_20ms": f">= {TARGET_RATIO_20MS}",
             "prepare_ratio_to_direct_at_20ms": f">= {TARGET_PREPARE_RATIO_20MS}",
         },
-        "met": not missed,
-        "missed": missed,
         "bounds": {
             "read_ahead_bytes": READ_AHEAD_BYTES,
             "coalesce_gap_bytes": COALESCE_GAP,
@@ -393,10 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.monotonic() - started, 1),
         "load_average_1min": round(os.getloadavg()[0], 2),
     })  # fmt: skip
-    emit(result, args.json, argv)
-    for line in missed:
-        print(f"TARGET MISSED: {line}", file=sys.stderr)
-    return 1 if missed else 0
+    return finish(result, missed, args.json, argv)
 
 
 if __name__ == "__main__":

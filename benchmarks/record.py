@@ -69,6 +69,17 @@ def emit(result: dict[str, Any], json_path: str | None, argv: list[str] | None =
         tmp.replace(path)  # never a half-written result that looks complete
 
 
+def finish(
+    result: dict[str, Any], missed: list[str], json_path: str | None, argv: list[str] | None = None
+) -> int:
+    """Emit `result` with `missed` (the targets not met, one sentence each) and say each on stderr: the
+    exit code every benchmark with a target returns (1 when one was missed)."""
+    emit({**result, "met": not missed, "missed": missed}, json_path, argv)
+    for line in missed:
+        print(f"TARGET MISSED: {line}", file=sys.stderr)
+    return 1 if missed else 0
+
+
 def add_json_flag(parser) -> None:
     """The `--json FILE` flag every benchmark takes."""
     parser.add_argument(
