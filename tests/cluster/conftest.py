@@ -10,6 +10,7 @@ worker on each node. Module-scoped; never at the same time as the integration su
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -25,14 +26,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 NO_ENDPOINT = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
 
-@pytest.fixture(scope="module")
-def two_nodes(s3_server, tmp_path_factory):
-    """(head, node B, the environment for `ray job submit` against the head)."""
+@contextlib.contextmanager
+def head_and_node_b(tmp_path_factory, name: str, start_node_b: bool = True):
+    """A 1-CPU head (started) and node B in its own mount namespace (started unless `start_node_b` is
+    false: the late-join drill starts it itself), with the environment for `ray job submit`."""
     from tools.services.ray_local import RayHead, RayWorkerNode
 
     if shutil.which("unshare") is None:
         pytest.skip("needs util-linux `unshare` for node B's own mount namespace")
-    head = RayHead(tmp_path_factory.mktemp("cluster-head"), num_cpus=1)
+    head = RayHead(tmp_path_factory.mktemp(f"{name}-head"), num_cpus=1)
     # node B's own state (and Ray temp dir) outside every folder hidden from it
     node_state = Path(tempfile.mkdtemp(prefix="ltad-nb-", dir="/tmp"))
     hidden = [tmp_path_factory.getbasetemp(), head.temp_dir]
@@ -46,9 +48,17 @@ def two_nodes(s3_server, tmp_path_factory):
     head.start()
     try:
         head.temp_dir.mkdir(parents=True, exist_ok=True)
-        node.start()
+        if start_node_b:
+            node.start()
         yield head, node, {**os.environ, **head.env()}
     finally:
         node.stop()
         head.stop()
         shutil.rmtree(node_state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def two_nodes(s3_server, tmp_path_factory):
+    """(head, node B, the environment for `ray job submit` against the head)."""
+    with head_and_node_b(tmp_path_factory, "cluster") as cluster:
+        yield cluster

@@ -10,16 +10,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import NO_ENDPOINT
+from tests.cluster.conftest import head_and_node_b
 from tests.integration.conftest import REPO, tiny_config
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration, pytest.mark.slow]
@@ -35,28 +33,8 @@ DEADLINE_S = 10
 @pytest.fixture(scope="module")
 def late_cluster(s3_server, tmp_path_factory):
     """(head, node B not started yet, the environment for job submission against the head)."""
-    from tools.services.ray_local import RayHead, RayWorkerNode
-
-    if shutil.which("unshare") is None:
-        pytest.skip("needs util-linux `unshare` for node B's own mount namespace")
-    head = RayHead(tmp_path_factory.mktemp("drill-head"), num_cpus=1)
-    node_state = Path(tempfile.mkdtemp(prefix="ltad-nd-", dir="/tmp"))
-    hidden = [tmp_path_factory.getbasetemp(), head.temp_dir]
-    if not Path(sys.prefix).is_relative_to(REPO):
-        hidden.append(REPO)
-    else:
-        for folder in (REPO / "runs", REPO / ".local"):
-            folder.mkdir(exist_ok=True)
-            hidden.append(folder)
-    node = RayWorkerNode(node_state, head, num_cpus=1, hidden=tuple(hidden), drop_env=NO_ENDPOINT)
-    head.start()
-    try:
-        head.temp_dir.mkdir(parents=True, exist_ok=True)
-        yield head, node, {**os.environ, **head.env()}
-    finally:
-        node.stop()
-        head.stop()
-        shutil.rmtree(node_state, ignore_errors=True)
+    with head_and_node_b(tmp_path_factory, "drill", start_node_b=False) as cluster:
+        yield cluster
 
 
 def _node_ids(node) -> set[str]:
