@@ -42,34 +42,10 @@ print("RESULT " + json.dumps({"rc": rc, "maxrss_kib": resource.getrusage(resourc
 
 
 def make_model(work: Path) -> Path:
-    import numpy as np
-    import torch
-    from PIL import Image
+    """The predict tests' untrained tiny export (tests/integration/conftest.py `tiny_export`)."""
+    from tests.integration.conftest import tiny_export
 
-    from ltad.config import LTADConfig
-    from ltad.data.synth import synthesize
-    from ltad.inference.export import write_export
-    from ltad.models.state import build_model
-    from tests.integration.conftest import TINY_MODEL
-
-    root = synthesize(work / "synth", classes=2, image_size=64, train_per_class=4, test_per_class=2, seed=1)
-    cfg = LTADConfig.from_dict({"model": TINY_MODEL})
-    model = build_model(cfg, 2).eval()
-    model.cache_text()
-    train = sorted(root.glob("*/train/good/*.png"))
-    images = torch.stack(
-        [
-            torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), np.float32) / 255).permute(2, 0, 1)
-            for p in train
-        ]
-    )
-    enc = model.encoder.encode_images(images)
-    model.fit_standardisation([(enc.patches, torch.tensor([0] * 4 + [1] * 4))])
-    scores = model.score(enc.patches, enc.global_emb, (64, 64)).pred_score.numpy()
-    write_export(
-        work / "model", model, cfg, ["a", "b"], scores, float(np.median(scores)), {"git_commit": "bench"}
-    )
-    return work / "model"
+    return tiny_export(work, test_per_class=2, commit="bench")[0]
 
 
 def make_images(folder: Path, count: int, size: int) -> Path:

@@ -76,10 +76,11 @@ def tiny_data(s3_server, tmp_path_factory) -> str:
     return uri
 
 
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory):
-    """An exported tiny model (standardisation fitted on real synthetic images) and a folder of images
-    (three test images and a grayscale one of another size in sub/): the model the predict tests share."""
+def tiny_export(work: Path, test_per_class: int = 4, commit: str = "test"):
+    """An untrained tiny model exported to work/model, its standardisation fitted on the train images of
+    a 2-class synthetic set (seed 1) made under work/synth: (the model folder, the synthetic root, the
+    model, its scores of the train images). The
+    predict tests and benchmarks/batch_predict.py score with it."""
     import numpy as np
     import torch
     from PIL import Image
@@ -89,8 +90,9 @@ def exported(tmp_path_factory):
     from ltad.inference.export import write_export
     from ltad.models.state import build_model
 
-    tmp = tmp_path_factory.mktemp("predict")
-    root = synthesize(tmp / "synth", classes=2, image_size=64, train_per_class=4, test_per_class=4, seed=1)
+    root = synthesize(
+        work / "synth", classes=2, image_size=64, train_per_class=4, test_per_class=test_per_class, seed=1
+    )
     cfg = LTADConfig.from_dict({"model": TINY_MODEL})
     model = build_model(cfg, 2).eval()
     model.cache_text()
@@ -105,8 +107,19 @@ def exported(tmp_path_factory):
     model.fit_standardisation([(enc.patches, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))])
     scores = model.score(enc.patches, enc.global_emb, (64, 64)).pred_score.numpy()
     write_export(
-        tmp / "model", model, cfg, ["a", "b"], scores, float(np.median(scores)), {"git_commit": "test"}
+        work / "model", model, cfg, ["a", "b"], scores, float(np.median(scores)), {"git_commit": commit}
     )
+    return work / "model", root, model, scores
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """An exported tiny model (standardisation fitted on real synthetic images) and a folder of images
+    (three test images and a grayscale one of another size in sub/): the model the predict tests share."""
+    from PIL import Image
+
+    tmp = tmp_path_factory.mktemp("predict")
+    _, root, model, scores = tiny_export(tmp)
     # a folder with nested images of two sizes (one grayscale) to score
     folder = tmp / "images"
     (folder / "sub").mkdir(parents=True)
