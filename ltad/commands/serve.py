@@ -102,10 +102,16 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     from ltad.inference.serve import build_app
     from ltad.training.cluster import connect
+    from ltad.training.ray_map import check_reachable
 
     started = connect()
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped container or `kill`: shut down as on Ctrl-C
     try:
+        check_reachable(
+            ("--model", opts.model),
+            work="ltad serve's replicas",
+            fix="give the model as an s3:// prefix (or serve on a one-node Ray)",
+        )
         serve.start(http_options={"host": args.host, "port": listen})
         serve.run(build_app(asdict(opts)), name=APP_NAME, route_prefix="/")
         print(

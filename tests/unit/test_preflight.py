@@ -275,3 +275,30 @@ def test_connect_passes_the_settings_in_the_runtime_env(monkeypatch):
     assert seen["runtime_env"]["env_vars"]["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
     assert seen["runtime_env"]["env_vars"]["X"] == "1"
     assert "AWS_SECRET_ACCESS_KEY" not in seen["runtime_env"]["env_vars"]
+
+
+def test_serve_on_two_nodes_refuses_a_local_model(fake_cluster, monkeypatch, capsys, tmp_path):
+    """`ltad serve`'s replicas may start on any node: a local export is refused like predict's paths."""
+    import json
+
+    import ray
+
+    from ltad import cli
+    from ltad.inference.export import FILES, FORMAT, META
+
+    pytest.importorskip("ray.serve")
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in FILES[FORMAT]:
+        (model / name).write_bytes(b"")
+    (model / META).write_text(json.dumps({"format": FORMAT}))
+    fake_cluster(TWO_NODES, False)
+    monkeypatch.setattr("ltad.training.cluster.connect", lambda **_: False)  # no Ray: the check comes first
+    monkeypatch.setattr(ray.serve, "delete", lambda *_a, **_k: None)
+    assert cli.main(["serve", "--model", str(model)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (
+        f"ltad serve: error: --model '{model}' is a local path, but ltad serve's replicas may run on other "
+        "nodes of this cluster (several nodes, an autoscaler that adds them, or a head without CPUs) that "
+        "share no disk: give the model as an s3:// prefix (or serve on a one-node Ray)"
+    ), line
