@@ -3,7 +3,7 @@
 The model is a local folder or an s3:// prefix (`<output>/model` of a run, or an `ltad export`
 folder). Without a cluster (no --workers, RAY_ADDRESS unset, or --workers 0) one local process
 scores a local folder or glob into scores.csv and errors.csv (no Ray, no DeepSpeed). With --workers N
-(N >= 1), or RAY_ADDRESS set, it is a Ray Data job (N scoring actors; GPU actors where the nodes
+(N >= 1), or RAY_ADDRESS a cluster address (not the http:// job-submission URL), it is a Ray Data job (N scoring actors; GPU actors where the nodes
 have GPUs): --images and --out may be s3://, the output is Parquet parts with a plan and a manifest,
 and a rerun with the same --out resumes (docs/SCORING.md, 'Batch predict on a cluster'). Maps and
 overlays only with --maps. Exit 0 when at least one image was scored, 1 when every image was
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -47,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--workers",
         default=None,
         help="scoring actors of a Ray Data job (on the cluster in RAY_ADDRESS, else a local Ray); "
-        "0 = one local process; default: Ray when RAY_ADDRESS is set, else one local process",
+        "0 = one local process; default: Ray when RAY_ADDRESS is a cluster address (not an http:// URL), else one local process",
     )
     p.add_argument(
         "--maps", action="store_true", help="also write maps/ and overlays/ (one PNG each per image)"
@@ -88,12 +87,15 @@ def batch_size(value: str) -> int:
 
 
 def on_ray(workers: str | None) -> int | None:
-    """Where to run: -1 = one local process (--workers 0, or no --workers and no RAY_ADDRESS); N = a Ray
-    job with N actors (--workers N); None = a Ray job sized to the cluster (RAY_ADDRESS, no --workers)."""
+    """Where to run: -1 = one local process (--workers 0, or no --workers and no cluster to join); N = a
+    Ray job with N actors (--workers N); None = a Ray job sized to the cluster (RAY_ADDRESS a cluster
+    address, no --workers). An http(s) RAY_ADDRESS (the job-submission URL) is not a cluster to join."""
+    from ltad.training.cluster import cluster_address
+
     if workers is not None:
         n = positive_int("--workers", workers, minimum=0)
         return n if n else -1
-    return None if os.environ.get("RAY_ADDRESS") else -1
+    return None if cluster_address() else -1
 
 
 def run(args: argparse.Namespace) -> int:

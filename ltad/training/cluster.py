@@ -52,6 +52,14 @@ LOCAL_DRIVER_SLOTS = 8
 """`ltad_driver` units of a local head: trial drivers (idle processes while their trial trains) at once."""
 
 
+def cluster_address() -> str | None:
+    """RAY_ADDRESS when a driver can join it: a GCS address (host:port, `auto`, `ray://...`). An http(s)
+    URL is the dashboard's job-submission address (what `ray job submit` takes, and what many users
+    export): None, since `ray.init` cannot join it."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    return None if not address or address.startswith(("http://", "https://")) else address
+
+
 def connect(**kwargs: Any) -> bool:
     """`ray.init` for a driver: the cluster in RAY_ADDRESS, else a local one. False (and nothing done)
     when this process is connected already: then the caller must not shut Ray down either."""
@@ -65,6 +73,14 @@ def connect(**kwargs: Any) -> bool:
         runtime_env["env_vars"] = {**env, **(runtime_env.get("env_vars") or {})}
         kwargs["runtime_env"] = runtime_env
     if os.environ.get("RAY_ADDRESS"):
+        if cluster_address() is None:
+            from ltad.errors import ConfigError
+
+            raise ConfigError(
+                f"RAY_ADDRESS '{os.environ['RAY_ADDRESS']}' is a job-submission (dashboard) URL, which a "
+                "driver cannot join: submit with `ray job submit`, set RAY_ADDRESS to the cluster's GCS "
+                "address (head:6379), or unset it to start a local Ray"
+            )
         ray.init(**kwargs)
     else:
         kwargs.setdefault("resources", {DRIVER_RESOURCE: LOCAL_DRIVER_SLOTS})

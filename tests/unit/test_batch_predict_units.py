@@ -118,5 +118,25 @@ def test_where_predict_runs(monkeypatch):
     assert (on_ray(None), on_ray("0"), on_ray("3")) == (-1, -1, 3)
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
     assert (on_ray(None), on_ray("0")) == (None, -1)
+    # the job-submission URL users export for `ray job submit` (and scripts/demo sets): not a cluster to
+    # join, so predict stays one local process (it crashed in ray.init before)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    assert (on_ray(None), on_ray("2")) == (-1, 2)
     with pytest.raises(ConfigError, match="--workers must be an int >= 0, got -1"):
         on_ray("-1")
+
+
+def test_a_driver_refuses_a_job_submission_url_in_one_line(monkeypatch):
+    """`--workers N` (or ltad train) with RAY_ADDRESS=http://...: one sentence, not Ray's traceback."""
+    import ray
+
+    from ltad.training.cluster import connect
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(ConfigError) as err:
+        connect()
+    assert str(err.value).startswith(
+        "RAY_ADDRESS 'http://127.0.0.1:8265' is a job-submission (dashboard) URL"
+    )
+    assert "\n" not in str(err.value)
