@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import REPO, tiny_config
+from tests.integration.conftest import REPO, encoder_checkpoint, tiny_config
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration, pytest.mark.slow]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -64,19 +64,6 @@ def _config(tmp: Path, data: str, **sections) -> Path:
     return path
 
 
-def _encoder_checkpoint(path: Path) -> Path:
-    """An open_clip checkpoint of the offline hybrid at the tiny size, seeded random weights."""
-    import open_clip
-    import torch
-
-    from ltad.models.encoder import HYBRID, register_hybrid
-
-    register_hybrid()
-    torch.manual_seed(7)
-    torch.save(open_clip.create_model(HYBRID, force_image_size=64).state_dict(), path)
-    return path
-
-
 def _other_data(s3_server, tmp_path: Path) -> str:
     """Shards of another synthetic dataset (another seed): the same run name must refuse them."""
     from ltad.data.datasets import read_dataset
@@ -107,7 +94,7 @@ def test_job_runs_on_both_nodes_with_everything_on_s3(two_nodes, tiny_data, s3_s
     head, node, env = two_nodes
     assert len(node.head_alive_nodes()) == 2
     prefix = f"s3://{s3_server.bucket}/cluster-{tmp_path.name}"
-    weights = _encoder_checkpoint(tmp_path / "clip.pt")
+    weights = encoder_checkpoint(tmp_path / "clip.pt", seed=7)
     storage.upload_file(weights, f"{prefix}/weights/clip.pt")
     proxy = CountingProxy(urlsplit(storage.endpoint()).port)  # the job's every S3 request goes through it
     # a cache dir under the pytest folders: node B sees its own empty tmpfs there, so it downloads itself

@@ -33,6 +33,20 @@ TINY_MODEL = {
 }
 
 
+def encoder_checkpoint(path: Path, seed: int = 123) -> Path:
+    """An open_clip checkpoint of the offline hybrid at the tiny size with seeded random weights, as
+    open_clip saves one: encoder weights that are not the bundled ones (own sha256, own feature cache)."""
+    import open_clip
+    import torch
+
+    from ltad.models.encoder import HYBRID, register_hybrid
+
+    register_hybrid()
+    torch.manual_seed(seed)
+    torch.save(open_clip.create_model(HYBRID, force_image_size=64).state_dict(), path)
+    return path
+
+
 def tiny_config(tmp: Path, data_uri: str, **sections):
     """A run config small enough for 2 CPU workers in seconds; `sections` override whole sections."""
     from ltad.config import LTADConfig

@@ -1,5 +1,6 @@
 """Encoder weights anywhere: an open_clip checkpoint in S3 builds the encoder, and an export carries it
-so `ltad predict` works where neither the file nor the bucket is."""
+so `ltad predict` works where neither the file nor the bucket is. Ray workers encoding with weights from
+s3:// ride on the job of tests/integration/test_job_submit.py."""
 
 from __future__ import annotations
 
@@ -15,23 +16,11 @@ from PIL import Image
 
 from ltad.config import EncoderConfig
 from ltad.errors import ConfigError, DataError, StorageError
-from tests.integration.conftest import TINY_MODEL
+from tests.integration.conftest import TINY_MODEL, encoder_checkpoint
 
 pytestmark = pytest.mark.integration
 
 SMALL = dict(image_size=64, grid=4)
-
-
-def _checkpoint(path):
-    """An open_clip checkpoint of the offline hybrid with random (seeded) weights, as open_clip saves one."""
-    import open_clip
-
-    from ltad.models.encoder import HYBRID, register_hybrid
-
-    register_hybrid()
-    torch.manual_seed(123)
-    torch.save(open_clip.create_model(HYBRID, force_image_size=64).state_dict(), path)
-    return path
 
 
 @pytest.fixture
@@ -46,7 +35,7 @@ def test_encoder_from_s3_matches_the_local_file(s3_server, tmp_path, cache):
     from ltad.io import storage
     from ltad.models.encoder import Encoder
 
-    local = _checkpoint(tmp_path / "clip.pt")
+    local = encoder_checkpoint(tmp_path / "clip.pt")
     uri = f"s3://{s3_server.bucket}/weights-test/clip.pt"
     storage.upload_file(local, uri)
     from_s3 = Encoder(EncoderConfig(pretrained=uri, **SMALL))
@@ -100,7 +89,7 @@ def test_export_carries_the_encoder_weights(where, s3_server, tmp_path, cache, m
     root = synthesize(
         tmp_path / "synth", classes=2, image_size=64, train_per_class=4, test_per_class=2, seed=3
     )
-    local = _checkpoint(tmp_path / "clip.pt")
+    local = encoder_checkpoint(tmp_path / "clip.pt")
     source = str(local)
     if where == "s3":
         source = f"s3://{s3_server.bucket}/weights-test/export/clip.pt"
@@ -161,7 +150,7 @@ def test_export_without_its_copy_uses_the_recorded_source_when_unchanged(tmp_pat
     from ltad.inference.export import load_export, write_export
     from ltad.models.state import build_model
 
-    local = _checkpoint(tmp_path / "clip.pt")
+    local = encoder_checkpoint(tmp_path / "clip.pt")
     model_cfg = {**TINY_MODEL, "encoder": {**TINY_MODEL["encoder"], "pretrained": str(local)}}
     cfg = LTADConfig.from_dict({"model": model_cfg})
     model = build_model(cfg, 2).eval()
@@ -169,42 +158,3 @@ def test_export_without_its_copy_uses_the_recorded_source_when_unchanged(tmp_pat
     (tmp_path / "model" / "encoder.pt").unlink()
     loaded, _ = load_export(tmp_path / "model")
     assert loaded.encoder.weights.file == str(local)
-
-
-@pytest.mark.slow
-def test_ray_workers_encode_with_weights_from_s3(ray_local, tiny_data, s3_server, tmp_path, cache):
-    """The encode stage on 2 Ray Train workers (in Ray's own working dirs) builds the encoder from an
-    s3:// checkpoint: the feature cache is keyed by its sha256 and records it. It writes to
-    `data.cache_uri` (outside the data prefix), decodes in a DataLoader worker, and leaves a verified
-    done-record for every shard (what a restarted encode skips)."""
-    from ltad.data.manifest import manifest_uri, read_manifest
-    from ltad.io import storage
-    from ltad.training.feature_cache import cache_uri, find_cache, fingerprint, verified_shard
-    from ltad.training.pipeline import run_pipeline
-    from tests.integration.conftest import tiny_config
-
-    local = _checkpoint(tmp_path / "clip.pt")
-    uri = f"s3://{s3_server.bucket}/weights-test/ray/clip.pt"
-    storage.upload_file(local, uri)
-    encoder = {**TINY_MODEL["encoder"], "pretrained": uri}
-    root = f"s3://{s3_server.bucket}/caches-elsewhere"
-    data = {"use_feature_cache": True, "cache_uri": root, "loader_workers": 1}
-    cfg = tiny_config(tmp_path, tiny_data, model={"encoder": encoder}, data=data, run={"name": "w"})
-    assert run_pipeline(cfg, stages=()) == {}
-    manifest = read_manifest(tiny_data)
-    assert find_cache(tiny_data, cfg.model.encoder, manifest) is None  # not in the data prefix
-    found = find_cache(tiny_data, cfg.model.encoder, manifest, root)
-    assert found is not None and found.startswith(root + "/")
-    assert found != cache_uri(tiny_data, EncoderConfig(**TINY_MODEL["encoder"]), manifest, root)
-    cached = read_manifest(found)
-    assert cached.extra["precision"] == "fp32"
-    cache_id = fingerprint(cfg.model.encoder, manifest)
-    for split in ("train", "test"):
-        assert [verified_shard(found, e.name, cache_id, "fp32") for e in cached.shards[split]] == list(
-            cached.shards[split]
-        )
-    weights = cached.extra["weights"]
-    sha = hashlib.sha256(local.read_bytes()).hexdigest()
-    assert weights["source"] == uri and weights["sha256"] == sha
-    assert [p.name for p in (cache / "blobs").iterdir()] == [f"{sha}.pt"]  # one node, one copy
-    assert storage.exists(manifest_uri(found))

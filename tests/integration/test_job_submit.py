@@ -2,7 +2,9 @@
 
 The one job submission also carries the secret-leak check (formerly its own job in
 tests/reliability/test_security.py): the session's SeaweedFS has a random secret, which must appear
-in no log, job metadata, file of the Ray head or stored object.
+in no log, job metadata, file of the Ray head or stored object. Its encode stage builds the encoder
+from an s3:// checkpoint into a cache outside the data prefix (formerly its own Ray run in
+tests/integration/test_encoder_weights.py, `test_ray_workers_encode_with_weights_from_s3`).
 """
 
 from __future__ import annotations
@@ -22,26 +24,49 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def _submit(env: dict, *args: str) -> subprocess.CompletedProcess:
+def _submit(env: dict, *args: str, job_env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [RAY, "job", "submit", "--address", env["RAY_ADDRESS"], "--working-dir", "."]
+    if job_env:
+        cmd += ["--runtime-env-json", json.dumps({"env_vars": job_env})]
     cmd += ["--", *args]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
 def test_job_submit_runs_cache_both_phases_and_evaluation(ray_head, tiny_data, s3_server, tmp_path):
+    """The whole job through `ray job submit`. Its encode stage runs on 2 Ray Train workers (in Ray's
+    own working dirs) and builds the encoder from an s3:// checkpoint: the feature cache is keyed by its
+    sha256 and records it; it is written to `data.cache_uri` (outside the data prefix), decoded in a
+    DataLoader worker, and leaves a verified done-record for every shard (what a restarted encode
+    skips). Its own weights and cache root make the encode stage run here whatever ran before."""
+    import hashlib
+
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from ltad.data.manifest import read_manifest
+    from ltad.config import EncoderConfig
+    from ltad.data.manifest import manifest_uri, read_manifest
     from ltad.io import storage
+    from ltad.training.feature_cache import cache_uri, find_cache, fingerprint, verified_shard
+    from tests.integration.conftest import TINY_MODEL, encoder_checkpoint
 
-    out = f"s3://{s3_server.bucket}/job-{tmp_path.name}/out"
-    cfg = tiny_config(tmp_path, tiny_data, data={"use_feature_cache": True})
+    prefix = f"s3://{s3_server.bucket}/job-{tmp_path.name}"
+    out = f"{prefix}/out"
+    local = encoder_checkpoint(tmp_path / "clip.pt")
+    weights_uri = f"{prefix}/weights/clip.pt"
+    storage.upload_file(local, weights_uri)
+    root = f"{prefix}/caches-elsewhere"
+    cfg = tiny_config(
+        tmp_path,
+        tiny_data,
+        model={"encoder": {**TINY_MODEL["encoder"], "pretrained": weights_uri}},
+        data={"use_feature_cache": True, "cache_uri": root, "loader_workers": 1},
+    )
     config = tmp_path / "tiny.yaml"
     config.write_text(cfg.to_yaml())
+    cache = tmp_path / "cache" / "weights"  # the job's LTAD_CACHE_DIR: workers fetch the weights there
     proc = _submit(
         ray_head, "python", "jobs/train.py", "--config", str(config), "--data", tiny_data, "--out", out,
-        "--set", f"run.storage_path=s3://{s3_server.bucket}/job-{tmp_path.name}/ray", "--set", "run.name=job",
-        "--set", "model.encoder.text_seed=1",  # a cache of its own: the encode stage always runs here
+        "--set", f"run.storage_path={prefix}/ray", "--set", "run.name=job",
+        job_env={"LTAD_CACHE_DIR": str(tmp_path / "cache")},
     )  # fmt: skip
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
@@ -53,7 +78,25 @@ def test_job_submit_runs_cache_both_phases_and_evaluation(ray_head, tiny_data, s
     # no LTAD_GIT_COMMIT anywhere: the job read the commit from the .git/HEAD and refs the upload carries
     checkout = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     assert metrics["provenance"]["git_commit"] == f"{checkout.strip()}+unverified"
-    assert metrics["provenance"]["feature_cache"].startswith(f"{tiny_data}/features/")
+
+    # the feature cache: under data.cache_uri, not in the data prefix, keyed by the weights' sha256
+    assert find_cache(tiny_data, cfg.model.encoder, manifest) is None  # not in the data prefix
+    found = find_cache(tiny_data, cfg.model.encoder, manifest, root)
+    assert found is not None and found.startswith(root + "/")
+    assert metrics["provenance"]["feature_cache"].startswith(root + "/")
+    assert found != cache_uri(tiny_data, EncoderConfig(**TINY_MODEL["encoder"]), manifest, root)
+    cached = read_manifest(found)
+    assert cached.extra["precision"] == "fp32"
+    cache_id = fingerprint(cfg.model.encoder, manifest)
+    for split in ("train", "test"):
+        assert [verified_shard(found, e.name, cache_id, "fp32") for e in cached.shards[split]] == list(
+            cached.shards[split]
+        )
+    weights = cached.extra["weights"]
+    sha = hashlib.sha256(local.read_bytes()).hexdigest()
+    assert weights["source"] == weights_uri and weights["sha256"] == sha
+    assert [p.name for p in (cache / "blobs").iterdir()] == [f"{sha}.pt"]  # one node, one copy
+    assert storage.exists(manifest_uri(found))
     assert storage.exists(f"{out}/model/weights.pt") and storage.exists(f"{out}/report.md")
     client = JobSubmissionClient(ray_head["RAY_ADDRESS"])
     jobs = client.list_jobs()
@@ -67,9 +110,7 @@ def test_job_submit_runs_cache_both_phases_and_evaluation(ray_head, tiny_data, s
     assert secret not in log and secret not in job_logs and secret not in metadata
     head = RayHead(Path(ray_head["RAY_DIR"]))
     assert _files_holding(secret.encode(), [head.temp_dir, head.state_dir]) == []
-    objects = storage.list(f"s3://{s3_server.bucket}/job-{tmp_path.name}") + storage.list(
-        f"{tiny_data}/features"
-    )
+    objects = storage.list(prefix) + storage.list(f"{tiny_data}/features")  # the cache is under prefix
     assert any(u.endswith("model.pt") for u in objects)
     assert [u for u in objects if secret.encode() in storage.read_bytes(u)] == []
     # the head's dashboard listens on loopback only
