@@ -25,9 +25,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
+
+if TYPE_CHECKING:
+    from ltad.config import LTADConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -131,7 +135,7 @@ class Reference:
     """The reference run and what each of its steps left (the identity checks read them)."""
 
     tmp: Path
-    cfg: object
+    cfg: LTADConfig
     metrics: dict
     phase1_log: list[str]
     phase1_record: dict
