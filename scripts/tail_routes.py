@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Issue 27's routes for the tail without CLIP, on the validation data with lobe pseudo-defects.
+
+python scripts/tail_routes.py --out runs/tail-routes --rows docs/results/tail-routes.jsonl --only 0 1
+Each candidate is configs/study-validation.yaml (validation dataset seed 1, exp:100, seed 0) with
+`test_defects: lobe` (the anomalous test images are lobe copies of the normal test images, sharing no
+mask shape or fill recipe with any test defect of the reported study) and a few overrides of
+configs/study-model.yaml, run by jobs/study.py into OUT/<n>. Its rows are appended to --rows with the
+candidate's label and two costs: `feature_bytes_per_image` (the fp16 patch features one image puts in
+the feature cache: D x g x g x 2) and `phase2_step_s` (phase-2 training seconds per step; kNN rows
+have `fit_s`, bank and scoring). Features route (item 2): the current grid 8 at 128 px against grid 16
+(layer 1 pooled to stride 8, layer 2 at its own stride 8, layer 3 upsampled). Semantic route (item 3):
+one learned abnormal anchor shared by every class (`model.semantic.abnormal_anchor: shared`), trained
+on Perlin-region pseudo-anomalies of the training images encoded into the cache
+(`phase2.pseudo_anomaly: cached`), against the paper's per-class anchors on the same pseudo-anomalies.
+Resumable: a finished candidate is not run again, and its rows are not appended twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from jobs import study  # noqa: E402
+
+GRID16 = ["model.encoder.grid=16"]
+SHARED = ["model.semantic.abnormal_anchor=shared", "phase2.pseudo_anomaly=cached"]
+# (label, config overrides, methods)
+CANDIDATES = [
+    ("lite0 grid 8 (current)", [], ["ltad", "rec_only", "sem_only", "knn"]),
+    ("lite0 grid 16 (stride 8)", GRID16, ["knn"]),
+    ("shared abnormal anchor, cached Perlin pseudo-anomalies", SHARED, ["ltad", "sem_only"]),
+    ("per-class anchors, cached Perlin pseudo-anomalies", ["phase2.pseudo_anomaly=cached"],
+     ["ltad", "sem_only"]),
+    ("lite0 grid 16 (stride 8): rec_only", GRID16, ["rec_only"]),
+    ("shared abnormal anchor, feature pseudo-anomalies", ["model.semantic.abnormal_anchor=shared"],
+     ["ltad", "sem_only"]),
+]  # fmt: skip
+
+
+def feature_bytes(spec_path: Path) -> int:
+    """fp16 bytes of one image's patch features under the candidate's encoder config."""
+    from ltad.models.encoder import Encoder
+    from ltad.study.run import model_config
+    from ltad.study.spec import load_spec
+
+    spec = load_spec(spec_path)
+    enc = model_config(spec, spec.seeds[0]).model.encoder
+    return Encoder(enc).feature_dim * enc.grid * enc.grid * 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--rows", required=True, type=Path, help="JSONL the labelled rows are appended to")
+    p.add_argument("--only", type=int, nargs="*", help="candidate numbers to run (default: all)")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    base = yaml.safe_load((REPO / "configs/study-validation.yaml").read_text())
+    done = set()
+    if args.rows.is_file():
+        done = {json.loads(line).get("candidate") for line in args.rows.read_text().splitlines() if line}
+    for n, (label, overrides, methods) in enumerate(CANDIDATES):
+        if args.only and n not in args.only:
+            continue
+        out = args.out / str(n)
+        out.mkdir(parents=True, exist_ok=True)
+        spec = out.parent / f"spec-{n}.yaml"
+        fields = {"test_defects": "lobe", "label": f"tail routes (issue 27): {label}"}
+        spec.write_text(yaml.safe_dump({**base, **fields, "set": overrides, "methods": methods}))
+        argv_ = ["--config", str(spec), "--out", str(out), "--work", str(args.out / "work")]
+        code = study.main([*argv_, "--threads", str(args.threads)])
+        if code != 0:
+            return code
+        if label in done:
+            continue
+        per_image = feature_bytes(spec)
+        steps = yaml.safe_load((REPO / base["config"]).read_text())["phase2"]["steps"]
+        rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines() if line]
+        with open(args.rows, "a") as f:
+            for r in rows:
+                cost = {"feature_bytes_per_image": per_image, "overrides": overrides}
+                if "phase2_s" in r:
+                    cost["phase2_step_s"] = round(r["phase2_s"] / steps, 4)
+                f.write(json.dumps({"candidate": label, **r, **cost}, sort_keys=True) + "\n")
+        print({r["method"]: round(r["image_AUROC"], 4) for r in rows}, label, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
