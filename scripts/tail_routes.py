@@ -9,7 +9,8 @@ configs/study-model.yaml, run by jobs/study.py into OUT/<n>. Its rows are append
 candidate's label and two costs: `feature_bytes_per_image` (the fp16 patch features one image puts in
 the feature cache: D x g x g x 2) and `phase2_step_s` (phase-2 training seconds per step; kNN rows
 have `fit_s`, bank and scoring). Features route (item 2): the current grid 8 at 128 px against grid 16
-(layer 1 pooled to stride 8, layer 2 at its own stride 8, layer 3 upsampled). Semantic route (item 3):
+(layer 1 pooled to stride 8, layer 2 at its own stride 8, layer 3 upsampled), and the Lite2 trunk
+(`ltad-effnet-lite2`, the `lite2` extra) at both grids. Semantic route (item 3):
 one learned abnormal anchor shared by every class (`model.semantic.abnormal_anchor: shared`), trained
 on Perlin-region pseudo-anomalies of the training images encoded into the cache
 (`phase2.pseudo_anomaly: cached`), against the paper's per-class anchors on the same pseudo-anomalies.
@@ -31,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from jobs import study  # noqa: E402
 
 GRID16 = ["model.encoder.grid=16"]
+LITE2 = ["model.encoder.name=ltad-effnet-lite2"]
 SHARED = ["model.semantic.abnormal_anchor=shared", "phase2.pseudo_anomaly=cached"]
 # (label, config overrides, methods)
 CANDIDATES = [
@@ -42,6 +44,8 @@ CANDIDATES = [
     ("lite0 grid 16 (stride 8): rec_only", GRID16, ["rec_only"]),
     ("shared abnormal anchor, feature pseudo-anomalies", ["model.semantic.abnormal_anchor=shared"],
      ["ltad", "sem_only"]),
+    ("lite2 grid 8", LITE2, ["knn", "rec_only"]),
+    ("lite2 grid 16 (stride 8)", [*LITE2, *GRID16], ["knn"]),
 ]  # fmt: skip
 
 
