@@ -60,13 +60,44 @@ def feature_bytes(spec_path: Path) -> int:
     return Encoder(enc).feature_dim * enc.grid * enc.grid * 2
 
 
+def table(rows: list[dict]) -> list[str]:
+    """Markdown rows: every (candidate, method) with its validation figures and costs; for each `ltad`
+    row, LTAD minus the current encoder's `rec_only` per tail class, paired, with the study's interval."""
+    from ltad.study.paired import paired_class_cells
+
+    ref = next((r for r in rows if r["method"] == "rec_only" and r["candidate"] == CANDIDATES[0][0]), None)
+    out = []
+    for r in rows:
+        vs = "rec_only" if r["method"] == "ltad" and ref is not None else None
+        paired = ""
+        if vs is not None and ref is not None:
+            p = paired_class_cells([{**r, "method": "a"}, {**ref, "method": "b"}], r["level"], "a", "b")
+            paired = (
+                p.describe() + ", per class " + ", ".join(f"{100 * d:+.1f}" for d in p.diffs) if p else ""
+            )
+        step = f"{r['phase2_step_s'] * 1000:.0f} ms" if "phase2_step_s" in r else f"fit+score {r['fit_s']} s"
+        out.append(
+            f"| {r['candidate']} | {r['method']} | {100 * r['image_AUROC']:.1f} | "
+            f"{100 * r['tail_image_AUROC']:.1f} | {paired} | {r['feature_bytes_per_image'] / 1024:.1f} KiB | "
+            f"{step} |"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", type=Path, help="folder of the candidates' runs")
     p.add_argument("--rows", required=True, type=Path, help="JSONL the labelled rows are appended to")
     p.add_argument("--only", type=int, nargs="*", help="candidate numbers to run (default: all)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--table", action="store_true", help="only print the routes table of --rows")
     args = p.parse_args(argv)
+    if args.table:
+        rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line]
+        print("\n".join(table(rows)))
+        return 0
+    if args.out is None:
+        p.error("--out is required unless --table")
     base = yaml.safe_load((REPO / "configs/study-validation.yaml").read_text())
     done = set()
     if args.rows.is_file():
