@@ -84,6 +84,28 @@ def table(rows: list[dict]) -> list[str]:
     return out
 
 
+def test_lines(study_rows: list[dict], knn16_rows: list[dict]) -> list[str]:
+    """On the reported study's test data: the grid-16 kNN against the committed grid-8 kNN and against
+    LTAD and its class-bank variant, paired by seed at every level (the study's t-interval)."""
+    from ltad.study.paired import paired_class_cells, paired_rows
+
+    knn16_rows = [r for r in knn16_rows if r["method"] == "knn"]
+    rows = [*study_rows, *({**r, "method": "knn16"} for r in knn16_rows)]
+    out = []
+    for lv in dict.fromkeys(r["level"] for r in knn16_rows):
+        parts = []
+        for first, second in (("knn16", "knn"), ("ltad", "knn16"), ("ltad_mb", "knn16")):
+            p = paired_rows(rows, lv, first, second, "image_AUROC")
+            if p is not None:
+                parts.append(f"{first} - {second} {p.describe()} [{p.verdict(0.0, strict=True)}]")
+        tail = paired_class_cells(rows, lv, "ltad", "knn16") if lv.endswith("100") else None
+        if tail is not None:
+            parts.append(f"tail classes ltad - knn16 {tail.describe()}")
+        mean = [100 * r["image_AUROC"] for r in knn16_rows if r["level"] == lv]
+        out.append(f"- {lv}: knn16 mean {sum(mean) / len(mean):.1f}; " + "; ".join(parts))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, help="folder of the candidates' runs")
@@ -91,7 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", type=int, nargs="*", help="candidate numbers to run (default: all)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--table", action="store_true", help="only print the routes table of --rows")
+    p.add_argument(
+        "--test",
+        nargs=2,
+        type=Path,
+        metavar=("STUDY_ROWS", "KNN16_ROWS"),
+        help="only print the grid-16 kNN's paired comparisons on the reported study's test data",
+    )
     args = p.parse_args(argv)
+    if args.test:
+        study_rows, knn16 = ([json.loads(x) for x in f.read_text().splitlines() if x] for f in args.test)
+        print("\n".join(test_lines(study_rows, knn16)))
+        return 0
     if args.table:
         rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line]
         print("\n".join(table(rows)))
