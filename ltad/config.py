@@ -108,6 +108,11 @@ class SemanticConfig:
 
     temperature: float = 0.07
     projection_hidden: int = 512
+    abnormal_anchor: Literal["class", "shared"] = "class"
+    """`class` (the paper): each class's abnormal side is its own text embedding T(v_a + s_c). `shared`
+    (a labelled variant beyond it, issue 27): one learned unit vector in the projected space is the
+    abnormal anchor of every class (the normal side stays the class's text), so what "abnormal" looks
+    like is learned once from every class's pseudo-anomalies, the tail's included."""
 
     def __post_init__(self) -> None:
         check(self.temperature > 0, "model.semantic.temperature", "a positive float", self.temperature)
@@ -283,8 +288,10 @@ class Phase2Config:
     synthesis_target: Literal["both", "semantic"] = "both"
     """Which branches train on the synthetic features: both (the paper) or the semantic head only
     (the reconstruction module then sees real features only)."""
-    pseudo_anomaly: Literal["feature", "image"] = "feature"
-    """Pseudo-anomalies for the semantic classifier: feature-level (cache friendly) or Perlin/CutPaste."""
+    pseudo_anomaly: Literal["feature", "image", "cached"] = "feature"
+    """Pseudo-anomalies for the semantic classifier: feature-level (cache friendly), image-level
+    Perlin/CutPaste encoded online, or `cached`: a Perlin-region copy of each training image encoded
+    into the feature cache (`anom.npy` + `anom_target.npy`; written by the study, ltad/study/cache.py)."""
     semantic_weight: float = 1.0
     """Weight of the semantic classifier loss against the reconstruction loss."""
     stats_samples: int = 256

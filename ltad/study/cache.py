@@ -3,7 +3,8 @@
 The study's trainer reads its batches through the job's training stream (`training/data.py`), which
 reads a feature cache. This writes one in the cache's format (`training/feature_cache.py`): one train
 shard per class (`train/{class}-000000.tar`, as `ltad prepare` groups train shards), samples in the
-FeatureSet's order, `key.feat.npy` (fp16), `key.glob.npy` (fp16), `key.cls`, `key.json`, a sample
+FeatureSet's order, `key.feat.npy` (fp16), `key.glob.npy` (fp16), `key.cls`, `key.json` (and, when the
+set carries them, a pseudo-anomalous copy `key.anom.npy` with its patch targets `key.anom_target.npy`), a sample
 index beside every shard and the manifest last. A few MB per split, written in well under a second.
 """
 
@@ -69,6 +70,9 @@ def write_training_cache(train: FeatureSet, class_names: Sequence[str], out: Pat
                 "cls": str(c).encode(),
                 "json": json.dumps(meta, sort_keys=True).encode(),
             }
+            if train.anom_patches is not None and train.anom_target is not None:
+                files["anom.npy"] = npy_bytes(train.anom_patches[i])
+                files["anom_target.npy"] = npy_bytes(train.anom_target[i])
             writer.write(sample_key(train.paths[i]), files, name)
         writer.close()
     counts = {n: int((train.class_id == c).sum()) for c, n in enumerate(class_names)}

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from ltad.config import EncoderConfig
+from ltad.data.pseudo_defects import GENERATORS, pseudo_key
 from ltad.data.records import Record
 from ltad.errors import DataError
 from ltad.models.encoder import Encoder
@@ -35,16 +36,24 @@ class FeatureSet:
     label: torch.Tensor  # N, int64 (1 = anomalous)
     masks: torch.Tensor | None  # N x H x W uint8 (test sets only)
     paths: list[str]
+    anom_patches: torch.Tensor | None = None
+    """N x D x g x g fp16: a pseudo-anomalous copy of each image (`phase2.pseudo_anomaly: cached`)."""
+    anom_target: torch.Tensor | None = None
+    """N x g x g fp16: the share of each patch the copy's defect covers."""
 
     def subset(self, index: torch.Tensor) -> FeatureSet:
-        masks = None if self.masks is None else self.masks[index]
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index]
+
         return FeatureSet(
             self.patches[index],
             self.global_emb[index],
             self.class_id[index],
             self.label[index],
-            masks,
+            pick(self.masks),
             [self.paths[i] for i in index.tolist()],
+            pick(self.anom_patches),
+            pick(self.anom_target),
         )
 
     def __len__(self) -> int:
@@ -97,9 +106,78 @@ def encode_records(
     )
 
 
-def cache_key(dataset_stamp: str, cfg: EncoderConfig) -> str:
-    """What the cached features depend on: the dataset and the encoder config."""
-    blob = json.dumps({"format": FORMAT, "dataset": dataset_stamp, "encoder": asdict(cfg)}, sort_keys=True)
+def pseudo_records(
+    encoder: Encoder, root: Path, records: list[Record], kind: str, batch: int = 32
+) -> FeatureSet:
+    """The normal `records`, then a pseudo-defect copy of each (generator `kind`, keyed by the record's
+    path, label 1, the generator's mask): a test set whose anomalies share nothing with the dataset's."""
+    normals = [r for r in records if r.label == 0]
+    make = GENERATORS[kind]
+    size = encoder.cfg.image_size
+    patches: list[torch.Tensor] = []
+    globs: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
+    for pseudo in (False, True):
+        for i in range(0, len(normals), batch):
+            images, part_masks = [], []
+            for r in normals[i : i + batch]:
+                image, mask = load_image(root, r, size)
+                if pseudo:
+                    hwc, m = make(image.permute(1, 2, 0).numpy(), r.path)
+                    image = torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1)))
+                    mask = torch.from_numpy(m.astype(np.uint8))
+                images.append(image)
+                part_masks.append(mask)
+            enc = encoder.encode_images(torch.stack(images))
+            patches.append(enc.patches.half())
+            globs.append(enc.global_emb.float())
+            masks.extend(part_masks)
+    n = len(normals)
+    return FeatureSet(
+        torch.cat(patches),
+        torch.cat(globs),
+        torch.tensor([r.class_id for r in normals] * 2, dtype=torch.long),
+        torch.tensor([0] * n + [1] * n, dtype=torch.long),
+        torch.stack(masks),
+        [r.path for r in normals] + [pseudo_key(r.path) for r in normals],
+    )
+
+
+TRAIN_PSEUDO = "blend"
+"""Generator of the cached training pseudo-anomalies: a Perlin region blended with a turned copy of the
+image (no CutPaste, a test defect type; not `lobe`, which lobe validation rounds test with)."""
+TRAIN_PSEUDO_SEED = 27
+"""Not `PSEUDO_SEED`: the training copies are drawn apart from any validation copy."""
+
+
+@torch.no_grad()
+def pseudo_anomalies(
+    encoder: Encoder, root: Path, records: list[Record], batch: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features N x D x g x g fp16, patch targets N x g x g fp16) of a Perlin-region pseudo-anomalous
+    copy of each record's image, for `phase2.pseudo_anomaly: cached`."""
+    make, size, grid = GENERATORS[TRAIN_PSEUDO], encoder.cfg.image_size, encoder.cfg.grid
+    feats: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    for i in range(0, len(records), batch):
+        images, masks = [], []
+        for r in records[i : i + batch]:
+            image, _ = load_image(root, r, size)
+            hwc, mask = make(image.permute(1, 2, 0).numpy(), r.path, TRAIN_PSEUDO_SEED)
+            images.append(torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1))))
+            masks.append(torch.from_numpy(mask.astype(np.float32)))
+        feats.append(encoder.encode_images(torch.stack(images)).patches.half())
+        pooled = torch.nn.functional.adaptive_avg_pool2d(torch.stack(masks).unsqueeze(1), grid)
+        targets.append(pooled.squeeze(1).half())
+    return torch.cat(feats), torch.cat(targets)
+
+
+def cache_key(dataset_stamp: str, cfg: EncoderConfig, test_defects: str = "synth") -> str:
+    """What the cached features depend on: the dataset, the encoder config and the test defects."""
+    what = {"format": FORMAT, "dataset": dataset_stamp, "encoder": asdict(cfg)}
+    if test_defects != "synth":  # keys of existing caches unchanged
+        what["test_defects"] = test_defects
+    blob = json.dumps(what, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

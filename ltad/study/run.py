@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,7 +34,15 @@ from ltad.errors import ConfigError
 from ltad.log import get_logger
 from ltad.models.encoder import Encoder
 from ltad.study.cache import TrainingCache, write_training_cache
-from ltad.study.features import FeatureSet, cache_key, encode_records, load_features, save_features
+from ltad.study.features import (
+    FeatureSet,
+    cache_key,
+    encode_records,
+    load_features,
+    pseudo_anomalies,
+    pseudo_records,
+    save_features,
+)
 from ltad.study.scoring import ltad_terms, maps_from, metrics, summarise
 from ltad.study.spec import Level, StudySpec
 from ltad.study.trainer import train_phase1, train_phase2
@@ -81,18 +90,38 @@ def study_features(spec: StudySpec, work: Path, cfg: LTADConfig):
         seed=d.seed,
     )
     ds = read_dataset("synth", root)
-    key = cache_key((root / "synth.json").read_text(), cfg.model.encoder)
+    key = cache_key((root / "synth.json").read_text(), cfg.model.encoder, spec.test_defects)
     path = work / f"features-{key}.pt"
     got = load_features(path, key)
     enc = Encoder(cfg.model.encoder)
     if got is None:
         _log(f"encoding {len(ds.records)} images with {cfg.model.encoder.name}")
-        got = (
-            encode_records(enc, root, ds.select("train"), with_masks=False),
-            encode_records(enc, root, ds.select("test"), with_masks=True),
+        test = (
+            encode_records(enc, root, ds.select("test"), with_masks=True)
+            if spec.test_defects == "synth"
+            else pseudo_records(enc, root, ds.select("test"), spec.test_defects)
         )
+        got = (encode_records(enc, root, ds.select("train"), with_masks=False), test)
         save_features(path, key, *got)
-    return ds, got[0], got[1], enc.weights_provenance()
+    train = got[0]
+    if cfg.phase2.pseudo_anomaly == "cached":
+        train = with_pseudo_anomalies(train, enc, root, ds, work / f"pseudo-{key}.pt")
+    return ds, train, got[1], enc.weights_provenance()
+
+
+def with_pseudo_anomalies(train: FeatureSet, enc: Encoder, root: Path, ds, path: Path) -> FeatureSet:
+    """`train` with its cached Perlin-region pseudo-anomalies (encoded once into `path`, then read back)."""
+    if path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        by_path = {r.path: r for r in ds.select("train")}
+        _log(f"encoding a pseudo-anomalous copy of {len(train)} training images")
+        feats, targets = pseudo_anomalies(enc, root, [by_path[p] for p in train.paths])
+        blob = {"anom_patches": feats, "anom_target": targets}
+        tmp = path.with_suffix(".tmp")
+        torch.save(blob, tmp)
+        tmp.replace(path)
+    return replace(train, anom_patches=blob["anom_patches"], anom_target=blob["anom_target"])
 
 
 def _row(level: Level, seed: int, method: str, report: dict, extra: dict, counts: dict[str, int]) -> dict:

@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ltad.config import check, from_dict, read_yaml_file
 from ltad.data.levels import Level
@@ -69,6 +69,11 @@ class StudySpec:
     """ltad_mb: classes with fewer training images get no bank (their score is LTAD's alone)."""
     label: str = ""
     """What the figures are: printed with every table (weights and data)."""
+    test_defects: Literal["synth", "lobe"] = "synth"
+    """The anomalous test images: `synth`, the dataset's own (texture, scratch, CutPaste, stain);
+    `lobe`, a lobe pseudo-defect copy of each normal test image (ltad/data/pseudo_defects.py), which
+    shares no mask shape or fill recipe with them: for validation rounds whose choices must not be
+    tuned to the test defects. The dataset's defective test images are then not read."""
 
     def __post_init__(self) -> None:
         _ = self.level_specs  # parses, so a bad level fails here
@@ -89,6 +94,8 @@ class StudySpec:
     def to_json(self) -> str:
         d = asdict(self)
         d["levels"] = [lv.name for lv in self.level_specs]
+        if d["test_defects"] == "synth":  # so folders of studies made before the field still resume
+            del d["test_defects"]
         return json.dumps(d, sort_keys=True)
 
 

