@@ -149,20 +149,32 @@ def write_raw_dataset(work: Path, prefix: str, classes: int, train: int, test: i
 
 
 def prepare_pass(
-    root: str, split: Path, out: str, workers: int, reads_in_flight: int, proxy: Proxy | None
+    root: str,
+    split: Path,
+    out: str,
+    workers: int,
+    reads_in_flight: int,
+    proxy: Proxy | None,
+    lane_images: int | None = None,
 ) -> dict:
     """One `prepare` from `root` (s3://) to `out` with `workers` processes, end to end (scan, check,
-    write/upload, manifest); images/s, and the GETs and requests per image the proxy saw."""
+    write/upload, manifest); images/s, and the GETs and requests per image the proxy saw.
+    `lane_images` overrides `LANE_IMAGES` (32: one check batch or one shard per lane, the path before)."""
     import multiprocessing
 
     from ltad.data import prepare as prepare_module
     from ltad.data.executor import start_context
 
+    default_lane = prepare_module.LANE_IMAGES
     prepare_module.READS_IN_FLIGHT = reads_in_flight  # forked workers inherit it
+    prepare_module.LANE_IMAGES = lane_images or default_lane
     method = start_context().get_start_method()
     before = proxy.stats() if proxy else None
     tic = time.perf_counter()
-    manifest = prepare_module.prepare("synth", root, split, out, workers=workers, log=lambda _m: None)
+    try:
+        manifest = prepare_module.prepare("synth", root, split, out, workers=workers, log=lambda _m: None)
+    finally:
+        prepare_module.LANE_IMAGES = default_lane
     seconds = time.perf_counter() - tic
     images = sum(manifest.samples(s) for s in manifest.shards)
     row = {"images": images, "seconds": seconds, "images_per_s": images / seconds, "start": method}
@@ -251,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
             ]
             runs: dict[str, dict[str, list[dict]]] = {"read_ahead": {}, "read_ahead_0": {}}
             cold: dict[str, dict[str, list[dict]]] = {"read_ahead": {}, "read_ahead_0": {}}
-            prep: dict[str, dict[str, list[dict]]] = {"pipelined": {}, "serial_reads": {}}
+            prep: dict[str, dict[str, list[dict]]] = {
+                "pipelined": {},
+                "per_batch_lanes": {},
+                "serial_reads": {},
+            }
             if args.only in (None, "reader"):
                 by_class, counts = write_dataset(
                     Path(tmp) / "work", prefix, args.classes, args.per_class, args.image_px
@@ -279,11 +295,12 @@ def main(argv: list[str] | None = None) -> int:
             for p in range(prepare_passes if args.only in (None, "prepare") else 0):
                 order = endpoints if p % 2 == 0 else endpoints[::-1]
                 for name, endpoint, proxy in order:
-                    kinds = [("pipelined", READS_IN_FLIGHT)] + ([("serial_reads", 1)] if p == 0 else [])
-                    for kind, in_flight in kinds:  # serial_reads: the path before, once for reference
+                    kinds = [("pipelined", READS_IN_FLIGHT, None), ("per_batch_lanes", READS_IN_FLIGHT, 32)]
+                    kinds += [("serial_reads", 1, 32)] if p == 0 else []
+                    for kind, in_flight, lane in kinds:  # the paths before, for reference
                         use_endpoint(endpoint)
                         out = f"s3://bench/prepared-{kind}-{name}-{p}"
-                        row = prepare_pass(raw, split, out, args.prepare_workers, in_flight, proxy)
+                        row = prepare_pass(raw, split, out, args.prepare_workers, in_flight, proxy, lane)
                         prep[kind].setdefault(name, []).append(row)
         finally:
             for proxy in proxies:
@@ -364,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             "reads_in_flight": READS_IN_FLIGHT,
             "workers": args.prepare_workers,
             "measured": pipelined,
+            "per_batch_lanes_for_reference": prepare_summary(prep["per_batch_lanes"]),
             "serial_reads_for_reference": prepare_summary(prep["serial_reads"]),
             "sizes": {
                 "classes": args.prepare_classes,
