@@ -32,6 +32,7 @@ import io
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -344,7 +345,10 @@ def _prepare(
 ) -> Manifest:
 
     listing = Progress("scan", unit="files", log=log)
-    tree = scan(root, on_file=listing.add)
+    with ThreadPoolExecutor(1, thread_name_prefix="ltad-manifest") as pool:  # one round trip, not two
+        earlier = pool.submit(try_read_manifest, out_uri)  # also fails early on a bad bucket or credentials
+        tree = scan(root, on_file=listing.add)
+        previous = earlier.result()
     listing.finish()
     root = tree.root
     dataset = read_dataset(dataset_name, tree)
@@ -356,7 +360,6 @@ def _prepare(
         raise DataError(f"dataset '{dataset_name}' at '{root}' has no test images")
     records = train + val + test
     _check_unique_keys(records)
-    previous = try_read_manifest(out_uri)  # also fails early on a bad bucket or credentials
     items = plan(
         dataset.classes, train, test, tree.files, int(shard_size_mb * (1 << 20)), test_shard_samples, val
     )
@@ -433,9 +436,10 @@ def _check_unique_keys(records: list[Record]) -> None:
 
 def _delete_stale(out_uri: str, keep: set[str]) -> None:
     """Remove shards of an earlier run that this run did not write (e.g. a larger split)."""
-    for split in ("train", "test", VAL):
-        prefix = storage.join(out_uri, split)
-        for uri in storage.list(prefix):
+    splits = ("train", "test", VAL)
+    listed = list(ordered_map(lambda split: storage.list(storage.join(out_uri, split)), splits, len(splits)))
+    for split, uris in zip(splits, listed):  # the three listings in flight together
+        for uri in uris:
             name = f"{split}/{uri.rsplit('/', 1)[-1]}"
             if uri.endswith(".tar") and name not in keep:
                 storage.delete(uri)
