@@ -2,7 +2,7 @@
 
 The cache's size does not depend on the encoder's weights, only on its architecture and the layers
 and grid it taps, so the open_clip ViT-B-16 tower is built with random weights (nothing is
-downloaded). A small MVTec-layout tree of ~1-megapixel JPEGs (ltad synth at 1024 px saved as JPEG
+downloaded). A small MVTec-layout tree (2 classes) of ~1-megapixel JPEGs (ltad synth at 1024 px saved as JPEG
 q90, as in benchmarks/prepare_parallel.py) is prepared, then `encode_shards` (the stage's own shard
 writer: fp16 `feat.npy` + `glob.npy`, tar members, sample index) writes the feature shards for each
 encoder setting: the one configs/mvtec.yaml uses (layers 5, 8, 11 at grid 14) and what a user can
@@ -40,7 +40,7 @@ def jpeg_tree(work: Path, train: int, test: int) -> Path:
 
     from ltad.data.synth import synthesize
 
-    src = synthesize(work / "src", classes=1, image_size=1024, train_per_class=train, test_per_class=test)
+    src = synthesize(work / "src", classes=2, image_size=1024, train_per_class=train, test_per_class=test)
     root = work / "jpeg"
     for path in sorted(src.rglob("*.png")):
         rel = path.relative_to(src)
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     from ltad.training.feature_cache import encode_shards
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=6, help="train images")
-    parser.add_argument("--test", type=int, default=2, help="test images (normal and defective)")
+    parser.add_argument("--train", type=int, default=3, help="train images per class (2 classes)")
+    parser.add_argument("--test", type=int, default=2, help="test images per class (normal and defective)")
     add_json_flag(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
