@@ -25,7 +25,7 @@ path before lanes), and once the serial reads before that (`READS_IN_FLIGHT = 1`
 The proxy delays the chunk that starts each request (an upload's body passes at once: a real
 store's latency is per request, not per 64 KiB).
 
-Targets: at 20 ms, the reader keeps >= 0.8 of its direct rate; prepare with 2 workers >= 0.8. Exits 1
+Targets: at 20 ms, the reader keeps >= 0.8 of its direct rate; prepare with 2 workers >= 0.75. Exits 1
 naming each missed target.
 
 `--ci` (.ci/run, under 40 s): one reader and one prepare through a 50 ms proxy only, checking counts
@@ -55,7 +55,7 @@ from record import add_json_flag, finish  # noqa: E402  (benchmarks/record.py, b
 from tools.services.s3_proxy import CountingProxy as Proxy  # noqa: E402  (the delaying, counting proxy)
 
 TARGET_RATIO_20MS = 0.8
-TARGET_PREPARE_RATIO_20MS = 0.8
+TARGET_PREPARE_RATIO_20MS = 0.75
 
 
 def write_dataset(work: Path, prefix: str, classes: int, per_class: int, px: int) -> tuple[dict, dict]:
