@@ -236,10 +236,10 @@ def write_lane(target: Target, items: Sequence[WorkItem]) -> list[ShardResult]:
     records = [r for item in items for r in item.records]
     published: dict[str, ShardResult] = {}
     sources = ordered_map(partial(_sources, target.root), records, READS_IN_FLIGHT)
-    with (
-        contextlib.closing(sources),  # a failed record stops the reads ahead of it at once
+    with (  # left in reverse: the reads ahead stop, the uploads end, then their files go
         tempfile.TemporaryDirectory(prefix="ltad-prepare-") as tmp,
         Background(PUBLISH_PENDING, name="ltad-prepare-upload") as uploads,
+        contextlib.closing(sources),  # a failed record stops the reads ahead of it at once
     ):
         for item in items:
             path, info, source_bytes = _write_local(target, item, tmp, sources)

@@ -201,3 +201,17 @@ def test_ray_tasks_wait_over_a_bounded_window_and_return_every_result(monkeypatc
     with pytest.raises(DataError, match="image 50 is corrupt"):
         list(ray_map.ray_tasks(bad, list(range(n))))
     assert max(fake.waited) <= 64 and fake.started < 200 and fake.cancelled  # the rest never started
+
+
+def test_ray_tasks_workers_is_the_clusters_cpus_so_prepare_cuts_a_lane_per_cpu(monkeypatch):
+    from ltad.training import ray_map
+
+    fake = _FakeRay(cpus=6)
+    fake.is_initialized = lambda: True  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    assert ray_map.ray_tasks.workers == 6
+    items = [_item(f"train/c-{i:06d}.tar", 10) for i in range(20)]  # 200 images: 1 lane by size alone
+    sizes = {r.path: 1000 for item in items for r in item.records}
+    assert len(write_lanes(items, sizes, parallel=ray_map.ray_tasks.workers)) == 6
+    fake.is_initialized = lambda: False  # type: ignore[attr-defined]
+    assert ray_map.ray_tasks.workers == 1  # not connected: no cluster to count
