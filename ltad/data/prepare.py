@@ -13,7 +13,11 @@ Phases, each with progress lines (count, rate, ETA):
    the previous manifest).
 Both passes read each source file once, `READS_IN_FLIGHT` reads ahead per worker in record order
 (`ltad.io.inflight.ordered_map`): from an `s3://` root every read waits a request's latency, which
-serial reads would pay once per image and pass.
+serial reads would pay once per image and pass. The unit of work handed to a worker is a lane (a run
+of check records, or several shards), not one batch or shard, and its reads stay in flight across the
+batches and shards inside it: a pipeline that drained at every 32-image batch and every shard paid a
+full round trip each time with nothing in flight. A lane's finished shards are uploaded on a background
+thread while the next one is written.
 The previous manifest is deleted after the check and the new one written last (atomically), so an
 interrupted run leaves the previous manifest (died before writing) or none, never one naming missing
 or half-written shards. Image bytes are kept as they are (JPEG stays JPEG, PNG stays PNG; see
@@ -23,10 +27,12 @@ or half-written shards. Image bytes are kept as they are (JPEG stays JPEG, PNG s
 from __future__ import annotations
 
 import contextlib
+import heapq
 import io
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -52,17 +58,25 @@ from ltad.data.splits import read_split
 from ltad.data.tree import scan
 from ltad.errors import ConfigError, DataError
 from ltad.io import storage
-from ltad.io.inflight import ordered_map
+from ltad.io.inflight import Background, ordered_map
 from ltad.log import get_logger
 
 _log = get_logger("prepare").info
 
 CHECK_BATCH = 32
-"""Images per check task: small enough for a steady progress line, large enough to amortise a task."""
+"""Images per check lane at least (a lane is cut smaller only where the records run out)."""
+LANE_IMAGES = 1024
+"""Images per lane at most (a check lane, or the shards of a write lane unless one shard holds more):
+a worker's reads stay in flight across the batches and shards of a lane and drain only at its end, so
+a drain costs one round trip per ~1000 images; small enough that a million images make ~1000 lanes
+(progress lines, and the lanes left at the end to balance the workers)."""
 READS_IN_FLIGHT = 16
-"""Source reads (image, then its mask) a check batch or a shard keeps running ahead of the one it
-decodes or writes, per worker: enough to hide a 20 ms request latency at hundreds of images/s, and
-at most this many images held beyond the current one."""
+"""Source reads (image, then its mask) a lane keeps running ahead of the one it decodes or writes,
+per worker: enough to hide a 20 ms request latency at hundreds of images/s, and at most this many
+images held beyond the current one."""
+PUBLISH_PENDING = 2
+"""Finished shards of a lane waiting for (or in) their upload while the worker writes the next: at
+most this many plus the one being written sit on the worker's local disk."""
 SAMPLE_OVERHEAD = 3 * 512 + 2 * 512  # tar headers of image, cls and json, and the two small members
 
 
@@ -172,10 +186,17 @@ def _checked_size(
     return fitted_size(*size, max_size)
 
 
-def check_batch(root: str, max_size: int | None, records: Sequence[Record]) -> list[tuple[int, int]]:
+def check_lanes(records: Sequence[Record], parallel: int) -> list[tuple[Record, ...]]:
+    """`records` cut into contiguous lanes for the check pass: one per worker (`parallel`) where that
+    keeps each within `LANE_IMAGES`, else `LANE_IMAGES` each, never under `CHECK_BATCH`."""
+    size = min(LANE_IMAGES, max(CHECK_BATCH, -(-len(records) // max(1, parallel))))
+    return [tuple(records[i : i + size]) for i in range(0, len(records), size)]
+
+
+def check_lane(root: str, max_size: int | None, records: Sequence[Record]) -> list[tuple[int, int]]:
     """Decode every image and mask of `records`; their stored sizes (after `max_size`), in order. The
-    reads run `READS_IN_FLIGHT` ahead on threads, the decoding here (CPU work stays on one thread);
-    the first bad file in record order is the error raised."""
+    reads run `READS_IN_FLIGHT` ahead on threads over the whole lane, the decoding here (CPU work
+    stays on one thread); the first bad file in record order is the error raised."""
     sources = ordered_map(partial(_sources, root), records, READS_IN_FLIGHT)
     with contextlib.closing(sources):
         return [_checked_size(root, max_size, r, image, mask) for r, (image, mask) in zip(records, sources)]
@@ -187,44 +208,79 @@ def _sources(root: str, record: Record) -> tuple[bytes, bytes | None]:
     return image, (_read(root, record.mask_path) if record.mask_path is not None else None)
 
 
+def write_lanes(items: Sequence[WorkItem], sizes: dict[str, int], parallel: int) -> list[tuple[int, ...]]:
+    """The items' indices dealt into lanes, each lane's largest shard first and the lanes largest first
+    (by their sources' listed bytes). max(`parallel`, images / `LANE_IMAGES`) lanes (at most one per
+    item), each shard going to the lightest lane so far: with N workers a phase ends when its last lane
+    does, so the big lanes start first and the small ones fill in around them."""
+    est = [sum(_estimate(r, sizes) for r in item.records) for item in items]
+    images = sum(len(item.records) for item in items)
+    count = min(len(items), max(1, parallel, -(-images // LANE_IMAGES)))
+    lanes: list[list[int]] = [[] for _ in range(count)]
+    lightest = [(0, lane) for lane in range(count)]
+    for i in sorted(range(len(items)), key=lambda i: -est[i]):
+        load, lane = heapq.heappop(lightest)
+        lanes[lane].append(i)
+        heapq.heappush(lightest, (load + est[i], lane))
+    return sorted((tuple(lane) for lane in lanes if lane), key=lambda lane: -sum(est[i] for i in lane))
+
+
+def write_lane(target: Target, items: Sequence[WorkItem]) -> list[ShardResult]:
+    """Turn each work item into a finished shard at `{out_uri}/{item.name}`; their results in order.
+    One read-ahead runs over the records of every item, so the reads of the next shard are in flight
+    while this one is finished; each shard is written locally, then hashed, indexed and uploaded (unless
+    the object already holds the same bytes) on a background thread while the next is written
+    (`PUBLISH_PENDING`). Returns only after every upload ended; the first failure (a bad source in
+    record order, or an upload) is raised. Runs in this process, a local worker process or a Ray task
+    on any node (reads and writes by URI only)."""
+    records = [r for item in items for r in item.records]
+    published: dict[str, ShardResult] = {}
+    sources = ordered_map(partial(_sources, target.root), records, READS_IN_FLIGHT)
+    with (  # left in reverse: the reads ahead stop, the uploads end, then their files go
+        tempfile.TemporaryDirectory(prefix="ltad-prepare-") as tmp,
+        Background(PUBLISH_PENDING, name="ltad-prepare-upload") as uploads,
+        contextlib.closing(sources),  # a failed record stops the reads ahead of it at once
+    ):
+        for item in items:
+            path, info, source_bytes = _write_local(target, item, tmp, sources)
+            uploads.submit(_publish, target, path, info, source_bytes, published)
+    return [published[item.name] for item in items]
+
+
 def write_item(target: Target, item: WorkItem) -> ShardResult:
-    """Turn one work item into a finished shard at `{out_uri}/{item.name}`: read the sources, write the
-    tar locally, hash it, upload it unless the object already holds the same bytes. Runs in this
-    process, a local worker process or a Ray task on any node (reads and writes by URI only)."""
+    """One work item as a finished shard (`write_lane` of that item alone)."""
+    return write_lane(target, (item,))[0]
+
+
+def _write_local(
+    target: Target, item: WorkItem, tmp: str, sources: Iterator[tuple[bytes, bytes | None]]
+) -> tuple[Path, ShardInfo, int]:
+    """Write `item`'s shard under `tmp` from the next `len(item.records)` sources; (path, info, bytes read)."""
     split, base = item.name.split("/", 1)
     part, index = base.removesuffix(".tar").rsplit("-", 1)
     finished: list[tuple[Path, ShardInfo]] = []
     source_bytes = 0
-    with tempfile.TemporaryDirectory(prefix="ltad-prepare-") as tmp:
-        writer = ShardWriter(tmp, split, part, lambda p, i: finished.append((p, i)), max_bytes=1 << 62)
-        writer.index = int(index)
-        sources = ordered_map(partial(_sources, target.root), item.records, READS_IN_FLIGHT)
-        with contextlib.closing(sources):  # a failed record stops the reads ahead of it at once
-            for record, (image, mask) in zip(item.records, sources):
-                source_bytes += len(image) + (len(mask) if mask is not None else 0)
-                key, files, _ = encode_record(record, image, mask, target.max_size, target.root)
-                writer.write(key, files, record.class_name)
-        writer.close()
-        ((path, info),) = finished
-        assert info.name == item.name, (info.name, item.name)
-        # The shard is complete here (local `path`, its `info`) and not yet published: the one place
-        # to derive a per-shard sidecar (e.g. a per-sample index for ranged reads) and upload it first.
-        uploaded = _publish_shard(target, path, info)
-        write_shard_index(path, storage.join(target.out_uri, info.name), info.sha256)
+    writer = ShardWriter(tmp, split, part, lambda p, i: finished.append((p, i)), max_bytes=1 << 62)
+    writer.index = int(index)
+    for record, (image, mask) in zip(item.records, sources):  # zip asks `records` first: takes no extra
+        source_bytes += len(image) + (len(mask) if mask is not None else 0)
+        key, files, _ = encode_record(record, image, mask, target.max_size, target.root)
+        writer.write(key, files, record.class_name)
+    writer.close()
+    ((path, info),) = finished
+    assert info.name == item.name, (info.name, item.name)
+    return path, info, source_bytes
+
+
+def _publish(
+    target: Target, path: Path, info: ShardInfo, source_bytes: int, published: dict[str, ShardResult]
+) -> None:
+    """Upload a finished local shard (unless unchanged) and its per-sample index, then delete it."""
+    uploaded = _publish_shard(target, path, info)
+    write_shard_index(path, storage.join(target.out_uri, info.name), info.sha256)
+    path.unlink()
     entry = ShardEntry(info.name, info.samples, info.bytes, info.sha256, info.per_class)
-    return ShardResult(entry, uploaded, source_bytes)
-
-
-def largest_first(
-    run: Executor, fn: Callable[[WorkItem], ShardResult], items: Sequence[WorkItem], sizes: dict[str, int]
-) -> Iterator[tuple[int, ShardResult]]:
-    """`run(fn, items)` with the items handed out largest first (by their sources' listed bytes), yielding
-    each result with its index in `items`. With N workers a phase ends when its last item does: one
-    class's large shard started last would leave the other workers idle (train shards are cut per class,
-    so their sizes vary by class); started first, the small test shards fill in around it."""
-    order = sorted(range(len(items)), key=lambda i: -sum(_estimate(r, sizes) for r in items[i].records))
-    for position, result in run(fn, [items[i] for i in order]):
-        yield order[position], result
+    published[info.name] = ShardResult(entry, uploaded, source_bytes)
 
 
 def _publish_shard(target: Target, path: Path, info: ShardInfo) -> bool:
@@ -289,7 +345,10 @@ def _prepare(
 ) -> Manifest:
 
     listing = Progress("scan", unit="files", log=log)
-    tree = scan(root, on_file=listing.add)
+    with ThreadPoolExecutor(1, thread_name_prefix="ltad-manifest") as pool:  # one round trip, not two
+        earlier = pool.submit(try_read_manifest, out_uri)  # also fails early on a bad bucket or credentials
+        tree = scan(root, on_file=listing.add)
+        previous = earlier.result()
     listing.finish()
     root = tree.root
     dataset = read_dataset(dataset_name, tree)
@@ -301,18 +360,18 @@ def _prepare(
         raise DataError(f"dataset '{dataset_name}' at '{root}' has no test images")
     records = train + val + test
     _check_unique_keys(records)
-    previous = try_read_manifest(out_uri)  # also fails early on a bad bucket or credentials
     items = plan(
         dataset.classes, train, test, tree.files, int(shard_size_mb * (1 << 20)), test_shard_samples, val
     )
 
+    parallel = int(getattr(run, "workers", 1))  # lanes per phase at least (local processes, Ray CPUs)
     sizes: dict[str, set[tuple[int, int]]] = {c: set() for c in dataset.classes}
-    batches = [tuple(records[i : i + CHECK_BATCH]) for i in range(0, len(records), CHECK_BATCH)]
+    lanes = check_lanes(records, parallel)
     check = Progress("check", total=len(records), unit="images", log=log)
-    for index, batch_sizes in run(partial(check_batch, root, max_size), batches):
-        for record, size in zip(batches[index], batch_sizes):
+    for index, lane_sizes in run(partial(check_lane, root, max_size), lanes):
+        for record, size in zip(lanes[index], lane_sizes):
             sizes[record.class_name].add(size)
-        check.add(len(batches[index]))
+        check.add(len(lanes[index]))
     check.finish()
 
     # Every image decoded: from here on the output changes, so the old manifest goes first.
@@ -322,16 +381,19 @@ def _prepare(
     results: list[ShardResult | None] = [None] * len(items)
     counts = {"uploaded": 0, "unchanged": 0, "bytes": 0, "source": 0}
     write = Progress("write/upload", total=len(records), unit="images", log=log)
-    for index, result in largest_first(run, partial(write_item, target), items, tree.files):
-        results[index] = result
-        counts["uploaded" if result.uploaded else "unchanged"] += 1
-        counts["bytes"] += result.entry.bytes
-        counts["source"] += result.source_bytes
+    shard_lanes = write_lanes(items, tree.files, parallel)
+    work = [tuple(items[i] for i in lane) for lane in shard_lanes]
+    for index, lane_results in run(partial(write_lane, target), work):
+        for i, result in zip(shard_lanes[index], lane_results):
+            results[i] = result
+            counts["uploaded" if result.uploaded else "unchanged"] += 1
+            counts["bytes"] += result.entry.bytes
+            counts["source"] += result.source_bytes
+            write.add(len(items[i].records))
         write.note = (
             f"{counts['uploaded'] + counts['unchanged']}/{len(items)} shards: {counts['uploaded']} uploaded, "
             f"{counts['unchanged']} unchanged, {counts['bytes'] / 1e6:.1f} MB"
         )
-        write.add(len(items[index].records))
     write.finish()
 
     entries: dict[str, list[ShardEntry]] = {"train": [], "test": [], VAL: []}
@@ -374,9 +436,10 @@ def _check_unique_keys(records: list[Record]) -> None:
 
 def _delete_stale(out_uri: str, keep: set[str]) -> None:
     """Remove shards of an earlier run that this run did not write (e.g. a larger split)."""
-    for split in ("train", "test", VAL):
-        prefix = storage.join(out_uri, split)
-        for uri in storage.list(prefix):
+    splits = ("train", "test", VAL)
+    listed = list(ordered_map(lambda split: storage.list(storage.join(out_uri, split)), splits, len(splits)))
+    for split, uris in zip(splits, listed):  # the three listings in flight together
+        for uri in uris:
             name = f"{split}/{uri.rsplit('/', 1)[-1]}"
             if uri.endswith(".tar") and name not in keep:
                 storage.delete(uri)

@@ -45,7 +45,7 @@ def check_reachable(
         )
 
 
-def ray_tasks(fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+def _ray_tasks(fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
     """(index, fn(item)) as Ray tasks finish; Ray must be connected (ltad.training.cluster.connect)."""
     import ray
 
@@ -79,3 +79,20 @@ def ray_tasks(fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[
     finally:
         for ref in pending:
             ray.cancel(ref)
+
+
+class RayTasks:
+    """The Ray executor (`ray_tasks(fn, items)`), with the cluster's CPU count as `workers`: `prepare`
+    cuts its work into at least that many lanes, so a small dataset still spreads over the cluster."""
+
+    def __call__(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        return _ray_tasks(fn, items)
+
+    @property
+    def workers(self) -> int:
+        import ray
+
+        return max(1, int(ray.cluster_resources().get("CPU", 1))) if ray.is_initialized() else 1
+
+
+ray_tasks = RayTasks()

@@ -172,22 +172,23 @@ def test_crash_half_way_never_leaves_a_manifest_naming_missing_shards(tmp_path, 
     for p in (root / "a" / "train" / "good").glob("*.jpg"):  # the next run writes different shards
         p.write_bytes(p.read_bytes())
         Image.open(p).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(p, quality=80)
-    real, calls = prepare_module.write_item, []
+    real, calls = prepare_module._publish_shard, []
 
-    def dies_on_the_second_shard(target, item):
-        calls.append(item.name)
+    def dies_on_the_second_shard(target, path, info):  # after the first shard of the lane is uploaded
+        calls.append(info.name)
         if len(calls) == 2:
             raise RuntimeError("worker lost")
-        return real(target, item)
+        return real(target, path, info)
 
-    monkeypatch.setattr(prepare_module, "write_item", dies_on_the_second_shard)
+    monkeypatch.setattr(prepare_module, "_publish_shard", dies_on_the_second_shard)
     with pytest.raises(RuntimeError, match="worker lost"):
         prepare("mvtec", root, split, str(out), test_shard_samples=2, log=lambda m: None)
     manifest = try_read_manifest(str(out))
     if manifest is not None:  # a manifest that is there names only complete shards with its hashes
         for entry in (e for s in manifest.shards.values() for e in s):
             assert list(iterate_shard(str(out / entry.name), entry.samples))
-    monkeypatch.setattr(prepare_module, "write_item", real)
+    assert len(calls) == 2
+    monkeypatch.setattr(prepare_module, "_publish_shard", real)
     assert prepare("mvtec", root, split, str(out), test_shard_samples=2, log=lambda m: None) == read_manifest(
         str(out)
     )

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from ltad.data.executor import Processes, serial, start_context
-from ltad.data.prepare import WorkItem, largest_first
+from ltad.data.executor import Processes, start_context
+from ltad.data.prepare import LANE_IMAGES, WorkItem, write_lanes
 from ltad.data.records import Record
 
 
@@ -80,19 +80,16 @@ def _item(name: str, n: int) -> WorkItem:
     )
 
 
-def test_largest_first_hands_out_big_shards_first_and_keeps_each_items_index():
+def test_write_lanes_deal_shards_largest_first_into_at_least_one_lane_per_worker():
     items = [_item("train/a-000000.tar", 2), _item("train/b-000000.tar", 9), _item("test/test-000000.tar", 4)]
     sizes = {r.path: 1000 for item in items for r in item.records}
-    seen: list[str] = []
-
-    def name(item: WorkItem) -> str:
-        seen.append(item.name)
-        return item.name
-
-    results = list(largest_first(serial, name, items, sizes))
-    assert seen == ["train/b-000000.tar", "test/test-000000.tar", "train/a-000000.tar"]
-    assert all(items[index].name == result for index, result in results)
-    assert sorted(index for index, _ in results) == [0, 1, 2]
+    assert write_lanes(items, sizes, parallel=1) == [(1, 2, 0)]  # one lane, its largest shard first
+    assert write_lanes(items, sizes, parallel=2) == [(1,), (2, 0)]  # the big lane first
+    assert write_lanes(items, sizes, parallel=8) == [(1,), (2,), (0,)]  # never an empty lane
+    many = [_item(f"train/c-{i:06d}.tar", 100) for i in range(30)]  # 3000 images: > LANE_IMAGES per lane
+    lanes = write_lanes(many, {r.path: 1000 for item in many for r in item.records}, parallel=1)
+    assert sorted(i for lane in lanes for i in lane) == list(range(30))
+    assert len(lanes) == 3 and all(sum(len(many[i].records) for i in lane) <= LANE_IMAGES for lane in lanes)
 
 
 def test_processes_keep_a_bounded_window_in_flight_and_return_every_result():
@@ -204,3 +201,17 @@ def test_ray_tasks_wait_over_a_bounded_window_and_return_every_result(monkeypatc
     with pytest.raises(DataError, match="image 50 is corrupt"):
         list(ray_map.ray_tasks(bad, list(range(n))))
     assert max(fake.waited) <= 64 and fake.started < 200 and fake.cancelled  # the rest never started
+
+
+def test_ray_tasks_workers_is_the_clusters_cpus_so_prepare_cuts_a_lane_per_cpu(monkeypatch):
+    from ltad.training import ray_map
+
+    fake = _FakeRay(cpus=6)
+    fake.is_initialized = lambda: True  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    assert ray_map.ray_tasks.workers == 6
+    items = [_item(f"train/c-{i:06d}.tar", 10) for i in range(20)]  # 200 images: 1 lane by size alone
+    sizes = {r.path: 1000 for item in items for r in item.records}
+    assert len(write_lanes(items, sizes, parallel=ray_map.ray_tasks.workers)) == 6
+    fake.is_initialized = lambda: False  # type: ignore[attr-defined]
+    assert ray_map.ray_tasks.workers == 1  # not connected: no cluster to count

@@ -223,3 +223,25 @@ def test_publish_with_changed_weights_writes_no_metrics(tmp_path, cache):
     with pytest.raises(StorageError, match=f"the encoder weights at {weights} changed since the run used"):
         publish(str(tmp_path / "eval"), str(tmp_path / "out2"))
     assert not (tmp_path / "out2" / "metrics.json").exists()
+
+
+def test_the_proxy_counts_the_most_requests_in_flight_at_once(s3_server, tmp_path, monkeypatch):
+    """benchmarks/latency.py --ci checks this count (CI load does not move it the way it moves a rate)."""
+    import os
+
+    from ltad.io.inflight import ordered_map
+
+    base = f"s3://{s3_server.bucket}/inflight-{tmp_path.name}"
+    for i in range(8):
+        storage.write_bytes(f"{base}/{i}.bin", b"x" * 1000)
+    port = urlsplit(os.environ["AWS_ENDPOINT_URL"]).port
+    with CountingProxy(port, delay_ms=50) as p:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", p.endpoint)
+        storage.reset_client()
+        for i in range(3):  # one at a time
+            storage.read_bytes(f"{base}/{i}.bin")
+        assert p.stats()["most_in_flight"] == 1
+        p.reset()
+        assert len(list(ordered_map(lambda i: storage.read_bytes(f"{base}/{i}.bin"), range(8), 8))) == 8
+        assert 4 <= p.stats()["most_in_flight"] <= 8
+    storage.reset_client()

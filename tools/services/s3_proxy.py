@@ -88,6 +88,8 @@ class _Server:
         self.delay = delay_ms / 1000.0
         self.records: list[dict[str, Any]] = []
         self.connections = 0
+        self.in_flight = 0  # requests received and not yet answered in full
+        self.most_in_flight = 0
 
     async def handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -131,6 +133,8 @@ class _Server:
                     "down": 0,
                 }
                 pending.append(record)
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
                 arrived.set()
                 if self.delay:
                     await asyncio.sleep(self.delay)
@@ -158,6 +162,7 @@ class _Server:
                 if record["method"] != "HEAD" and status not in NO_BODY_STATUS:
                     record["down"] = await _relay_body(reader, writer, fields, to_eof=True)
                 self.records.append(record)
+                self.in_flight -= 1
         except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError):
             return
 
@@ -168,12 +173,14 @@ class _Server:
             "connections": self.connections,
             "bytes_up": sum(r["up"] for r in self.records),
             "bytes_down": sum(r["down"] for r in self.records),
+            "most_in_flight": self.most_in_flight,
         }
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         command = (await reader.readline()).decode().strip()
         if command == "reset":
             self.records, self.connections = [], 0
+            self.most_in_flight = self.in_flight
             answer: Any = {"ok": True}
         elif command == "records":
             answer = self.records
@@ -226,7 +233,8 @@ class CountingProxy:
         return self._ask("records")
 
     def stats(self) -> dict[str, int]:
-        """Totals: requests, gets, connections, bytes_up, bytes_down (bodies)."""
+        """Totals: requests, gets, connections, bytes_up, bytes_down (bodies), and most_in_flight: the most
+        requests received and not yet answered at one time since the start or the last `reset`."""
         return self._ask("stats")
 
     def reset(self) -> None:
