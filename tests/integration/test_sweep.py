@@ -196,10 +196,26 @@ def test_each_trial_has_its_history_and_an_mlflow_run(killed_and_restored):
     assert logged == {(t.level.name, *(float(t.params[k]) for k in setting)) for t in space.trials()}
     for run in finished:
         assert 0.0 <= run.data.metrics["image_AUROC"] <= 1.0
-    trained = [r for r in finished if "phase2/loss" in r.data.metrics]
-    assert trained and all(len(client.get_metric_history(r.info.run_id, "phase2/loss")) >= 2 for r in trained)
-    # what ASHA ranked: the validation AUROC in phase-2 reports, then the evaluation's
-    assert all(len(client.get_metric_history(r.info.run_id, "val_image_AUROC")) >= 3 for r in trained)
+    # phase-2 reports per setting, over all of its runs: a trial stopped by the kill logged its steps
+    # so far in the first job's run and resumes from its last checkpoint in the second job's (where
+    # the kill fell decides the split: before phase 2 ended, after it, or during evaluation)
+    by_setting: dict[tuple, list] = {}
+    for r in runs:
+        by_setting.setdefault(
+            (r.data.params["level"], *(float(r.data.params[k]) for k in setting)), []
+        ).append(r)
+    assert len(by_setting) == len(space.trials())
+    every_step = {float(s) for s in range(base.run.log_every, base.phase2.steps + 1, base.run.log_every)}
+    for key, group in by_setting.items():
+        history = {r.info.run_id: client.get_metric_history(r.info.run_id, "step") for r in group}
+        assert {m.value for h in history.values() for m in h} == every_step, key
+        for r in group:
+            losses = client.get_metric_history(r.info.run_id, "phase2/loss")
+            assert all(math.isfinite(m.value) for m in losses)
+            # what ASHA ranked: the validation AUROC in every phase-2 report
+            assert len(client.get_metric_history(r.info.run_id, "val_image_AUROC")) >= len(
+                history[r.info.run_id]
+            )
 
 
 def test_restore_keeps_finished_trials_and_completes_the_rest(killed_and_restored):
