@@ -8,10 +8,6 @@ import random
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Ray Train's controller polls its workers every 2 s by default, so each Train run's end (and each
-# failure) is seen up to 2 s late; tests run ~40 of them. Every Ray the tests start inherits this, and
-# Ray Train passes it from the driver to the controller. Users keep Ray's default.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 BUCKET = "ltad-test"
 
