@@ -97,6 +97,17 @@ def use_endpoint(endpoint: str) -> None:
     storage.reset_client()
 
 
+def restore_endpoint(saved: str | None) -> None:
+    """Put back the endpoint the benchmark found (or none), with a fresh client for it."""
+    from ltad.io import storage
+
+    if saved is None:
+        os.environ.pop("AWS_ENDPOINT_URL", None)
+    else:
+        os.environ["AWS_ENDPOINT_URL"] = saved
+    storage.reset_client()
+
+
 def one_pass(
     prefix: str,
     by_class: dict,
@@ -265,11 +276,7 @@ def ci_check(args: argparse.Namespace, argv: list[str] | None) -> int:
             if proxy is not None:
                 proxy.stop()
             server.stop()
-            if saved is None:
-                os.environ.pop("AWS_ENDPOINT_URL", None)
-            else:
-                os.environ["AWS_ENDPOINT_URL"] = saved
-            storage.reset_client()
+            restore_endpoint(saved)
     missed = []
     for name, fig in (("one reader", reader), ("prepare with 2 workers", prep)):
         if fig["most_in_flight"] < CI_MIN_IN_FLIGHT:
@@ -403,11 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             for proxy in proxies:
                 proxy.stop()
             server.stop()
-            if saved is None:
-                os.environ.pop("AWS_ENDPOINT_URL", None)
-            else:
-                os.environ["AWS_ENDPOINT_URL"] = saved
-            storage.reset_client()
+            restore_endpoint(saved)
 
     def summary(rows_by: dict[str, list[dict]]) -> dict:
         out: dict = {}
